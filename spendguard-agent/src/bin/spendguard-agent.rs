@@ -1,0 +1,81 @@
+//! `spendguard-agent`: the node agent. With no arguments it runs on its embedded defaults.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use spendguard_agent::config::{Config, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "spendguard-agent",
+    version,
+    about = "SpendGuard node agent: per-agent LLM spend limits enforced at the network layer"
+)]
+struct Cli {
+    /// TOML configuration file (environment variables SPENDGUARD_* override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (the default).
+    Run,
+    /// Detach and unpin everything the agent attached: tagged traffic flows directly again.
+    Uninstall,
+    /// Print the effective configuration (after file and environment) as TOML.
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spendguard-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(spendguard_agent::run::run(cfg))
+        }
+        Command::Uninstall => {
+            let done = spendguard_agent::redirect::uninstall(&cfg.bpf_pin_dir)?;
+            if done.links.is_empty() && done.maps.is_empty() {
+                println!(
+                    "nothing pinned under {}: the redirect was not installed",
+                    cfg.bpf_pin_dir.display()
+                );
+            } else {
+                println!(
+                    "uninstalled: {} links detached, {} maps unpinned from {}",
+                    done.links.len(),
+                    done.maps.len(),
+                    cfg.bpf_pin_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+    }
+}

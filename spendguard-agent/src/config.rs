@@ -1,0 +1,251 @@
+//! Configuration: embedded defaults ← TOML file (`--config`) ← environment (`SPENDGUARD_*`).
+//!
+//! The TOML is read into a raw struct with `deny_unknown_fields` (a typo is an error, not a silently
+//! ignored setting), then validated into [`Config`]. Environment variables are named constants and are
+//! read through [`EnvSource`] so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+pub const ENV_STATE_DIR: &str = "SPENDGUARD_STATE_DIR";
+pub const ENV_SOCKET: &str = "SPENDGUARD_SOCKET";
+pub const ENV_LISTEN: &str = "SPENDGUARD_LISTEN";
+pub const ENV_REDIRECT_IP: &str = "SPENDGUARD_REDIRECT_IP";
+pub const ENV_REDIRECT_IP6: &str = "SPENDGUARD_REDIRECT_IP6";
+pub const ENV_UPSTREAM_CA: &str = "SPENDGUARD_UPSTREAM_CA";
+pub const ENV_CA_CERT: &str = "SPENDGUARD_CA_CERT";
+pub const ENV_CA_KEY: &str = "SPENDGUARD_CA_KEY";
+pub const ENV_METRICS: &str = "SPENDGUARD_METRICS";
+/// Not in the user contract: where the programs are pinned (tests use their own).
+pub const ENV_BPF_PIN_DIR: &str = "SPENDGUARD_BPF_PIN_DIR";
+/// Not in the user contract: the cgroup v2 directory the programs attach to (default: the v2 root).
+pub const ENV_ATTACH_CGROUP: &str = "SPENDGUARD_ATTACH_CGROUP";
+
+/// The configuration as the TOML file spells it. Every field optional: absent = default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub redirect_ip: Option<Ipv4Addr>,
+    pub redirect_ip6: Option<Ipv6Addr>,
+    pub upstream_ca: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub attach_cgroup: Option<PathBuf>,
+    /// Seconds in-flight requests get to finish on SIGTERM.
+    pub drain_seconds: Option<u64>,
+}
+
+/// The validated configuration the agent runs on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub listen: SocketAddr,
+    /// `None`: use the node's primary address (found at start).
+    pub redirect_ip: Option<Ipv4Addr>,
+    pub redirect_ip6: Option<Ipv6Addr>,
+    pub upstream_ca: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub metrics: SocketAddr,
+    pub bpf_pin_dir: PathBuf,
+    /// `None`: the cgroup v2 root, found from /proc/mounts.
+    pub attach_cgroup: Option<PathBuf>,
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid SpendGuard TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {why}")]
+    Env {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{field} must be an absolute path, got {value}")]
+    NotAbsolute { field: &'static str, value: PathBuf },
+    #[error("{what} and {other} must be given together")]
+    Pair {
+        what: &'static str,
+        other: &'static str,
+    },
+}
+
+/// Where environment overrides come from; tests pass a map instead of the process environment.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+impl EnvSource for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15443);
+pub const DEFAULT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+pub const DEFAULT_DRAIN_SECONDS: u64 = 10;
+
+impl Config {
+    /// Reads `file` (if any), then applies environment overrides, then validates.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let raw = match file {
+            None => RawConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })?
+            }
+        };
+        Self::from_raw(raw, env)
+    }
+
+    pub fn from_raw(raw: RawConfig, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let path_env = |name: &'static str| env.get(name).map(PathBuf::from);
+        let cfg = Config {
+            state_dir: path_env(ENV_STATE_DIR)
+                .or(raw.state_dir)
+                .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_STATE_DIR)),
+            socket: path_env(ENV_SOCKET)
+                .or(raw.socket)
+                .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_SOCKET)),
+            listen: parse_env(env, ENV_LISTEN)?
+                .or(raw.listen)
+                .unwrap_or(DEFAULT_LISTEN),
+            redirect_ip: parse_env(env, ENV_REDIRECT_IP)?.or(raw.redirect_ip),
+            redirect_ip6: parse_env(env, ENV_REDIRECT_IP6)?.or(raw.redirect_ip6),
+            upstream_ca: path_env(ENV_UPSTREAM_CA).or(raw.upstream_ca),
+            ca_cert: path_env(ENV_CA_CERT).or(raw.ca_cert),
+            ca_key: path_env(ENV_CA_KEY).or(raw.ca_key),
+            metrics: parse_env(env, ENV_METRICS)?
+                .or(raw.metrics)
+                .unwrap_or(DEFAULT_METRICS),
+            bpf_pin_dir: path_env(ENV_BPF_PIN_DIR)
+                .or(raw.bpf_pin_dir)
+                .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_BPF_PIN_DIR)),
+            attach_cgroup: path_env(ENV_ATTACH_CGROUP).or(raw.attach_cgroup),
+            drain_seconds: raw.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, p) in [
+            ("state_dir", Some(&self.state_dir)),
+            ("socket", Some(&self.socket)),
+            ("bpf_pin_dir", Some(&self.bpf_pin_dir)),
+            ("attach_cgroup", self.attach_cgroup.as_ref()),
+        ] {
+            if let Some(p) = p {
+                if !p.is_absolute() {
+                    return Err(ConfigError::NotAbsolute {
+                        field,
+                        value: p.clone(),
+                    });
+                }
+            }
+        }
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(ConfigError::Pair {
+                what: ENV_CA_CERT,
+                other: ENV_CA_KEY,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn parse_env<T: std::str::FromStr>(
+    env: &dyn EnvSource,
+    name: &'static str,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match env.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Env {
+                name,
+                value,
+                why: e.to_string(),
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_interface() {
+        let c = Config::load(None, &env(&[])).expect("defaults are valid");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/spendguard"));
+        assert_eq!(c.socket, PathBuf::from("/run/spendguard/control.sock"));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:15443");
+        assert_eq!(c.metrics.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.redirect_ip, None);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let raw: RawConfig =
+            toml::from_str("listen = \"127.0.0.1:1000\"\nstate_dir = \"/a\"").expect("toml");
+        let c = Config::from_raw(raw, &env(&[(ENV_LISTEN, "127.0.0.1:2000")])).expect("valid");
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.state_dir, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let e = Config::load(None, &env(&[(ENV_REDIRECT_IP, "10.0.0")])).expect_err("must fail");
+        assert!(e.to_string().contains("SPENDGUARD_REDIRECT_IP"), "{e}");
+        let e = toml::from_str::<RawConfig>("lisen = \"1.2.3.4:5\"").expect_err("unknown field");
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = Config::load(None, &env(&[(ENV_STATE_DIR, "relative")])).expect_err("relative");
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let e = Config::load(None, &env(&[(ENV_CA_CERT, "/x")])).expect_err("pair");
+        assert!(e.to_string().contains("SPENDGUARD_CA_KEY"), "{e}");
+    }
+}

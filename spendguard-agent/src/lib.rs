@@ -1,0 +1,10 @@
+//! SpendGuard's node agent: redirect (eBPF), identity (cgroups → agents), proxy, control socket.
+//! The binaries in `src/bin` are thin: everything testable lives here.
+
+pub mod config;
+pub mod control;
+pub mod identity;
+pub mod paths;
+pub mod proxy;
+pub mod redirect;
+pub mod run;

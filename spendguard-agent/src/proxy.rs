@@ -1,0 +1,111 @@
+//! The transparent proxy. Data flows one way through these stages:
+//!
+//! ```text
+//! accept ─▶ inbound (original destination + identity, or refuse) ─▶ route ─▶ passthrough (bytes)
+//! ```
+//!
+//! `route` is where TLS interception plugs in: it decides per connection whether to splice bytes or to
+//! terminate TLS; today every connection is spliced to its original destination.
+
+pub mod inbound;
+pub mod passthrough;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::identity::TagStore;
+pub use inbound::{Inbound, OrigDstSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source} (is another agent running? set SPENDGUARD_LISTEN)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every connection.
+pub struct ProxyContext {
+    pub redirects: Arc<dyn OrigDstSource>,
+    pub tags: TagStore,
+}
+
+/// Accepts on `listeners` until `shutdown`, then returns; in-flight connections are tracked by `tasks`.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    ctx: Arc<ProxyContext>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut accepts = Vec::new();
+    for listener in listeners {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let tasks = tasks.clone();
+        accepts.push(tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move { handle(stream, peer, ctx).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for a in accepts {
+        let _ = a.await;
+    }
+}
+
+async fn handle(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    let inbound = match Inbound::identify(stream, peer, &*ctx.redirects, &ctx.tags) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(%peer, "refused connection: {e}");
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("conn", agent = %inbound.identity.agent, dst = %inbound.orig_dst);
+    let _enter = span.enter();
+    drop(_enter);
+    if let Err(e) = passthrough::splice(inbound, &[]).await {
+        tracing::debug!(parent: &span, "connection ended: {e}");
+    }
+}
+
+/// Binds a listener (SO_REUSEADDR so a restart does not wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let err = |source| ProxyError::Listen { addr, source };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket2::SockRef::from(&sock)
+            .set_only_v6(true)
+            .map_err(err)?;
+    }
+    sock.bind(addr).map_err(err)?;
+    sock.listen(4096).map_err(err)
+}

@@ -1,0 +1,194 @@
+//! The node agent's lifecycle: prepare the state dir, install the redirect, open the tag store, serve
+//! the proxy and the control socket, and drain on SIGTERM/SIGINT.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::control::server::{self as control_server, ControlContext};
+use crate::identity::{cgroupfs, TagStore};
+use crate::paths;
+use crate::proxy::{self, ProxyContext};
+use crate::redirect::{self, Redirect, RedirectOptions};
+
+/// How often tagged paths are re-resolved (a cgroup re-created under the same path gets a new id).
+const TAG_RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
+    std::fs::set_permissions(
+        &cfg.state_dir,
+        std::fs::Permissions::from_mode(paths::STATE_DIR_MODE),
+    )
+    .with_context(|| format!("cannot chmod state dir {}", cfg.state_dir.display()))?;
+
+    let mount = cgroupfs::cgroup2_mount()?;
+    if cgroupfs::is_hybrid() {
+        tracing::warn!(
+            cgroup2 = %mount.display(),
+            "this host uses a hybrid cgroup layout: only processes placed in the cgroup v2 tree ({}) can be tagged; \
+             Kubernetes pods on a hybrid/v1 node are NOT metered (use cgroup v2 nodes)",
+            mount.display()
+        );
+    }
+    let attach = cfg.attach_cgroup.clone().unwrap_or_else(|| mount.clone());
+    let redirect_ip4 = match cfg.redirect_ip {
+        Some(ip) => Some(ip),
+        None => {
+            let ip = redirect::primary_ipv4();
+            if ip.is_none() {
+                tracing::warn!("no SPENDGUARD_REDIRECT_IP and no default route: tagged connections from pods are refused");
+            }
+            ip
+        }
+    };
+    let netns = redirect::current_netns_cookie()
+        .context("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux ≥ 5.14)")?;
+
+    // Listen before redirecting: a tagged connect must never be rewritten to a port nobody serves
+    // because of our own start-up order.
+    let mut listeners = vec![proxy::bind(cfg.listen)?];
+    // Tagged IPv6 connects from the node's own namespace are sent to [::1]:port.
+    match proxy::bind(SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        cfg.listen.port(),
+    )) {
+        Ok(l) => listeners.push(l),
+        Err(e) => tracing::warn!(
+            "no IPv6 loopback listener ({e}); tagged IPv6 connects on this node will be refused"
+        ),
+    }
+    if let Some(ip6) = cfg.redirect_ip6 {
+        listeners.push(proxy::bind(SocketAddr::new(
+            IpAddr::V6(ip6),
+            cfg.listen.port(),
+        ))?);
+    }
+
+    let opts = RedirectOptions {
+        pin_dir: cfg.bpf_pin_dir.clone(),
+        attach_cgroup: attach.clone(),
+        proxy_port: cfg.listen.port(),
+        redirect_ip4,
+        redirect_ip6: cfg.redirect_ip6,
+        node_netns_cookie: netns,
+    };
+    let (redirect, logger) = Redirect::install(&opts)?;
+    tracing::info!(
+        cgroup = %attach.display(),
+        pins = %cfg.bpf_pin_dir.display(),
+        mode = ?redirect.installed,
+        redirect_ip = ?redirect_ip4,
+        "redirect in force"
+    );
+    let redirect = Arc::new(redirect);
+    if let Some(logger) = logger {
+        spawn_bpf_logger(logger)?;
+    }
+
+    let tags = TagStore::open(&cfg.state_dir, mount, redirect.clone())?;
+    tracing::info!(count = tags.list().len(), "tags applied");
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let control = control_server::bind(&cfg.socket)?;
+    let control_ctx = Arc::new(ControlContext { tags: tags.clone() });
+    let control_task = tokio::spawn(control_server::serve(
+        control,
+        control_ctx,
+        shutdown.clone(),
+    ));
+
+    let reconcile_tags = tags.clone();
+    let reconcile_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TAG_RECONCILE_EVERY);
+        loop {
+            tokio::select! {
+                _ = reconcile_stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = reconcile_tags.reconcile() {
+                        tracing::warn!("tag reconcile: {e}");
+                    }
+                }
+            }
+        }
+    });
+
+    let ctx = Arc::new(ProxyContext {
+        redirects: redirect.clone(),
+        tags,
+    });
+    tracing::info!(listen = %cfg.listen, socket = %cfg.socket.display(), "spendguard-agent ready");
+    let serve = tokio::spawn(proxy::serve(
+        listeners,
+        ctx,
+        shutdown.clone(),
+        tasks.clone(),
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!(
+        drain_seconds = cfg.drain_seconds,
+        "stopping: no new connections, draining in-flight ones"
+    );
+    shutdown.cancel();
+    let _ = serve.await;
+    let _ = control_task.await;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(cfg.drain_seconds), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tasks.len(),
+            "drain timeout: closing the remaining connections"
+        );
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    // The pinned redirect stays in force: tagged clients are refused until the agent is back.
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+#[expect(
+    unsafe_code,
+    reason = "AsyncFd registration requires the fd to outlive it"
+)]
+fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the logger, which owns the ring buffer fd, so the fd stays open for as
+    // long as it is registered.
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .context("polling the BPF log ring buffer")?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
