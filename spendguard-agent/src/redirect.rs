@@ -81,6 +81,9 @@ pub enum RedirectError {
     },
 }
 
+/// aya-log's reader of the programs' log ring buffer.
+pub type BpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// What the programs need to know; becomes the `SG_CONFIG` entry.
 #[derive(Debug, Clone)]
 pub struct RedirectOptions {
@@ -112,9 +115,7 @@ pub struct Redirect {
 impl Redirect {
     /// Loads, configures and attaches (or adopts) the programs. Returns the redirect and aya-log's
     /// logger, which the caller must poll so BPF log lines reach `tracing`.
-    pub fn install(
-        opts: &RedirectOptions,
-    ) -> Result<(Redirect, Option<aya_log::EbpfLogger<&'static dyn log::Log>>), RedirectError> {
+    pub fn install(opts: &RedirectOptions) -> Result<(Redirect, Option<BpfLogger>), RedirectError> {
         if BPF_OBJECT.is_empty() {
             return Err(RedirectError::NotBuilt);
         }
@@ -159,64 +160,42 @@ impl Redirect {
                     name,
                     detail: "program not found in the BPF object".into(),
                 })?;
+                // SockOps and CgroupSockAddr share no trait for load/attach/take_link, hence the macro.
+                macro_rules! load_and_link {
+                    ($ty:ty) => {{
+                        let p: &mut $ty = prog
+                            .try_into()
+                            .map_err(|source| RedirectError::Program { name, source })?;
+                        p.load()
+                            .map_err(|source| RedirectError::Program { name, source })?;
+                        if pin.exists() {
+                            swap(
+                                &pin,
+                                p.fd()
+                                    .map_err(|source| RedirectError::Program { name, source })?
+                                    .as_fd(),
+                            )?;
+                        } else {
+                            let id = p
+                                .attach(&cgroup, CgroupAttachMode::Single)
+                                .map_err(|source| RedirectError::Program { name, source })?;
+                            let link = p
+                                .take_link(id)
+                                .map_err(|source| RedirectError::Program { name, source })?;
+                            let fd_link =
+                                FdLink::try_from(link).map_err(|e| RedirectError::Pin {
+                                    path: pin.clone(),
+                                    detail: e.to_string(),
+                                })?;
+                            pin_link(fd_link, &pin)?;
+                            attached_now.push(pin);
+                        }
+                    }};
+                }
                 if name == programs::SOCK_OPS {
-                    let p: &mut SockOps = prog
-                        .try_into()
-                        .map_err(|source| RedirectError::Program { name, source })?;
-                    p.load()
-                        .map_err(|source| RedirectError::Program { name, source })?;
-                    if pin.exists() {
-                        swap(
-                            &pin,
-                            p.fd()
-                                .map_err(|source| RedirectError::Program { name, source })?
-                                .as_fd(),
-                        )?;
-                    } else {
-                        let id = p
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(|source| RedirectError::Program { name, source })?;
-                        let link = p
-                            .take_link(id)
-                            .map_err(|source| RedirectError::Program { name, source })?;
-                        pin_link(
-                            FdLink::try_from(link).map_err(|e| RedirectError::Pin {
-                                path: pin.clone(),
-                                detail: e.to_string(),
-                            })?,
-                            &pin,
-                        )?;
-                        attached_now.push(pin);
-                    }
+                    load_and_link!(SockOps);
                 } else {
-                    let p: &mut CgroupSockAddr = prog
-                        .try_into()
-                        .map_err(|source| RedirectError::Program { name, source })?;
-                    p.load()
-                        .map_err(|source| RedirectError::Program { name, source })?;
-                    if pin.exists() {
-                        swap(
-                            &pin,
-                            p.fd()
-                                .map_err(|source| RedirectError::Program { name, source })?
-                                .as_fd(),
-                        )?;
-                    } else {
-                        let id = p
-                            .attach(&cgroup, CgroupAttachMode::Single)
-                            .map_err(|source| RedirectError::Program { name, source })?;
-                        let link = p
-                            .take_link(id)
-                            .map_err(|source| RedirectError::Program { name, source })?;
-                        pin_link(
-                            FdLink::try_from(link).map_err(|e| RedirectError::Pin {
-                                path: pin.clone(),
-                                detail: e.to_string(),
-                            })?,
-                            &pin,
-                        )?;
-                        attached_now.push(pin);
-                    }
+                    load_and_link!(CgroupSockAddr);
                 }
             }
             Ok(())

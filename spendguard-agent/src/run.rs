@@ -174,7 +174,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     unsafe_code,
     reason = "AsyncFd registration requires the fd to outlive it"
 )]
-fn spawn_bpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
+fn spawn_bpf_logger(logger: redirect::BpfLogger) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the logger, which owns the ring buffer fd, so the fd stays open for as
     // long as it is registered.
     let mut fd = unsafe {

@@ -1,1 +1,507 @@
+//! Fixtures for SpendGuard's privileged end-to-end tests.
+//!
+//! Network safety: every test builds its own world — a "node" network namespace (where the agent and
+//! the fake upstream servers live, on addresses of the namespace's own `lo`) and a "pod" namespace
+//! joined to it by a veth pair — and removes it on Drop, even when an assertion fails. Nothing here
+//! sends a packet to any address outside 127.0.0.0/8 or these namespaces, so nothing can leave the
+//! machine even if redirection fails.
+//!
+//! Each world also has its own cgroup v2 subtree (the agent attaches its programs there, not at the
+//! root) and its own bpffs pin directory, so tests run in parallel without seeing each other.
 
+#![expect(
+    unsafe_code,
+    reason = "pre_exec hooks that move a child into a cgroup and a netns"
+)]
+
+pub mod servers;
+
+use std::io::Write as _;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Addresses inside each test's node namespace (on its `lo`): the fake upstreams.
+pub const UPSTREAM_A: &str = "10.77.3.1";
+pub const UPSTREAM_B: &str = "10.77.3.2";
+pub const UPSTREAM_V6: &str = "fd77::3";
+/// The veth pair between node (…1.1) and pod (…1.2) namespaces.
+pub const NODE_VETH_IP: &str = "10.77.1.1";
+pub const POD_VETH_IP: &str = "10.77.1.2";
+pub const PROXY_PORT: u16 = 15443;
+
+/// Prints a loud skip line; `.ci/run` turns any such line into a failure (CI has every feature).
+pub fn skip(why: &str) {
+    eprintln!("SPENDGUARD-SKIP: {why}");
+}
+
+/// Whether this process can run the privileged tests; prints why not.
+pub fn privileged() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        skip("not root: the e2e tests need root for BPF, cgroups and network namespaces");
+        return false;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip("kernel has no BTF (/sys/kernel/btf/vmlinux)");
+        return false;
+    }
+    if cgroup2_mount().is_none() {
+        skip("no cgroup2 filesystem mounted");
+        return false;
+    }
+    true
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// Where the agent binaries are: `SPENDGUARD_BIN_DIR` (set by `cargo xtask test`) or target/debug.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SPENDGUARD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo xtask test` (it builds the agent first)",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name for this test's objects (interface names are limited to 15 bytes).
+fn unique() -> String {
+    format!(
+        "sg{}x{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+impl Netns {
+    pub fn new(name: String) -> Netns {
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+    pub fn ip(&self, args: &[&str]) {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a);
+    }
+    /// Runs `f` on a thread that has entered this namespace (sockets made there stay in it).
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        if !matches!(out, Ok(ref o) if o.status.success()) {
+            eprintln!("warning: could not delete netns {}: {out:?}", self.name);
+        }
+    }
+}
+
+/// A cgroup v2 directory, removed on drop (after killing anything left in it).
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+impl Cgroup {
+    pub fn new(path: PathBuf) -> Cgroup {
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Cgroup { path }
+    }
+    pub fn child(&self, name: &str) -> Cgroup {
+        Cgroup::new(self.path.join(name))
+    }
+}
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// Where a spawned process runs.
+#[derive(Default, Clone, Copy)]
+pub struct Place<'a> {
+    pub cgroup: Option<&'a Path>,
+    pub netns: Option<&'a Netns>,
+    pub uid: Option<u32>,
+}
+
+/// Adds pre_exec hooks that move the child into `place` before it runs: cgroup first (the cgroup fs
+/// is not visible from inside `ip netns exec`, so we never use that), then the network namespace.
+pub fn place(cmd: &mut Command, place: Place<'_>) {
+    let procs: Option<OwnedFd> = place.cgroup.map(|c| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", c.display()))
+            .into()
+    });
+    let ns: Option<OwnedFd> = place
+        .netns
+        .map(|n| std::fs::File::open(n.path()).expect("open netns").into());
+    let uid = place.uid;
+    // SAFETY: the hook only makes async-signal-safe syscalls on fds opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = &procs {
+                // "0" means "the writing process".
+                if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = &ns {
+                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(uid) = uid {
+                if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `sg-probe`, which cargo builds beside the integration-test binaries (target/<profile>/).
+fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join("sg-probe");
+    assert!(
+        p.exists(),
+        "{} missing: build the spendguard-tests package's binaries",
+        p.display()
+    );
+    p
+}
+
+/// The result of one `sg-probe` run.
+pub fn probe(place_in: Place<'_>, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(args);
+    place(&mut cmd, place_in);
+    let out = cmd.output().expect("run sg-probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "sg-probe printed {text:?} ({e}); stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// One test's world: node + pod namespaces, a cgroup subtree, a pin dir, a state dir, and the agent.
+pub struct World {
+    pub id: String,
+    pub node: Netns,
+    pub pod: Netns,
+    pub state: tempfile::TempDir,
+    pub pin_dir: PathBuf,
+    pub agent: std::sync::Mutex<Option<Child>>,
+    // Dropped last (fields drop in order): the cgroup root outlives everything above.
+    pub cgroup: Cgroup,
+}
+
+impl World {
+    pub fn new() -> World {
+        let id = unique();
+        let node = Netns::new(format!("{id}n"));
+        let pod = Netns::new(format!("{id}p"));
+        // veth created directly inside the namespaces: no host interface, no host address.
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &format!("{id}a"),
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{id}b"),
+                "netns",
+                &pod.name,
+            ],
+        );
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_VETH_IP}/24"),
+            "dev",
+            &format!("{id}a"),
+        ]);
+        node.ip(&["link", "set", &format!("{id}a"), "up"]);
+        pod.ip(&[
+            "addr",
+            "add",
+            &format!("{POD_VETH_IP}/24"),
+            "dev",
+            &format!("{id}b"),
+        ]);
+        pod.ip(&["link", "set", &format!("{id}b"), "up"]);
+        pod.ip(&["route", "add", "default", "via", NODE_VETH_IP]);
+        for a in [UPSTREAM_A, UPSTREAM_B] {
+            node.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{UPSTREAM_V6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ]);
+        let mount = cgroup2_mount().expect("cgroup2");
+        let cgroup = Cgroup::new(mount.join(format!("{id}-cg")));
+        let state = tempfile::Builder::new()
+            .prefix(&format!("{id}-state"))
+            .tempdir()
+            .expect("state dir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{id}"));
+        World {
+            id,
+            node,
+            pod,
+            state,
+            pin_dir,
+            agent: std::sync::Mutex::new(None),
+            cgroup,
+        }
+    }
+
+    fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.state.path().join("control.sock")
+    }
+
+    fn agent_env(&self, cmd: &mut Command) {
+        cmd.env("SPENDGUARD_STATE_DIR", self.state.path())
+            .env("SPENDGUARD_SOCKET", self.socket())
+            .env("SPENDGUARD_BPF_PIN_DIR", &self.pin_dir)
+            .env("SPENDGUARD_ATTACH_CGROUP", &self.cgroup.path)
+            .env("SPENDGUARD_REDIRECT_IP", NODE_VETH_IP)
+            .env("SPENDGUARD_LISTEN", format!("0.0.0.0:{PROXY_PORT}"))
+            .env("SPENDGUARD_METRICS", "127.0.0.1:9464")
+            .env("RUST_LOG", "info,spendguard_agent=debug");
+    }
+
+    /// Starts the agent in the node namespace and waits until its control socket answers.
+    pub fn start_agent(&self) {
+        assert!(self.agent_slot().is_none(), "agent already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("agent.log"))
+            .expect("agent log");
+        let mut cmd = Command::new(bin("spendguard-agent"));
+        self.agent_env(&mut cmd);
+        cmd.stdout(Stdio::null()).stderr(log);
+        place(
+            &mut cmd,
+            Place {
+                netns: Some(&self.node),
+                ..Default::default()
+            },
+        );
+        *self.agent_slot() = Some(cmd.spawn().expect("spawn agent"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.cli(&["ping"]).status.success() {
+                return;
+            }
+            let exited = self.agent_slot().as_mut().map(|c| c.try_wait());
+            if let Some(Ok(Some(st))) = exited {
+                panic!("agent exited with {st} during start:\n{}", self.agent_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (a crash), not a clean stop.
+    pub fn kill_agent(&self) {
+        if let Some(mut c) = self.agent_slot().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop_agent(&self) -> std::process::ExitStatus {
+        let mut c = self.agent_slot().take().expect("agent running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs the `spendguard` CLI against this world's agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_as(None, args)
+    }
+
+    pub fn cli_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("spendguard"));
+        cmd.env("SPENDGUARD_SOCKET", self.socket()).args(args);
+        place(
+            &mut cmd,
+            Place {
+                uid,
+                ..Default::default()
+            },
+        );
+        cmd.output().expect("run spendguard")
+    }
+
+    /// `spendguard tag`, asserting success.
+    pub fn tag(&self, cgroup: &Path, agent: &str) {
+        let out = self.cli(&[
+            "tag",
+            "--cgroup",
+            cgroup.to_str().expect("utf8"),
+            "--agent",
+            agent,
+        ]);
+        assert!(
+            out.status.success(),
+            "tag failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `spendguard-agent uninstall` for this world's pin dir.
+    pub fn uninstall(&self) -> Output {
+        let mut cmd = Command::new(bin("spendguard-agent"));
+        self.agent_env(&mut cmd);
+        cmd.arg("uninstall").output().expect("run uninstall")
+    }
+
+    /// Programs attached to this world's cgroup, as bpftool reports them: (attach type, name).
+    pub fn attached_programs(&self) -> Vec<(String, String)> {
+        let out = Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(&self.cgroup.path)
+            .output()
+            .expect("bpftool (installed by scripts/dev.sh)");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["attach_type"].as_str().unwrap_or("").to_string(),
+                            p["name"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let _ = self.uninstall();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if std::thread::panicking() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "---- agent log of {} ----\n{}",
+                self.id,
+                self.agent_log()
+            );
+        }
+    }
+}

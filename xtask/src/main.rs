@@ -1,1 +1,88 @@
-fn main() {}
+//! `cargo xtask`: the project's privileged workflows, the aya way.
+//!
+//!   cargo xtask test [-- <cargo test args>]   build everything, run unit + in-process + privileged e2e tests
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the agent (with its BPF object) and run every test, privileged ones included (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(mut cmd: Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Test { args } => {
+            if !nix_is_root() {
+                eprintln!("SPENDGUARD-SKIP: cargo xtask test is not running as root; privileged tests will skip");
+            }
+            // Binaries first: the e2e tests run the real agent and CLI.
+            let mut build = cargo();
+            build.current_dir(&root).args([
+                "build",
+                "--workspace",
+                "--exclude",
+                "spendguard-ebpf",
+                "--bins",
+            ]);
+            status(build)?;
+            let mut test = cargo();
+            test.current_dir(&root)
+                .env("SPENDGUARD_BIN_DIR", root.join("target/debug"))
+                .env(
+                    "SPENDGUARD_SDK_PYTHON",
+                    root.join("target/sdk-venv/bin/python"),
+                )
+                .args(["test", "--workspace", "--exclude", "spendguard-ebpf"])
+                .args(&args);
+            status(test)
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

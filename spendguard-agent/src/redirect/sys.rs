@@ -9,7 +9,8 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 30;
+// enum bpf_cmd in include/uapi/linux/bpf.h: BPF_OBJ_GET = 7, BPF_LINK_UPDATE = 29.
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// Large enough for every bpf_attr variant we use; the kernel requires unused tail bytes to be zero.
