@@ -43,6 +43,10 @@ pub struct RawConfig {
     pub attach_cgroup: Option<PathBuf>,
     /// Seconds in-flight requests get to finish on SIGTERM.
     pub drain_seconds: Option<u64>,
+    /// Hosts whose TLS is terminated (exact, or `*.suffix`); replaces the bundled list.
+    pub provider_hosts: Option<Vec<String>>,
+    /// Extra hosts terminated in addition to the bundled list.
+    pub extra_provider_hosts: Option<Vec<String>>,
 }
 
 /// The validated configuration the agent runs on.
@@ -62,6 +66,7 @@ pub struct Config {
     /// `None`: the cgroup v2 root, found from /proc/mounts.
     pub attach_cgroup: Option<PathBuf>,
     pub drain_seconds: u64,
+    pub provider_hosts: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +161,16 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_BPF_PIN_DIR)),
             attach_cgroup: path_env(ENV_ATTACH_CGROUP).or(raw.attach_cgroup),
             drain_seconds: raw.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS),
+            provider_hosts: {
+                let mut hosts = raw.provider_hosts.unwrap_or_else(|| {
+                    crate::proxy::route::DEFAULT_PROVIDER_HOSTS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                });
+                hosts.extend(raw.extra_provider_hosts.unwrap_or_default());
+                hosts
+            },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -8,3 +8,4 @@ pub mod paths;
 pub mod proxy;
 pub mod redirect;
 pub mod run;
+pub mod tls;

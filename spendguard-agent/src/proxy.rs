@@ -4,11 +4,21 @@
 //! accept ─▶ inbound (original destination + identity, or refuse) ─▶ route ─▶ passthrough (bytes)
 //! ```
 //!
-//! `route` is where TLS interception plugs in: it decides per connection whether to splice bytes or to
-//! terminate TLS; today every connection is spliced to its original destination.
+//! ```text
+//!                                  ┌─ provider SNI ─▶ intercept (TLS, HTTP) ─▶ stage ─▶ forward ─▶ watch
+//! accept ─▶ inbound ─▶ route ─────┤
+//!                                  └─ anything else ─▶ passthrough (bytes, never decrypted)
+//! ```
 
+pub mod body;
+pub mod forward;
 pub mod inbound;
+pub mod intercept;
 pub mod passthrough;
+pub mod reply;
+pub mod rewind;
+pub mod route;
+pub mod stage;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -18,6 +28,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::identity::TagStore;
 pub use inbound::{Inbound, OrigDstSource};
@@ -35,6 +46,9 @@ pub enum ProxyError {
 pub struct ProxyContext {
     pub redirects: Arc<dyn OrigDstSource>,
     pub tags: TagStore,
+    pub hosts: route::HostList,
+    pub interceptor: Arc<intercept::Interceptor>,
+    pub shutdown: CancellationToken,
 }
 
 /// Accepts on `listeners` until `shutdown`, then returns; in-flight connections are tracked by `tasks`.
@@ -84,10 +98,31 @@ async fn handle(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<ProxyC
     };
     let span =
         tracing::info_span!("conn", agent = %inbound.identity.agent, dst = %inbound.orig_dst);
-    let _enter = span.enter();
-    drop(_enter);
-    if let Err(e) = passthrough::splice(inbound, &[]).await {
-        tracing::debug!(parent: &span, "connection ended: {e}");
+    tracing::debug!(parent: &span, %peer, cgroup_id = inbound.identity.cgroup_id, "accepted redirected connection");
+    dispatch(inbound, ctx).instrument(span).await;
+}
+
+/// Route a connection whose identity is known: intercept provider TLS, splice everything else.
+pub async fn dispatch(mut inbound: Inbound, ctx: Arc<ProxyContext>) {
+    let mut hello = Vec::new();
+    match route::classify(&mut inbound.stream, &mut hello, &ctx.hosts).await {
+        route::Route::Intercept { sni } => {
+            tracing::debug!(%sni, "intercepting");
+            if let Err(e) = ctx
+                .interceptor
+                .clone()
+                .serve(inbound, hello, sni, ctx.shutdown.clone())
+                .await
+            {
+                tracing::debug!("intercepted connection ended: {e}");
+            }
+        }
+        route::Route::Passthrough { why } => {
+            tracing::debug!(why, "passing through");
+            if let Err(e) = passthrough::splice(inbound, &hello).await {
+                tracing::debug!("passthrough ended: {e}");
+            }
+        }
     }
 }
 

@@ -14,8 +14,12 @@ use crate::config::Config;
 use crate::control::server::{self as control_server, ControlContext};
 use crate::identity::{cgroupfs, TagStore};
 use crate::paths;
+use crate::proxy::forward::Upstreams;
+use crate::proxy::intercept::Interceptor;
+use crate::proxy::route::HostList;
 use crate::proxy::{self, ProxyContext};
 use crate::redirect::{self, Redirect, RedirectOptions};
+use crate::tls::Ca;
 
 /// How often tagged paths are re-resolved (a cgroup re-created under the same path gets a new id).
 const TAG_RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -123,9 +127,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
+    let ca = Ca::load_or_generate(
+        &cfg.state_dir,
+        cfg.ca_cert.as_deref(),
+        cfg.ca_key.as_deref(),
+    )?;
+    let upstream_tls = crate::tls::upstream::client_config(cfg.upstream_ca.as_deref())?;
+    let interceptor = Arc::new(Interceptor {
+        ca,
+        upstreams: Upstreams::new(upstream_tls),
+        stage: Arc::new(crate::proxy::stage::PassThrough),
+    });
     let ctx = Arc::new(ProxyContext {
         redirects: redirect.clone(),
         tags,
+        hosts: HostList::new(&cfg.provider_hosts),
+        interceptor,
+        shutdown: shutdown.clone(),
     });
     tracing::info!(listen = %cfg.listen, socket = %cfg.socket.display(), "spendguard-agent ready");
     let serve = tokio::spawn(proxy::serve(

@@ -1,0 +1,113 @@
+//! Body plumbing: one boxed body type for both directions, and the watched response body that feeds a
+//! [`ResponseWatch`] chunk by chunk without buffering (SSE events reach the client as they arrive).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+
+use super::stage::{BodyEnd, ResponseWatch};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Not `Sync`: watches hold parsers that need not be shared, and neither hyper side requires it.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Wraps an upstream response body; reports every chunk and the end (also when dropped early, which
+/// is how a client disconnect shows up) to the watch, exactly once.
+pub struct Watched<B> {
+    inner: B,
+    watch: Option<Box<dyn ResponseWatch>>,
+    eof_flushed: bool,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, watch: Box<dyn ResponseWatch>) -> Watched<B> {
+        Watched {
+            inner,
+            watch: Some(watch),
+            eof_flushed: false,
+        }
+    }
+    fn end(&mut self, end: BodyEnd, err: Option<&str>) {
+        if let Some(w) = self.watch.take() {
+            w.on_end(end, err);
+        }
+    }
+}
+
+impl<B> HttpBody for Watched<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.eof_flushed {
+                self.end(BodyEnd::Complete, None);
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = match self.watch.as_mut() {
+                            Some(w) => w.on_data(data),
+                            None => data,
+                        };
+                        if out.is_empty() {
+                            continue; // held back by the watch; poll for more
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    // Trailers pass through untouched.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    let msg = e.to_string();
+                    self.end(BodyEnd::Aborted, Some(&msg));
+                    return Poll::Ready(Some(Err(msg.into())));
+                }
+                Poll::Ready(None) => {
+                    self.eof_flushed = true;
+                    let rest = self.watch.as_mut().map(|w| w.on_eof()).unwrap_or_default();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Never claim the end early: the watch must run `on_eof`/`on_end`.
+        false
+    }
+}
+
+impl<B> Drop for Watched<B> {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away (or the server gave up on it).
+        if let Some(w) = self.watch.take() {
+            w.on_end(BodyEnd::Aborted, None);
+        }
+    }
+}
