@@ -14,6 +14,7 @@
     reason = "pre_exec hooks that move a child into a cgroup and a netns"
 )]
 
+pub mod fake_provider;
 pub mod servers;
 
 use std::io::Write as _;
@@ -260,6 +261,8 @@ pub struct World {
     pub state: tempfile::TempDir,
     pub pin_dir: PathBuf,
     pub agent: std::sync::Mutex<Option<Child>>,
+    /// Extra environment for the agent (set before `start_agent`).
+    pub agent_extra_env: std::sync::Mutex<Vec<(String, String)>>,
     // Dropped last (fields drop in order): the cgroup root outlives everything above.
     pub cgroup: Cgroup,
 }
@@ -330,12 +333,21 @@ impl World {
             state,
             pin_dir,
             agent: std::sync::Mutex::new(None),
+            agent_extra_env: std::sync::Mutex::new(Vec::new()),
             cgroup,
         }
     }
 
     fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets an environment variable for the agent's next start.
+    pub fn set_agent_env(&self, key: &str, value: &str) {
+        self.agent_extra_env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((key.to_string(), value.to_string()));
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -351,6 +363,14 @@ impl World {
             .env("SPENDGUARD_LISTEN", format!("0.0.0.0:{PROXY_PORT}"))
             .env("SPENDGUARD_METRICS", "127.0.0.1:9464")
             .env("RUST_LOG", "info,spendguard_agent=debug");
+        for (k, v) in self
+            .agent_extra_env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            cmd.env(k, v);
+        }
     }
 
     /// Starts the agent in the node namespace and waits until its control socket answers.

@@ -59,7 +59,7 @@ impl HostList {
 
     pub fn matches(&self, host: &str) -> bool {
         let h = host.trim_end_matches('.').to_ascii_lowercase();
-        self.exact.iter().any(|e| *e == h)
+        self.exact.contains(&h)
             || self
                 .suffixes
                 .iter()

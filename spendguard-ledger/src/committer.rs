@@ -1,0 +1,293 @@
+//! Group commit. One thread owns every redb write transaction. Callers queue operations with a
+//! oneshot reply; the committer takes everything queued (up to `max_batch`), decides each one in
+//! order against the in-memory mirror, writes the whole batch in ONE durable transaction, and
+//! only then answers. While it waits on the disk, new requests queue up for the next batch, so
+//! the cost of an fsync is shared by everyone who arrived during the previous one.
+//!
+//! Fail closed: if the commit fails, every operation of the batch gets the error, and the mirror
+//! is rebuilt from the database (reopened, since redb refuses further work after an I/O error),
+//! so memory never claims more than the disk holds.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::AgentName;
+use crate::clock::Clock;
+use crate::error::{LedgerError, ReserveError};
+use crate::limits::{Limits, LimitsPatch};
+use crate::money::MicroUsd;
+use crate::notify::Notifier;
+use crate::state::{Effects, SettleKind, State};
+use crate::store::{Store, WriteSet};
+use crate::types::{AuditContext, Denial, DenyReason, Reservation, ReserveRequest, Settled};
+
+type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+#[derive(Debug)]
+pub(crate) enum Op {
+    Reserve {
+        req: ReserveRequest,
+        reply: oneshot::Sender<Result<Reservation, ReserveError>>,
+    },
+    Settle {
+        id: u64,
+        actual: MicroUsd,
+        reply: Reply<Settled>,
+    },
+    Blocked {
+        agent: AgentName,
+        reason: DenyReason,
+        requested: MicroUsd,
+        ctx: AuditContext,
+        reply: Reply<Denial>,
+    },
+    SetLimits {
+        agent: AgentName,
+        patch: LimitsPatch,
+        reply: Reply<Limits>,
+    },
+    SetPaused {
+        agent: AgentName,
+        paused: bool,
+        reply: Reply<()>,
+    },
+    Setting {
+        key: String,
+        value: Option<serde_json::Value>,
+        reply: Reply<()>,
+    },
+}
+
+impl Op {
+    fn fail(self, e: &LedgerError) {
+        // A caller that went away does not need the answer.
+        let _ = match self {
+            Op::Reserve { reply, .. } => reply.send(Err(e.clone().into())).map_err(drop),
+            Op::Settle { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::Blocked { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::SetLimits { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::SetPaused { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+        };
+    }
+}
+
+/// An answer decided in memory, sent once the batch's commit is known.
+enum Pending {
+    Reserve(
+        oneshot::Sender<Result<Reservation, ReserveError>>,
+        Result<Reservation, ReserveError>,
+    ),
+    Settle(Reply<Settled>, Result<Settled, LedgerError>),
+    Denial(Reply<Denial>, Result<Denial, LedgerError>),
+    Limits(Reply<Limits>, Result<Limits, LedgerError>),
+    Unit(Reply<()>, Result<(), LedgerError>),
+}
+
+impl Pending {
+    /// Answers the caller. Returns the id of a committed reservation nobody is waiting for.
+    fn finish(self, commit: Result<(), &LedgerError>) -> Option<u64> {
+        fn pick<T>(
+            commit: Result<(), &LedgerError>,
+            r: Result<T, LedgerError>,
+        ) -> Result<T, LedgerError> {
+            match commit {
+                Ok(()) => r,
+                Err(e) => Err(e.clone()),
+            }
+        }
+        match self {
+            Pending::Reserve(reply, r) => {
+                let r = match commit {
+                    Ok(()) => r,
+                    Err(e) => Err(ReserveError::Ledger(e.clone())),
+                };
+                match reply.send(r) {
+                    Ok(()) => None,
+                    Err(Ok(res)) => Some(res.id),
+                    Err(Err(_)) => None,
+                }
+            }
+            Pending::Settle(reply, r) => {
+                let _ = reply.send(pick(commit, r));
+                None
+            }
+            Pending::Denial(reply, r) => {
+                let _ = reply.send(pick(commit, r));
+                None
+            }
+            Pending::Limits(reply, r) => {
+                let _ = reply.send(pick(commit, r));
+                None
+            }
+            Pending::Unit(reply, r) => {
+                let _ = reply.send(pick(commit, r));
+                None
+            }
+        }
+    }
+}
+
+pub(crate) struct Committer {
+    pub rx: mpsc::Receiver<Op>,
+    pub store: Store,
+    pub state: Arc<Mutex<State>>,
+    pub notifier: Arc<Notifier>,
+    pub clock: Arc<dyn Clock>,
+    pub audit_retention: chrono::Duration,
+    pub max_batch: usize,
+    /// The last commit failed and the mirror could not be rebuilt yet.
+    pub broken: bool,
+    /// Reservations committed for callers that had gone away: released in the next batch.
+    pub orphans: Vec<u64>,
+}
+
+impl Committer {
+    pub fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(op) = self.rx.blocking_recv() {
+            batch.push(op);
+            loop {
+                while batch.len() < self.max_batch {
+                    match self.rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+                self.process(&mut batch);
+                if self.orphans.is_empty() || self.broken {
+                    break;
+                }
+            }
+        }
+        self.store.close();
+        tracing::debug!(path = %self.store.path().display(), "ledger committer stopped");
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reopens the database and rebuilds the mirror from it.
+    fn rebuild(&mut self) -> Result<(), LedgerError> {
+        self.store.close();
+        self.store.open()?;
+        let defaults = self.lock_state().defaults.clone();
+        let fresh = self.store.load(defaults)?;
+        *self.lock_state() = fresh;
+        self.broken = false;
+        tracing::info!(path = %self.store.path().display(), "ledger reopened; in-memory state matches the disk again");
+        Ok(())
+    }
+
+    fn process(&mut self, batch: &mut Vec<Op>) {
+        if self.broken {
+            if let Err(e) = self.rebuild() {
+                tracing::error!(error = %e, "ledger still unavailable; refusing {} operations", batch.len());
+                for op in batch.drain(..) {
+                    op.fail(&e);
+                }
+                return;
+            }
+        }
+        let now = self.clock.now();
+        let orphans = std::mem::take(&mut self.orphans);
+        let mut fx = Effects::default();
+        let mut pending = Vec::with_capacity(batch.len());
+        let write_set = {
+            let mut st = self.lock_state();
+            st.begin_batch();
+            for id in &orphans {
+                if st
+                    .settle(*id, MicroUsd::ZERO, SettleKind::Cancelled, now, &mut fx)
+                    .is_ok()
+                {
+                    tracing::debug!(
+                        reservation = id,
+                        "caller went away before learning of its reservation; released"
+                    );
+                }
+            }
+            for op in batch.drain(..) {
+                pending.push(apply(&mut st, op, now, &mut fx));
+            }
+            if fx.is_empty() {
+                None
+            } else {
+                let cutoff = now.checked_sub_signed(self.audit_retention);
+                Some(WriteSet::build(&st, &fx, cutoff))
+            }
+        };
+        let result = match write_set {
+            None => Ok(()),
+            Some(Ok(ws)) => self.store.write(&ws),
+            Some(Err(e)) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.lock_state().end_batch();
+                // Before the answers, so a caller sees the notifications its call caused.
+                self.notifier.send(fx.notifications);
+                for p in pending {
+                    if let Some(id) = p.finish(Ok(())) {
+                        self.orphans.push(id);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, operations = pending.len(), "ledger commit failed; refusing the whole batch and rolling back");
+                self.lock_state().rollback_batch();
+                // redb refuses further work after an I/O error: reopen it, and reload the mirror
+                // from it, now or (if the disk is still failing) before the next batch.
+                self.broken = true;
+                if let Err(e2) = self.rebuild() {
+                    tracing::error!(error = %e2, "cannot reopen the ledger after a failed commit");
+                }
+                self.orphans = orphans;
+                for p in pending {
+                    p.finish(Err(&e));
+                }
+            }
+        }
+    }
+}
+
+fn apply(st: &mut State, op: Op, now: chrono::DateTime<chrono::Utc>, fx: &mut Effects) -> Pending {
+    match op {
+        Op::Reserve { req, reply } => Pending::Reserve(
+            reply,
+            st.reserve(req, now, fx).map_err(ReserveError::Denied),
+        ),
+        Op::Settle { id, actual, reply } => {
+            Pending::Settle(reply, st.settle(id, actual, SettleKind::Usage, now, fx))
+        }
+        Op::Blocked {
+            agent,
+            reason,
+            requested,
+            ctx,
+            reply,
+        } => Pending::Denial(
+            reply,
+            Ok(st.record_blocked(agent, reason, requested, ctx, now, fx)),
+        ),
+        Op::SetLimits {
+            agent,
+            patch,
+            reply,
+        } => Pending::Limits(reply, st.set_limits(&agent, &patch, fx)),
+        Op::SetPaused {
+            agent,
+            paused,
+            reply,
+        } => {
+            st.set_paused(&agent, paused, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::Setting { key, value, reply } => {
+            st.put_setting(key, value, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+    }
+}

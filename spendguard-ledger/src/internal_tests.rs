@@ -1,0 +1,212 @@
+//! Tests that need the crate's insides: a storage backend that fails on demand, and holding
+//! the committer back to drop a caller at a precise moment.
+
+use std::fs::OpenOptions;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+
+use crate::*;
+
+#[derive(Debug)]
+struct Flaky {
+    inner: FileBackend,
+    fail: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(std::io::Error::other("injected: no space left on device"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StorageBackend for Flaky {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(s, e)
+    }
+    fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(s, e)
+    }
+    fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(s, e)
+    }
+    fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(s, e)
+    }
+    fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(s, e)
+    }
+    fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(s, e)
+    }
+}
+
+fn flaky_ledger(path: PathBuf, fail: Arc<AtomicBool>) -> Ledger {
+    let p = path.clone();
+    let opener = Box::new(move || {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)?;
+        redb::Database::builder().create_with_backend(Flaky {
+            inner: FileBackend::new(file)?,
+            fail: fail.clone(),
+        })
+    });
+    Ledger::open_with(path, opener, LedgerOptions::default()).unwrap()
+}
+
+fn req(agent: &AgentName, usd: u64) -> ReserveRequest {
+    ReserveRequest {
+        agent: agent.clone(),
+        amount: MicroUsd::from_usd(usd),
+        audit: AuditContext::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commit_refuses_the_batch_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let fail = Arc::new(AtomicBool::new(false));
+    let ledger = flaky_ledger(path.clone(), fail.clone());
+    let agent: AgentName = "acme.team".parse().unwrap();
+    let root: AgentName = "acme".parse().unwrap();
+    ledger
+        .set_limits(
+            &root,
+            LimitsPatch::default().set(LimitKind::Daily, Some(MicroUsd::from_usd(10))),
+        )
+        .await
+        .unwrap();
+    ledger
+        .put_setting("tag/a", serde_json::json!("x"))
+        .await
+        .unwrap();
+    let first = ledger.reserve(req(&agent, 3)).await.unwrap();
+    let before = ledger.status(&agent);
+
+    fail.store(true, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let l = ledger.clone();
+        let a = agent.clone();
+        tasks.push(tokio::spawn(async move { l.reserve(req(&a, 1)).await }));
+    }
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(ReserveError::Ledger(e)) => {
+                let msg = e.to_string();
+                assert!(msg.contains("ledger.redb") && msg.contains("disk"), "{msg}");
+            }
+            other => panic!("a reservation went through a failed commit: {other:?}"),
+        }
+    }
+    assert!(ledger
+        .settle(first.id, MicroUsd::from_usd(1))
+        .await
+        .is_err());
+    assert!(ledger
+        .put_setting("tag/b", serde_json::json!("y"))
+        .await
+        .is_err());
+    assert!(ledger.pause(&agent).await.is_err());
+    // Memory matches the disk: nothing of the failed batches is visible.
+    assert_eq!(ledger.status(&agent), before);
+    assert_eq!(ledger.status(&agent).reserved, MicroUsd::from_usd(3));
+    assert_eq!(ledger.settings_with_prefix("tag/").len(), 1);
+    assert!(!ledger.status(&agent).paused);
+
+    // The disk comes back: the ledger reopens and carries on.
+    fail.store(false, Ordering::SeqCst);
+    let settled = ledger
+        .settle(first.id, MicroUsd::from_usd(1))
+        .await
+        .unwrap();
+    assert_eq!(settled.charged, MicroUsd::from_usd(1));
+    let second = ledger.reserve(req(&agent, 2)).await.unwrap();
+    assert_eq!(second.remaining, MicroUsd::from_usd(7));
+    let s = ledger.status(&agent);
+    assert_eq!(s.spent.daily, MicroUsd::from_usd(1));
+    assert_eq!(s.reserved, MicroUsd::from_usd(2));
+    drop(ledger);
+
+    // And the disk agrees: reopening charges the open $2 reservation.
+    let ledger = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    let s = ledger.status(&agent);
+    assert_eq!(s.spent.total, MicroUsd::from_usd(3));
+    assert_eq!(s.reserved, MicroUsd::ZERO);
+    assert_eq!(ledger.settings_with_prefix("tag/").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_caller_went_away_is_released() {
+    use std::future::Future;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
+    let agent: AgentName = "acme".parse().unwrap();
+    {
+        // Hold the committer back so the caller is surely gone before it answers.
+        let guard = ledger.shared_state_for_tests().lock().unwrap();
+        let mut fut = Box::pin(ledger.reserve(req(&agent, 5)));
+        // One poll queues the operation; the committer cannot answer while we hold the lock.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        drop(fut);
+        drop(guard);
+    }
+    // The release is committed in the batch after the one that made the reservation (which may
+    // also carry the first of these), so it is on disk once the second is answered.
+    ledger.put_setting("x", serde_json::json!(1)).await.unwrap();
+    ledger.put_setting("y", serde_json::json!(2)).await.unwrap();
+    let s = ledger.status(&agent);
+    assert_eq!(s.reserved, MicroUsd::ZERO);
+    assert_eq!(s.spent.total, MicroUsd::ZERO);
+    drop(ledger);
+    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
+    assert_eq!(
+        ledger.status(&agent).spent.total,
+        MicroUsd::ZERO,
+        "nothing to recover"
+    );
+}
+
+#[test]
+fn the_handle_is_cheap_to_share() {
+    fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+    assert_shareable::<Ledger>();
+    fn assert_error<T: std::error::Error + Send + Sync + Clone + 'static>() {}
+    assert_error::<LedgerError>();
+    assert_error::<ReserveError>();
+}

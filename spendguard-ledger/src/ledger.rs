@@ -1,0 +1,352 @@
+//! The public handle.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::AgentName;
+use crate::clock::{Clock, SystemClock};
+use crate::committer::{Committer, Op};
+use crate::error::{LedgerError, ReserveError};
+use crate::limits::{Limits, LimitsPatch};
+use crate::money::MicroUsd;
+use crate::notify::Notifier;
+use crate::state::{Effects, State};
+use crate::store::{Opener, Reader, Store, WriteSet};
+use crate::types::{
+    AgentStatus, AuditContext, AuditEvent, AuditFilter, Denial, DenyReason, Notification,
+    Reservation, ReserveRequest, Settled,
+};
+
+/// How many operations may wait for the committer before callers wait to enqueue.
+const QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// How the ledger behaves.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// Limits for a *requesting* agent in every period it has no limit of its own for (per field:
+    /// per-call, daily, weekly, monthly, total, expiry, webhook; `pause_on_exhaust` if either
+    /// sets it). They do not apply to its ancestors' levels, and `set_limits` does not check them
+    /// against the hierarchy. The embedded default sets none: metered, not limited.
+    pub default_limits: Limits,
+    /// Audit events older than this are deleted (by the committer, a bounded number per batch).
+    pub audit_retention: chrono::Duration,
+    /// Source of the current time; inject a [`crate::ManualClock`] in tests.
+    pub clock: Arc<dyn Clock>,
+    /// Most operations one commit carries. 1 turns group commit off (one commit per operation).
+    pub max_batch: usize,
+    /// Capacity of each [`Ledger::subscribe`] queue.
+    pub notification_capacity: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            default_limits: Limits::default(),
+            audit_retention: chrono::Duration::days(90),
+            clock: Arc::new(SystemClock),
+            max_batch: 4096,
+            notification_capacity: 1024,
+        }
+    }
+}
+
+/// Joins the committer when the last [`Ledger`] clone goes away, so the database file is closed
+/// (and can be opened again) once the drop returns.
+struct CommitterThread(Option<JoinHandle<()>>);
+
+impl Drop for CommitterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            if h.join().is_err() {
+                tracing::error!("the ledger committer thread panicked");
+            }
+        }
+    }
+}
+
+struct Shared {
+    state: Arc<Mutex<State>>,
+    reader: Reader,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    path: PathBuf,
+}
+
+/// The durable budget ledger. Cheap to clone; all clones share one committer.
+///
+/// Every mutation (`reserve`, `settle`, limits, pause, settings, blocked-request audit) is durable
+/// (committed to redb with immediate durability) before its future resolves. Reads (`status`,
+/// `limits`, `agents`, `settings_with_prefix`) come from the in-memory mirror; `audit` reads the
+/// database.
+#[derive(Clone)]
+pub struct Ledger {
+    // Field order matters: the sender must drop before the thread handle is joined.
+    tx: mpsc::Sender<Op>,
+    shared: Arc<Shared>,
+    _committer: Arc<CommitterThread>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`; its directory must exist.
+    ///
+    /// Every reservation a previous process left open (it crashed or was killed before settling)
+    /// is charged at its reserved amount — a charge is never lost — and its audit event is marked
+    /// `recovered`. Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(path: impl AsRef<Path>, options: LedgerOptions) -> Result<Ledger, LedgerError> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        Self::open_with(
+            path,
+            Box::new(move || redb::Database::builder().create(&p)),
+            options,
+        )
+    }
+
+    pub(crate) fn open_with(
+        path: PathBuf,
+        opener: Opener,
+        options: LedgerOptions,
+    ) -> Result<Ledger, LedgerError> {
+        let store = Store::new(path.clone(), opener);
+        store.open()?;
+        let mut state = store.load(options.default_limits.clone())?;
+        let now = options.clock.now();
+        let mut fx = Effects::default();
+        let (count, sum) = state.recover_open(now, &mut fx);
+        let ws = WriteSet::build(&state, &fx, now.checked_sub_signed(options.audit_retention))?;
+        store.write(&ws)?;
+        if count > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                reservations = count,
+                charged = %sum,
+                "charged reservations left open by the previous run at their reserved amounts"
+            );
+        }
+
+        let state = Arc::new(Mutex::new(state));
+        let notifier = Arc::new(Notifier::new(options.notification_capacity));
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let reader = store.reader();
+        let committer = Committer {
+            rx,
+            store,
+            state: state.clone(),
+            notifier: notifier.clone(),
+            clock: options.clock.clone(),
+            audit_retention: options.audit_retention,
+            max_batch: options.max_batch.max(1),
+            broken: false,
+            orphans: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("spendguard-ledger".into())
+            .spawn(move || committer.run())
+            .map_err(|e| LedgerError::Spawn {
+                source: Arc::new(e),
+            })?;
+        Ok(Ledger {
+            tx,
+            shared: Arc::new(Shared {
+                state,
+                reader,
+                notifier,
+                clock: options.clock,
+                path,
+            }),
+            _committer: Arc::new(CommitterThread(Some(handle))),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared_state_for_tests(&self) -> &Mutex<State> {
+        &self.shared.state
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(op(tx))
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        rx.await.map_err(|_| LedgerError::Closed)
+    }
+
+    /// Reserves `req.amount` (the request's worst case) for the agent and every ancestor, if it
+    /// fits every level's limits; durable before it returns `Ok`. Forward the request only then.
+    ///
+    /// If this future is dropped after the reservation was committed, the ledger releases it
+    /// (nothing can have been forwarded).
+    pub async fn reserve(&self, req: ReserveRequest) -> Result<Reservation, ReserveError> {
+        match self.call(|reply| Op::Reserve { req, reply }).await {
+            Ok(r) => r,
+            Err(e) => Err(ReserveError::Ledger(e)),
+        }
+    }
+
+    /// Replaces reservation `id` by the real cost `actual` (charged even if it exceeds the
+    /// reservation, with a warning). With no usage report, settle at the reserved amount.
+    pub async fn settle(&self, id: u64, actual: MicroUsd) -> Result<Settled, LedgerError> {
+        self.call(|reply| Op::Settle { id, actual, reply }).await?
+    }
+
+    /// Records a request blocked before any reservation (`unknown_model`, `unpriced_request`) in
+    /// the audit log, and returns the 402 content for it.
+    pub async fn record_blocked(
+        &self,
+        agent: AgentName,
+        reason: DenyReason,
+        requested: MicroUsd,
+        audit: AuditContext,
+    ) -> Result<Denial, LedgerError> {
+        self.call(|reply| Op::Blocked {
+            agent,
+            reason,
+            requested,
+            ctx: audit,
+            reply,
+        })
+        .await?
+    }
+
+    /// Changes only the limits `patch` names; returns the agent's limits afterwards. Refuses a
+    /// limit above an ancestor's, or below a descendant's, of the same kind.
+    pub async fn set_limits(
+        &self,
+        agent: &AgentName,
+        patch: LimitsPatch,
+    ) -> Result<Limits, LedgerError> {
+        let agent = agent.clone();
+        self.call(|reply| Op::SetLimits {
+            agent,
+            patch,
+            reply,
+        })
+        .await?
+    }
+
+    /// Blocks the agent and its descendants (`agent_paused`) until [`Ledger::resume`].
+    pub async fn pause(&self, agent: &AgentName) -> Result<(), LedgerError> {
+        self.set_paused(agent, true).await
+    }
+
+    /// Lifts a pause (set by an operator or by `pause_on_exhaust`).
+    pub async fn resume(&self, agent: &AgentName) -> Result<(), LedgerError> {
+        self.set_paused(agent, false).await
+    }
+
+    async fn set_paused(&self, agent: &AgentName, paused: bool) -> Result<(), LedgerError> {
+        let agent = agent.clone();
+        self.call(|reply| Op::SetPaused {
+            agent,
+            paused,
+            reply,
+        })
+        .await?
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The agent's own limits (what `limit show` prints); defaults for an unknown agent.
+    pub fn limits(&self, agent: &AgentName) -> Limits {
+        self.state()
+            .agents
+            .get(agent)
+            .map(|e| e.limits.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `default_limits` this ledger applies.
+    pub fn default_limits(&self) -> Limits {
+        self.state().defaults.clone()
+    }
+
+    /// Budget status of one agent (an unknown agent shows zero spend).
+    pub fn status(&self, agent: &AgentName) -> AgentStatus {
+        let now = self.shared.clock.now();
+        self.state().status(agent, now)
+    }
+
+    /// Every agent the ledger knows: those with limits, a pause, or any request so far, and
+    /// their ancestors. Sorted.
+    pub fn agents(&self) -> Vec<AgentName> {
+        self.state().agents.keys().cloned().collect()
+    }
+
+    /// Audit events, oldest first (the newest `filter.limit` of those matching). Reads the
+    /// database: blocking, but short.
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, LedgerError> {
+        self.shared.reader.audit(filter)
+    }
+
+    /// A bounded queue of notifications for the webhook notifier. When it is full, further
+    /// notifications are dropped with a warning; the request path never waits for it.
+    pub fn subscribe(&self) -> mpsc::Receiver<Notification> {
+        self.shared.notifier.subscribe()
+    }
+
+    /// Stores `value` under `key` durably (tags, price overrides, ...).
+    pub async fn put_setting(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        let key = key.to_string();
+        self.call(|reply| Op::Setting {
+            key,
+            value: Some(value),
+            reply,
+        })
+        .await?
+    }
+
+    /// Removes `key` (no error if it did not exist).
+    pub async fn delete_setting(&self, key: &str) -> Result<(), LedgerError> {
+        let key = key.to_string();
+        self.call(|reply| Op::Setting {
+            key,
+            value: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// One setting.
+    pub fn setting(&self, key: &str) -> Option<serde_json::Value> {
+        self.state().settings.get(key).cloned()
+    }
+
+    /// Every setting whose key starts with `prefix`, sorted by key.
+    pub fn settings_with_prefix(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        self.state()
+            .settings
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}

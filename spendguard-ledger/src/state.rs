@@ -1,0 +1,846 @@
+//! The in-memory mirror of the ledger. Only the committer thread changes it, one batch at a time,
+//! so every decision sees every earlier one: there is no window in which two requests can both
+//! take the last dollar. Each change is also recorded in [`Effects`], which the committer turns
+//! into one redb write transaction.
+//!
+//! Accounting model:
+//! - every level (agent and each ancestor) keeps, per period, the settled spend of its whole
+//!   subtree (`Counter`) and the sum of its subtree's open reservations (`outstanding`);
+//! - a reservation is allowed only if, at every level and for every period it has a limit for,
+//!   `spent + outstanding + amount <= limit`;
+//! - a settle removes the reservation and adds the real cost to the counters of the period that is
+//!   current *when it settles* (so a request that straddles midnight counts against the new day;
+//!   while in flight it counted against both);
+//! - counters are tagged with the start of their period and read as zero once it is over, so a
+//!   period rolls over without anyone writing anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentName;
+use crate::error::LedgerError;
+use crate::limits::{LimitKind, Limits, LimitsPatch};
+use crate::money::MicroUsd;
+use crate::period::Period;
+use crate::types::{
+    AgentState, AgentStatus, AuditContext, AuditEvent, Decision, Denial, DenyReason, Notification,
+    PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation, ReserveRequest, Settled,
+};
+
+/// Spend of one level in one period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Counter {
+    /// Start of the period these numbers belong to (Unix seconds).
+    pub start: i64,
+    pub spent: u64,
+    pub threshold_sent: bool,
+    pub exhausted_sent: bool,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter {
+            start: i64::MIN,
+            spent: 0,
+            threshold_sent: false,
+            exhausted_sent: false,
+        }
+    }
+}
+
+impl Counter {
+    /// Whether the counter belongs to the period containing `now`. A counter from a *later*
+    /// period (the clock went back) is kept rather than reset.
+    fn is_current(&self, p: Period, now: DateTime<Utc>) -> bool {
+        self.start >= p.start(now).timestamp()
+    }
+}
+
+/// One level of the hierarchy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AgentEntry {
+    pub limits: Limits,
+    pub paused: bool,
+    pub counters: [Counter; 4],
+    /// Sum of the open reservations of this agent and its descendants (not stored: rebuilt from
+    /// the reservations table).
+    pub outstanding: u64,
+}
+
+impl AgentEntry {
+    pub fn spent(&self, p: Period, now: DateTime<Utc>) -> u64 {
+        let c = &self.counters[p.index()];
+        if c.is_current(p, now) {
+            c.spent
+        } else {
+            0
+        }
+    }
+
+    fn counter_mut(&mut self, p: Period, now: DateTime<Utc>) -> &mut Counter {
+        let c = &mut self.counters[p.index()];
+        if !c.is_current(p, now) {
+            *c = Counter {
+                start: p.start(now).timestamp(),
+                ..Counter::default()
+            };
+        }
+        c
+    }
+}
+
+/// An audit event as stored (amounts in µUSD).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AuditRecord {
+    pub id: u64,
+    pub time: DateTime<Utc>,
+    pub agent: AgentName,
+    pub ctx: AuditContext,
+    pub decision: Decision,
+    pub reason: Option<DenyReason>,
+    pub reservation_id: Option<u64>,
+    pub requested: MicroUsd,
+    pub reserved: MicroUsd,
+    pub final_cost: Option<MicroUsd>,
+    pub settled_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub recovered: bool,
+}
+
+impl AuditRecord {
+    pub fn to_event(&self) -> AuditEvent {
+        AuditEvent {
+            id: self.id,
+            time: self.time,
+            agent: self.agent.clone(),
+            cgroup: self.ctx.cgroup.clone(),
+            host: self.ctx.host.clone(),
+            model: self.ctx.model.clone(),
+            provider: self.ctx.provider.clone(),
+            decision: self.decision,
+            reason: self.reason,
+            reservation_id: self.reservation_id,
+            requested: self.requested,
+            reserved: self.reserved,
+            final_cost: self.final_cost,
+            settled_at: self.settled_at,
+            recovered: self.recovered,
+        }
+    }
+}
+
+/// A reservation that has not been settled yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OpenReservation {
+    pub agent: AgentName,
+    pub amount: MicroUsd,
+    pub created: DateTime<Utc>,
+    pub audit: AuditRecord,
+}
+
+/// What a batch changed, so the committer knows what to write and whom to notify.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub agents: BTreeSet<AgentName>,
+    /// Reservation ids touched: written if still open, deleted otherwise.
+    pub reservations: BTreeSet<u64>,
+    pub audit: BTreeMap<u64, AuditRecord>,
+    pub settings: BTreeMap<String, Option<serde_json::Value>>,
+    pub notifications: Vec<Notification>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+            && self.reservations.is_empty()
+            && self.audit.is_empty()
+            && self.settings.is_empty()
+    }
+}
+
+/// How a reservation is being closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SettleKind {
+    /// The proxy reported the real cost.
+    Usage,
+    /// Left open by a previous process: charged at its reserved amount.
+    Recovered,
+    /// The caller went away before it learnt of the reservation, so nothing was forwarded.
+    Cancelled,
+}
+
+/// What a batch overwrote, so a failed commit can put the mirror back exactly as the disk has it
+/// (first-touch values; `None` = did not exist).
+#[derive(Debug, Default)]
+struct Undo {
+    agents: HashMap<AgentName, Option<AgentEntry>>,
+    reservations: HashMap<u64, Option<OpenReservation>>,
+    settings: HashMap<String, Option<serde_json::Value>>,
+    next_reservation_id: u64,
+    next_audit_id: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub agents: BTreeMap<AgentName, AgentEntry>,
+    pub reservations: HashMap<u64, OpenReservation>,
+    pub settings: BTreeMap<String, serde_json::Value>,
+    pub next_reservation_id: u64,
+    pub next_audit_id: u64,
+    pub defaults: Limits,
+    undo: Option<Undo>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn capitalised(p: Period) -> &'static str {
+    match p {
+        Period::Daily => "Daily",
+        Period::Weekly => "Weekly",
+        Period::Monthly => "Monthly",
+        Period::Total => "Total",
+    }
+}
+
+impl State {
+    pub fn new(defaults: Limits) -> State {
+        State {
+            agents: BTreeMap::new(),
+            reservations: HashMap::new(),
+            settings: BTreeMap::new(),
+            next_reservation_id: 1,
+            next_audit_id: 1,
+            defaults,
+            undo: None,
+        }
+    }
+
+    /// Starts recording what the next changes overwrite.
+    pub fn begin_batch(&mut self) {
+        self.undo = Some(Undo {
+            next_reservation_id: self.next_reservation_id,
+            next_audit_id: self.next_audit_id,
+            ..Undo::default()
+        });
+    }
+
+    /// The batch is on disk: forget how to undo it.
+    pub fn end_batch(&mut self) {
+        self.undo = None;
+    }
+
+    /// The batch's commit failed: put back everything it changed.
+    pub fn rollback_batch(&mut self) {
+        let Some(u) = self.undo.take() else { return };
+        for (k, v) in u.agents {
+            match v {
+                Some(e) => self.agents.insert(k, e),
+                None => self.agents.remove(&k),
+            };
+        }
+        for (k, v) in u.reservations {
+            match v {
+                Some(r) => self.reservations.insert(k, r),
+                None => self.reservations.remove(&k),
+            };
+        }
+        for (k, v) in u.settings {
+            match v {
+                Some(s) => self.settings.insert(k, s),
+                None => self.settings.remove(&k),
+            };
+        }
+        self.next_reservation_id = u.next_reservation_id;
+        self.next_audit_id = u.next_audit_id;
+    }
+
+    /// Mutable access to an existing or new agent entry, remembering its old value for undo.
+    fn agent_mut(&mut self, name: &AgentName) -> &mut AgentEntry {
+        if let Some(u) = &mut self.undo {
+            if !u.agents.contains_key(name) {
+                u.agents
+                    .insert(name.clone(), self.agents.get(name).cloned());
+            }
+        }
+        self.agents.entry(name.clone()).or_default()
+    }
+
+    fn remember_reservation(&mut self, id: u64) {
+        if let Some(u) = &mut self.undo {
+            u.reservations
+                .entry(id)
+                .or_insert_with(|| self.reservations.get(&id).cloned());
+        }
+    }
+
+    /// Makes sure every level of `levels` has an entry (new ones are written with the batch).
+    fn ensure(&mut self, levels: &[AgentName], fx: &mut Effects) {
+        for l in levels {
+            if !self.agents.contains_key(l) {
+                self.agent_mut(l);
+                fx.agents.insert(l.clone());
+            }
+        }
+    }
+
+    /// The limits that bind `level` for a request made by `requester`: the level's own, and for
+    /// the requester itself, `default_limits` where it sets nothing.
+    fn effective(&self, level: &AgentName, requester: &AgentName) -> Limits {
+        let own = self.agents.get(level).map(|e| &e.limits);
+        if level == requester {
+            own.unwrap_or(&Limits::default())
+                .or_defaults(&self.defaults)
+        } else {
+            own.cloned().unwrap_or_default()
+        }
+    }
+
+    fn effective_all(&self, levels: &[AgentName]) -> Vec<Limits> {
+        let requester = levels.last().expect("ancestors_and_self is never empty");
+        levels
+            .iter()
+            .map(|l| self.effective(l, requester))
+            .collect()
+    }
+
+    /// Tightest remaining budget per period across `levels` (spent and outstanding counted).
+    fn remaining(
+        &self,
+        levels: &[AgentName],
+        eff: &[Limits],
+        now: DateTime<Utc>,
+    ) -> RemainingByPeriod {
+        let mut out = RemainingByPeriod::default();
+        for (l, lim) in levels.iter().zip(eff) {
+            let entry = self.agents.get(l);
+            for p in Period::ALL {
+                let Some(limit) = lim.period(p) else { continue };
+                let (spent, outstanding) =
+                    entry.map_or((0, 0), |e| (e.spent(p, now), e.outstanding));
+                let rem = MicroUsd(limit.0.saturating_sub(spent.saturating_add(outstanding)));
+                let slot = out.slot(p);
+                *slot = Some(slot.map_or(rem, |r| r.min(rem)));
+            }
+        }
+        out
+    }
+
+    fn next_audit_id(&mut self) -> u64 {
+        let id = self.next_audit_id;
+        self.next_audit_id += 1;
+        id
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blocked(
+        &mut self,
+        requester: &AgentName,
+        binding: &AgentName,
+        reason: DenyReason,
+        message: String,
+        requested: MicroUsd,
+        remaining_by_period: RemainingByPeriod,
+        resets_at: Option<DateTime<Utc>>,
+        ctx: AuditContext,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Denial {
+        let id = self.next_audit_id();
+        fx.audit.insert(
+            id,
+            AuditRecord {
+                id,
+                time: now,
+                agent: requester.clone(),
+                ctx,
+                decision: Decision::Blocked,
+                reason: Some(reason),
+                reservation_id: None,
+                requested,
+                reserved: MicroUsd::ZERO,
+                final_cost: None,
+                settled_at: None,
+                recovered: false,
+            },
+        );
+        let remaining = match reason {
+            DenyReason::AgentPaused | DenyReason::BudgetExpired => MicroUsd::ZERO,
+            _ => remaining_by_period.tightest(),
+        };
+        Denial {
+            reason,
+            agent: binding.clone(),
+            requesting_agent: requester.clone(),
+            message,
+            requested,
+            remaining,
+            remaining_by_period,
+            resets_at,
+        }
+    }
+
+    /// Decides a reservation. Zero overshoot: this runs single-threaded against the mirror.
+    #[expect(
+        clippy::result_large_err,
+        reason = "a denial carries the whole 402 body; it is moved once, off the hot path"
+    )]
+    pub fn reserve(
+        &mut self,
+        req: ReserveRequest,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Result<Reservation, Denial> {
+        let ReserveRequest {
+            agent,
+            amount,
+            audit,
+        } = req;
+        let levels = agent.ancestors_and_self();
+        self.ensure(&levels, fx);
+        let eff = self.effective_all(&levels);
+        let remaining = self.remaining(&levels, &eff, now);
+
+        if let Some(l) = levels.iter().find(|l| self.agents[*l].paused) {
+            let message = format!(
+                "Agent {l} is paused; `spendguard resume {l}` reopens it (requested: {amount})"
+            );
+            return Err(self.blocked(
+                &agent,
+                l,
+                DenyReason::AgentPaused,
+                message,
+                amount,
+                remaining,
+                None,
+                audit,
+                now,
+                fx,
+            ));
+        }
+        for (l, lim) in levels.iter().zip(&eff) {
+            if let Some(at) = lim.expires_at.filter(|at| now >= *at) {
+                let message = format!(
+                    "Budget for agent {l} expired at {} (requested: {amount})",
+                    ts(at)
+                );
+                return Err(self.blocked(
+                    &agent,
+                    l,
+                    DenyReason::BudgetExpired,
+                    message,
+                    amount,
+                    remaining,
+                    None,
+                    audit,
+                    now,
+                    fx,
+                ));
+            }
+        }
+        for (l, lim) in levels.iter().zip(&eff) {
+            if let Some(pc) = lim.per_call.filter(|pc| amount > *pc) {
+                let message =
+                    format!("Request of {amount} exceeds the per-call limit of {pc} for agent {l}");
+                return Err(self.blocked(
+                    &agent,
+                    l,
+                    DenyReason::PerCallLimitExceeded,
+                    message,
+                    amount,
+                    remaining,
+                    None,
+                    audit,
+                    now,
+                    fx,
+                ));
+            }
+        }
+
+        // The binding budget: among those the request does not fit, the one with least left.
+        let mut binding: Option<(u64, usize, Period, u64, u64, u64)> = None;
+        for (i, (l, lim)) in levels.iter().zip(&eff).enumerate() {
+            let entry = &self.agents[l];
+            for p in Period::ALL {
+                let Some(limit) = lim.period(p) else { continue };
+                let spent = entry.spent(p, now);
+                let used = spent.saturating_add(entry.outstanding);
+                let rem = limit.0.saturating_sub(used);
+                if amount.0 > rem && binding.is_none_or(|b| rem < b.0) {
+                    binding = Some((rem, i, p, limit.0, spent, entry.outstanding));
+                }
+            }
+        }
+        if let Some((_, i, p, limit, spent, outstanding)) = binding {
+            let l = &levels[i];
+            let in_flight = if outstanding > 0 {
+                format!(
+                    ", reserved by requests in flight: {}",
+                    MicroUsd(outstanding)
+                )
+            } else {
+                String::new()
+            };
+            let resets_at = p.next_reset(now);
+            let resets = match resets_at {
+                Some(t) => format!("resets {}", ts(t)),
+                None => "it never resets".to_string(),
+            };
+            let message = format!(
+                "{} budget of {} for agent {l} exhausted (spent: {}{in_flight}, requested: {amount}); {resets}",
+                capitalised(p),
+                MicroUsd(limit),
+                MicroUsd(spent),
+            );
+            self.on_exhausted(l, p, eff[i].pause_on_exhaust, now, fx);
+            return Err(self.blocked(
+                &agent,
+                l,
+                DenyReason::exhausted(p),
+                message,
+                amount,
+                remaining,
+                resets_at,
+                audit,
+                now,
+                fx,
+            ));
+        }
+
+        // Allowed.
+        let id = self.next_reservation_id;
+        self.next_reservation_id += 1;
+        for l in &levels {
+            let e = self.agent_mut(l);
+            e.outstanding = e.outstanding.saturating_add(amount.0);
+        }
+        let audit_id = self.next_audit_id();
+        let record = AuditRecord {
+            id: audit_id,
+            time: now,
+            agent: agent.clone(),
+            ctx: audit,
+            decision: Decision::Allowed,
+            reason: None,
+            reservation_id: Some(id),
+            requested: amount,
+            reserved: amount,
+            final_cost: None,
+            settled_at: None,
+            recovered: false,
+        };
+        fx.audit.insert(audit_id, record.clone());
+        fx.reservations.insert(id);
+        self.remember_reservation(id);
+        self.reservations.insert(
+            id,
+            OpenReservation {
+                agent: agent.clone(),
+                amount,
+                created: now,
+                audit: record,
+            },
+        );
+        let remaining = self.remaining(&levels, &eff, now).tightest();
+        Ok(Reservation {
+            id,
+            agent,
+            amount,
+            remaining,
+        })
+    }
+
+    /// A budget of `level` ran out in `p`: notify once per period, pause if asked to.
+    fn on_exhausted(
+        &mut self,
+        level: &AgentName,
+        p: Period,
+        pause_on_exhaust: bool,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) {
+        let e = self.agent_mut(level);
+        let c = e.counter_mut(p, now);
+        if !c.exhausted_sent {
+            c.exhausted_sent = true;
+            fx.notifications.push(Notification::Exhausted {
+                agent: level.clone(),
+                period: p,
+            });
+            fx.agents.insert(level.clone());
+        }
+        if pause_on_exhaust && !e.paused {
+            e.paused = true;
+            tracing::warn!(agent = %level, period = %p, "budget exhausted; agent paused (pause_on_exhaust) until resumed");
+            fx.notifications.push(Notification::Paused {
+                agent: level.clone(),
+            });
+            fx.agents.insert(level.clone());
+        }
+    }
+
+    /// Replaces reservation `id` by a charge of `actual`.
+    pub fn settle(
+        &mut self,
+        id: u64,
+        actual: MicroUsd,
+        kind: SettleKind,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Result<Settled, LedgerError> {
+        self.remember_reservation(id);
+        let res = self
+            .reservations
+            .remove(&id)
+            .ok_or(LedgerError::UnknownReservation { id })?;
+        fx.reservations.insert(id);
+        if actual > res.amount {
+            tracing::warn!(
+                reservation = id,
+                agent = %res.agent,
+                reserved = %res.amount,
+                actual = %actual,
+                "actual cost exceeds the reservation; charging the actual cost (the worst-case estimate was too low)"
+            );
+        }
+        let levels = res.agent.ancestors_and_self();
+        self.ensure(&levels, fx);
+        let eff = self.effective_all(&levels);
+        for (l, lim) in levels.iter().zip(&eff) {
+            let mut exhausted = Vec::new();
+            let e = self.agent_mut(l);
+            e.outstanding = e.outstanding.saturating_sub(res.amount.0);
+            for p in Period::ALL {
+                let c = e.counter_mut(p, now);
+                c.spent = c.spent.saturating_add(actual.0);
+                let Some(limit) = lim.period(p) else { continue };
+                let pct = u128::from(lim.soft_threshold_pct);
+                if !c.threshold_sent && u128::from(c.spent) * 100 >= u128::from(limit.0) * pct {
+                    c.threshold_sent = true;
+                    fx.notifications.push(Notification::Threshold {
+                        agent: l.clone(),
+                        period: p,
+                        pct: lim.soft_threshold_pct,
+                    });
+                }
+                if c.spent >= limit.0 {
+                    exhausted.push(p);
+                }
+            }
+            fx.agents.insert(l.clone());
+            for p in exhausted {
+                self.on_exhausted(l, p, lim.pause_on_exhaust, now, fx);
+            }
+        }
+        let mut audit = res.audit;
+        audit.final_cost = Some(actual);
+        audit.settled_at = Some(now);
+        audit.recovered = kind == SettleKind::Recovered;
+        fx.audit.insert(audit.id, audit);
+        Ok(Settled {
+            id,
+            agent: res.agent,
+            reserved: res.amount,
+            charged: actual,
+            remaining: self.remaining(&levels, &eff, now).tightest(),
+        })
+    }
+
+    /// Charges every open reservation at its reserved amount (they were left by a previous
+    /// process). Returns how many and how much.
+    pub fn recover_open(&mut self, now: DateTime<Utc>, fx: &mut Effects) -> (usize, MicroUsd) {
+        let mut ids: Vec<u64> = self.reservations.keys().copied().collect();
+        ids.sort_unstable();
+        let mut sum = MicroUsd::ZERO;
+        for id in &ids {
+            let amount = self.reservations[id].amount;
+            if self
+                .settle(*id, amount, SettleKind::Recovered, now, fx)
+                .is_ok()
+            {
+                sum = sum.saturating_add(amount);
+            }
+        }
+        (ids.len(), sum)
+    }
+
+    /// Audit event (and 402 content) for a request blocked before any reservation.
+    pub fn record_blocked(
+        &mut self,
+        agent: AgentName,
+        reason: DenyReason,
+        requested: MicroUsd,
+        ctx: AuditContext,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Denial {
+        let levels = agent.ancestors_and_self();
+        self.ensure(&levels, fx);
+        let eff = self.effective_all(&levels);
+        let remaining = self.remaining(&levels, &eff, now);
+        let message = match reason {
+            DenyReason::UnknownModel => format!(
+                "Model '{}' has no price, so the request of agent {agent} cannot be priced and was \
+                 blocked; add one with `spendguard price set {}`",
+                ctx.model, ctx.model
+            ),
+            DenyReason::UnpricedRequest => format!(
+                "This {} request of agent {agent} cannot be priced before it runs (batch, realtime \
+                 or file upload) and was blocked; add a pricing rule for it to allow it",
+                if ctx.provider.is_empty() { "provider" } else { &ctx.provider }
+            ),
+            other => format!("Request of agent {agent} blocked: {other} (requested: {requested})"),
+        };
+        self.blocked(
+            &agent, &agent, reason, message, requested, remaining, None, ctx, now, fx,
+        )
+    }
+
+    /// Changes only what `patch` names, refusing a child limit above an ancestor's (or an
+    /// ancestor's below a child's) for the same kind.
+    pub fn set_limits(
+        &mut self,
+        agent: &AgentName,
+        patch: &LimitsPatch,
+        fx: &mut Effects,
+    ) -> Result<Limits, LedgerError> {
+        let mut new = self
+            .agents
+            .get(agent)
+            .map(|e| e.limits.clone())
+            .unwrap_or_default();
+        new.apply(patch);
+        if !(1..=100).contains(&new.soft_threshold_pct) {
+            return Err(LedgerError::InvalidThreshold {
+                agent: agent.clone(),
+                pct: new.soft_threshold_pct,
+            });
+        }
+        let levels = agent.ancestors_and_self();
+        for kind in LimitKind::ALL {
+            let Some(limit) = new.get(kind) else { continue };
+            for anc in &levels[..levels.len() - 1] {
+                if let Some(a) = self.agents.get(anc).and_then(|e| e.limits.get(kind)) {
+                    if limit > a {
+                        return Err(LedgerError::LimitAboveAncestor {
+                            agent: agent.clone(),
+                            kind,
+                            limit,
+                            ancestor: anc.clone(),
+                            ancestor_limit: a,
+                        });
+                    }
+                }
+            }
+            for (d, e) in self.descendants(agent) {
+                if let Some(dl) = e.limits.get(kind) {
+                    if dl > limit {
+                        return Err(LedgerError::LimitBelowDescendant {
+                            agent: agent.clone(),
+                            kind,
+                            limit,
+                            descendant: d.clone(),
+                            descendant_limit: dl,
+                        });
+                    }
+                }
+            }
+        }
+        self.ensure(&levels, fx);
+        self.agent_mut(agent).limits = new.clone();
+        fx.agents.insert(agent.clone());
+        Ok(new)
+    }
+
+    fn descendants<'a>(
+        &'a self,
+        agent: &AgentName,
+    ) -> impl Iterator<Item = (&'a AgentName, &'a AgentEntry)> + 'a {
+        let prefix = format!("{agent}.");
+        self.agents
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.as_str().starts_with(&prefix))
+    }
+
+    pub fn set_paused(&mut self, agent: &AgentName, paused: bool, fx: &mut Effects) {
+        let levels = agent.ancestors_and_self();
+        self.ensure(&levels, fx);
+        let e = self.agent_mut(agent);
+        if e.paused != paused {
+            e.paused = paused;
+            fx.agents.insert(agent.clone());
+            if paused {
+                fx.notifications.push(Notification::Paused {
+                    agent: agent.clone(),
+                });
+            }
+        }
+    }
+
+    pub fn put_setting(&mut self, key: String, value: Option<serde_json::Value>, fx: &mut Effects) {
+        if let Some(u) = &mut self.undo {
+            if !u.settings.contains_key(&key) {
+                u.settings
+                    .insert(key.clone(), self.settings.get(&key).cloned());
+            }
+        }
+        match &value {
+            Some(v) => {
+                self.settings.insert(key.clone(), v.clone());
+            }
+            None => {
+                self.settings.remove(&key);
+            }
+        }
+        fx.settings.insert(key, value);
+    }
+
+    pub fn status(&self, agent: &AgentName, now: DateTime<Utc>) -> AgentStatus {
+        let levels = agent.ancestors_and_self();
+        let eff = self.effective_all(&levels);
+        let remaining = self.remaining(&levels, &eff, now);
+        let paused_by = levels
+            .iter()
+            .find(|l| self.agents.get(*l).is_some_and(|e| e.paused))
+            .cloned();
+        let expired = eff.iter().any(|l| l.expires_at.is_some_and(|at| now >= at));
+        let entry = self.agents.get(agent);
+        let mut spent = PeriodAmounts::default();
+        for p in Period::ALL {
+            *spent.slot(p) = MicroUsd(entry.map_or(0, |e| e.spent(p, now)));
+        }
+        let status = if paused_by.is_some() {
+            AgentState::Paused
+        } else if expired {
+            AgentState::Expired
+        } else if remaining.tightest() == MicroUsd::ZERO {
+            AgentState::Exhausted
+        } else {
+            AgentState::Active
+        };
+        AgentStatus {
+            agent: agent.clone(),
+            status,
+            // Status is also served to the workload itself (no credentials): a webhook URL may
+            // carry a secret token, so it is left out here (`Ledger::limits` has it).
+            limits: Limits {
+                webhook: None,
+                ..eff.last().cloned().unwrap_or_default()
+            },
+            spent,
+            reserved: MicroUsd(entry.map_or(0, |e| e.outstanding)),
+            remaining,
+            period_resets: PeriodResets {
+                daily: Period::Daily.next_reset(now),
+                weekly: Period::Weekly.next_reset(now),
+                monthly: Period::Monthly.next_reset(now),
+            },
+            paused: paused_by.is_some(),
+            paused_by,
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! The redb side of the ledger: table layout, encoding, load, the batch write.
+//!
+//! | table          | key                       | value (JSON, amounts in µUSD)                      |
+//! |----------------|---------------------------|----------------------------------------------------|
+//! | `meta`         | `&str`                    | `u64`: `schema_version`, `next_reservation_id`, `next_audit_id` |
+//! | `agents`       | agent name `&str`         | own limits, paused, 4 period counters (start, spent, notified flags) of its subtree |
+//! | `reservations` | reservation id `u64`      | open reservation: agent, amount, created, audit id |
+//! | `audit`        | event id `u64` (in commit order) | one request: time, agent, context, decision, reason, requested, reserved, final cost |
+//! | `settings`     | key `&str`                | any JSON value (tags, price overrides, ...)        |
+//!
+//! Every batch is one write transaction with `Durability::Immediate`: when `commit` returns, the
+//! reservations in it survive a crash. Open reservations are exactly the `reservations` rows, so
+//! after a crash the next open knows what was in flight and charges it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentName;
+use crate::error::LedgerError;
+use crate::limits::Limits;
+use crate::money::MicroUsd;
+use crate::state::{AgentEntry, AuditRecord, Counter, Effects, OpenReservation, State};
+use crate::types::{AuditContext, AuditEvent, AuditFilter, Decision};
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("reservations");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+
+const SCHEMA_VERSION: u64 = 1;
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_NEXT_RESERVATION: &str = "next_reservation_id";
+const KEY_NEXT_AUDIT: &str = "next_audit_id";
+
+/// At most this many expired audit events are deleted per batch, so compaction never makes one
+/// commit slow.
+pub(crate) const COMPACT_PER_BATCH: usize = 1024;
+
+#[derive(Serialize, Deserialize)]
+struct StoredLimits {
+    per_call: Option<MicroUsd>,
+    daily: Option<MicroUsd>,
+    weekly: Option<MicroUsd>,
+    monthly: Option<MicroUsd>,
+    total: Option<MicroUsd>,
+    expires_at: Option<DateTime<Utc>>,
+    pause_on_exhaust: bool,
+    webhook: Option<String>,
+    soft_threshold_pct: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredAgent {
+    limits: StoredLimits,
+    paused: bool,
+    counters: [Counter; 4],
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredReservation {
+    agent: AgentName,
+    amount: MicroUsd,
+    created: DateTime<Utc>,
+    audit_id: u64,
+}
+
+#[derive(Deserialize)]
+struct TimeOnly {
+    time: DateTime<Utc>,
+}
+
+fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
+    let l = &e.limits;
+    let stored = StoredAgent {
+        limits: StoredLimits {
+            per_call: l.per_call,
+            daily: l.daily,
+            weekly: l.weekly,
+            monthly: l.monthly,
+            total: l.total,
+            expires_at: l.expires_at,
+            pause_on_exhaust: l.pause_on_exhaust,
+            webhook: l.webhook.clone(),
+            soft_threshold_pct: l.soft_threshold_pct,
+        },
+        paused: e.paused,
+        counters: e.counters,
+    };
+    encode("an agent record", &stored)
+}
+
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(v).map_err(|e| LedgerError::Encode {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Opens (or creates) the database. Called again after a failed commit, since redb refuses
+/// every operation after an I/O error until the database is reopened.
+pub(crate) type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// Bytes to write in one transaction, prepared under the state lock.
+#[derive(Debug, Default)]
+pub(crate) struct WriteSet {
+    agents: Vec<(String, Vec<u8>)>,
+    reservations: Vec<(u64, Option<Vec<u8>>)>,
+    audit: Vec<(u64, Vec<u8>)>,
+    settings: Vec<(String, Option<Vec<u8>>)>,
+    next_reservation_id: u64,
+    next_audit_id: u64,
+    compact_before: Option<DateTime<Utc>>,
+}
+
+impl WriteSet {
+    pub fn build(
+        state: &State,
+        fx: &Effects,
+        compact_before: Option<DateTime<Utc>>,
+    ) -> Result<WriteSet, LedgerError> {
+        let mut ws = WriteSet {
+            next_reservation_id: state.next_reservation_id,
+            next_audit_id: state.next_audit_id,
+            compact_before,
+            ..WriteSet::default()
+        };
+        for name in &fx.agents {
+            if let Some(e) = state.agents.get(name) {
+                ws.agents.push((name.to_string(), encode_agent(e)?));
+            }
+        }
+        for id in &fx.reservations {
+            let row = match state.reservations.get(id) {
+                Some(r) => Some(encode(
+                    "a reservation",
+                    &StoredReservation {
+                        agent: r.agent.clone(),
+                        amount: r.amount,
+                        created: r.created,
+                        audit_id: r.audit.id,
+                    },
+                )?),
+                None => None,
+            };
+            ws.reservations.push((*id, row));
+        }
+        for (id, rec) in &fx.audit {
+            ws.audit.push((*id, encode("an audit event", rec)?));
+        }
+        for (k, v) in &fx.settings {
+            let v = match v {
+                Some(v) => Some(encode("a setting", v)?),
+                None => None,
+            };
+            ws.settings.push((k.clone(), v));
+        }
+        Ok(ws)
+    }
+}
+
+/// Read access for queries outside the committer (audit).
+#[derive(Debug, Clone)]
+pub(crate) struct Reader {
+    path: PathBuf,
+    slot: Arc<RwLock<Option<Arc<Database>>>>,
+}
+
+impl Reader {
+    fn db(&self) -> Result<Arc<Database>, LedgerError> {
+        self.slot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(LedgerError::Closed)
+    }
+
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, LedgerError> {
+        let path = self.path.as_path();
+        let db = self.db()?;
+        let txn = db
+            .begin_read()
+            .map_err(|e| LedgerError::storage(path, "reading the audit log")(e.into()))?;
+        let table = txn
+            .open_table(AUDIT)
+            .map_err(|e| LedgerError::storage(path, "reading the audit log")(e.into()))?;
+        let iter = table
+            .iter()
+            .map_err(|e| LedgerError::storage(path, "reading the audit log")(e.into()))?;
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            let (k, v) =
+                item.map_err(|e| LedgerError::storage(path, "reading the audit log")(e.into()))?;
+            let rec: AuditRecord = decode(path, "audit", &k.value(), v.value())?;
+            if filter.since.is_some_and(|since| rec.time < since) {
+                break; // ids follow commit order, so everything further back is older
+            }
+            if filter
+                .agent
+                .as_ref()
+                .is_some_and(|a| !rec.agent.is_within(a))
+            {
+                continue;
+            }
+            out.push(rec.to_event());
+            if filter.limit > 0 && out.len() >= filter.limit {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, LedgerError> {
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
+        path: path.to_path_buf(),
+        table,
+        key: key.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) struct Store {
+    path: PathBuf,
+    opener: Opener,
+    slot: Arc<RwLock<Option<Arc<Database>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    pub fn new(path: PathBuf, opener: Opener) -> Store {
+        Store {
+            path,
+            opener,
+            slot: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn reader(&self) -> Reader {
+        Reader {
+            path: self.path.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+
+    fn db(&self) -> Result<Arc<Database>, LedgerError> {
+        self.reader().db()
+    }
+
+    /// Opens the database and creates the tables of a new one.
+    pub fn open(&self) -> Result<(), LedgerError> {
+        let path = self.path.as_path();
+        let db = (self.opener)().map_err(|e| LedgerError::Open {
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        let err = |e: redb::Error| LedgerError::storage(path, "initialising the tables")(e);
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.into()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let found = meta
+                .get(KEY_SCHEMA)
+                .map_err(|e| err(e.into()))?
+                .map(|g| g.value());
+            match found {
+                None => {
+                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION)
+                        .map_err(|e| err(e.into()))?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => {
+                    return Err(LedgerError::SchemaVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    })
+                }
+            }
+            txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
+            txn.open_table(RESERVATIONS).map_err(|e| err(e.into()))?;
+            txn.open_table(AUDIT).map_err(|e| err(e.into()))?;
+            txn.open_table(SETTINGS).map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))?;
+        *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
+        Ok(())
+    }
+
+    /// Drops this handle on the database (it closes once no reader holds it either).
+    pub fn close(&self) {
+        self.slot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Rebuilds the in-memory mirror from what is on disk.
+    pub fn load(&self, defaults: Limits) -> Result<State, LedgerError> {
+        let path = self.path.as_path();
+        let db = self.db()?;
+        let err = |e: redb::Error| LedgerError::storage(path, "loading the ledger")(e);
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let mut state = State::new(defaults);
+
+        let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let get = |k: &str| -> Result<Option<u64>, LedgerError> {
+            Ok(meta.get(k).map_err(|e| err(e.into()))?.map(|g| g.value()))
+        };
+        state.next_reservation_id = get(KEY_NEXT_RESERVATION)?.unwrap_or(1);
+        state.next_audit_id = get(KEY_NEXT_AUDIT)?.unwrap_or(1);
+
+        let agents = txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
+        for item in agents.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let key = k.value();
+            let name = AgentName::new(key).map_err(|e| LedgerError::Corrupt {
+                path: path.to_path_buf(),
+                table: "agents",
+                key: key.to_string(),
+                detail: e.to_string(),
+            })?;
+            let s: StoredAgent = decode(path, "agents", &key, v.value())?;
+            let l = s.limits;
+            state.agents.insert(
+                name,
+                AgentEntry {
+                    limits: Limits {
+                        per_call: l.per_call,
+                        daily: l.daily,
+                        weekly: l.weekly,
+                        monthly: l.monthly,
+                        total: l.total,
+                        expires_at: l.expires_at,
+                        pause_on_exhaust: l.pause_on_exhaust,
+                        webhook: l.webhook,
+                        soft_threshold_pct: l.soft_threshold_pct,
+                    },
+                    paused: s.paused,
+                    counters: s.counters,
+                    outstanding: 0,
+                },
+            );
+        }
+
+        let audit = txn.open_table(AUDIT).map_err(|e| err(e.into()))?;
+        if let Some((k, _)) = audit.last().map_err(|e| err(e.into()))? {
+            state.next_audit_id = state.next_audit_id.max(k.value() + 1);
+        }
+        let reservations = txn.open_table(RESERVATIONS).map_err(|e| err(e.into()))?;
+        for item in reservations.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let id = k.value();
+            let r: StoredReservation = decode(path, "reservations", &id, v.value())?;
+            let record = match audit.get(r.audit_id).map_err(|e| err(e.into()))? {
+                Some(g) => decode(path, "audit", &r.audit_id, g.value())?,
+                // Compacted away while in flight: rebuild what we know.
+                None => AuditRecord {
+                    id: r.audit_id,
+                    time: r.created,
+                    agent: r.agent.clone(),
+                    ctx: AuditContext::default(),
+                    decision: Decision::Allowed,
+                    reason: None,
+                    reservation_id: Some(id),
+                    requested: r.amount,
+                    reserved: r.amount,
+                    final_cost: None,
+                    settled_at: None,
+                    recovered: false,
+                },
+            };
+            for l in r.agent.ancestors_and_self() {
+                let e = state.agents.entry(l).or_default();
+                e.outstanding = e.outstanding.saturating_add(r.amount.0);
+            }
+            state.next_reservation_id = state.next_reservation_id.max(id + 1);
+            state.reservations.insert(
+                id,
+                OpenReservation {
+                    agent: r.agent,
+                    amount: r.amount,
+                    created: r.created,
+                    audit: record,
+                },
+            );
+        }
+
+        let settings = txn.open_table(SETTINGS).map_err(|e| err(e.into()))?;
+        for item in settings.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let key = k.value();
+            let value = decode(path, "settings", &key, v.value())?;
+            state.settings.insert(key.to_string(), value);
+        }
+        Ok(state)
+    }
+
+    /// Writes one batch in one durable transaction.
+    pub fn write(&self, ws: &WriteSet) -> Result<(), LedgerError> {
+        let path = self.path.as_path();
+        let db = self.db()?;
+        let err = |e: redb::Error| LedgerError::storage(path, "committing a batch")(e);
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.into()))?;
+        {
+            let mut audit = txn.open_table(AUDIT).map_err(|e| err(e.into()))?;
+            if let Some(cutoff) = ws.compact_before {
+                compact(&mut audit, cutoff).map_err(|e| err(e.into()))?;
+            }
+            for (id, bytes) in &ws.audit {
+                audit
+                    .insert(*id, bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            let mut reservations = txn.open_table(RESERVATIONS).map_err(|e| err(e.into()))?;
+            for (id, row) in &ws.reservations {
+                match row {
+                    Some(bytes) => reservations.insert(*id, bytes.as_slice()),
+                    None => reservations.remove(*id),
+                }
+                .map_err(|e| err(e.into()))?;
+            }
+            let mut agents = txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
+            for (name, bytes) in &ws.agents {
+                agents
+                    .insert(name.as_str(), bytes.as_slice())
+                    .map_err(|e| err(e.into()))?;
+            }
+            if !ws.settings.is_empty() {
+                let mut settings = txn.open_table(SETTINGS).map_err(|e| err(e.into()))?;
+                for (k, v) in &ws.settings {
+                    match v {
+                        Some(bytes) => settings.insert(k.as_str(), bytes.as_slice()),
+                        None => settings.remove(k.as_str()),
+                    }
+                    .map_err(|e| err(e.into()))?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(KEY_NEXT_RESERVATION, ws.next_reservation_id)
+                .map_err(|e| err(e.into()))?;
+            meta.insert(KEY_NEXT_AUDIT, ws.next_audit_id)
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+}
+
+/// Deletes audit events older than `cutoff`, oldest first, at most [`COMPACT_PER_BATCH`].
+fn compact(
+    audit: &mut redb::Table<'_, u64, &'static [u8]>,
+    cutoff: DateTime<Utc>,
+) -> Result<usize, redb::StorageError> {
+    let mut removed = 0;
+    while removed < COMPACT_PER_BATCH {
+        let first = audit
+            .first()?
+            .map(|(k, v)| (k.value(), serde_json::from_slice::<TimeOnly>(v.value())));
+        match first {
+            Some((id, Ok(t))) if t.time < cutoff => {
+                audit.remove(id)?;
+            }
+            Some((id, Err(e))) => {
+                tracing::warn!(event = id, error = %e, "removing an unreadable audit event during compaction");
+                audit.remove(id)?;
+            }
+            _ => break,
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}

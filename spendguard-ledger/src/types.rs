@@ -1,0 +1,363 @@
+//! The values the ledger hands out: reservations, denials (the 402 body), status, audit events,
+//! notifications. Their JSON is what operators and scripts see: amounts are dollars.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentName;
+use crate::limits::Limits;
+use crate::money::MicroUsd;
+use crate::period::Period;
+
+/// Who made a request and where it was going, for the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditContext {
+    /// cgroup path or pod (`namespace/name`) of the caller.
+    pub cgroup: String,
+    /// Provider host (the SNI), e.g. `api.openai.com`.
+    pub host: String,
+    pub model: String,
+    pub provider: String,
+}
+
+/// Ask for `amount` (the request's worst-case cost) to be reserved for `agent` and its ancestors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveRequest {
+    pub agent: AgentName,
+    pub amount: MicroUsd,
+    pub audit: AuditContext,
+}
+
+/// A durable reservation. Settle it with [`crate::Ledger::settle`]; if the process dies first,
+/// the next open charges its full amount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[must_use = "a reservation must be settled, or it is charged in full at the next restart"]
+pub struct Reservation {
+    pub id: u64,
+    pub agent: AgentName,
+    #[serde(with = "crate::usd")]
+    pub amount: MicroUsd,
+    /// Tightest remaining budget after this reservation, across levels and periods;
+    /// [`MicroUsd::MAX`] when nothing limits the agent. Feeds `x-spendguard-remaining-usd`.
+    #[serde(with = "crate::usd")]
+    pub remaining: MicroUsd,
+}
+
+/// The result of settling a reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Settled {
+    pub id: u64,
+    pub agent: AgentName,
+    #[serde(with = "crate::usd")]
+    pub reserved: MicroUsd,
+    /// What was charged (may exceed `reserved`; it is charged anyway).
+    #[serde(with = "crate::usd")]
+    pub charged: MicroUsd,
+    /// Tightest remaining budget after the charge (as in [`Reservation::remaining`]).
+    #[serde(with = "crate::usd")]
+    pub remaining: MicroUsd,
+}
+
+/// Why a request was blocked; the `reason` of the 402 body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    PerCallLimitExceeded,
+    DailyBudgetExhausted,
+    WeeklyBudgetExhausted,
+    MonthlyBudgetExhausted,
+    TotalBudgetExhausted,
+    BudgetExpired,
+    AgentPaused,
+    UnknownModel,
+    UnpricedRequest,
+}
+
+impl DenyReason {
+    pub fn exhausted(p: Period) -> DenyReason {
+        match p {
+            Period::Daily => DenyReason::DailyBudgetExhausted,
+            Period::Weekly => DenyReason::WeeklyBudgetExhausted,
+            Period::Monthly => DenyReason::MonthlyBudgetExhausted,
+            Period::Total => DenyReason::TotalBudgetExhausted,
+        }
+    }
+
+    /// The period whose budget ran out, for the `*_budget_exhausted` reasons.
+    pub fn period(self) -> Option<Period> {
+        match self {
+            DenyReason::DailyBudgetExhausted => Some(Period::Daily),
+            DenyReason::WeeklyBudgetExhausted => Some(Period::Weekly),
+            DenyReason::MonthlyBudgetExhausted => Some(Period::Monthly),
+            DenyReason::TotalBudgetExhausted => Some(Period::Total),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::PerCallLimitExceeded => "per_call_limit_exceeded",
+            DenyReason::DailyBudgetExhausted => "daily_budget_exhausted",
+            DenyReason::WeeklyBudgetExhausted => "weekly_budget_exhausted",
+            DenyReason::MonthlyBudgetExhausted => "monthly_budget_exhausted",
+            DenyReason::TotalBudgetExhausted => "total_budget_exhausted",
+            DenyReason::BudgetExpired => "budget_expired",
+            DenyReason::AgentPaused => "agent_paused",
+            DenyReason::UnknownModel => "unknown_model",
+            DenyReason::UnpricedRequest => "unpriced_request",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Remaining budget per period, the tightest across the agent and its ancestors;
+/// `None` (JSON `null`) = no level limits that period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RemainingByPeriod {
+    #[serde(with = "crate::usd::option")]
+    pub daily: Option<MicroUsd>,
+    #[serde(with = "crate::usd::option")]
+    pub weekly: Option<MicroUsd>,
+    #[serde(with = "crate::usd::option")]
+    pub monthly: Option<MicroUsd>,
+    #[serde(with = "crate::usd::option")]
+    pub total: Option<MicroUsd>,
+}
+
+impl RemainingByPeriod {
+    pub fn get(&self, p: Period) -> Option<MicroUsd> {
+        match p {
+            Period::Daily => self.daily,
+            Period::Weekly => self.weekly,
+            Period::Monthly => self.monthly,
+            Period::Total => self.total,
+        }
+    }
+
+    pub(crate) fn slot(&mut self, p: Period) -> &mut Option<MicroUsd> {
+        match p {
+            Period::Daily => &mut self.daily,
+            Period::Weekly => &mut self.weekly,
+            Period::Monthly => &mut self.monthly,
+            Period::Total => &mut self.total,
+        }
+    }
+
+    /// The smallest of the four, [`MicroUsd::MAX`] if none is limited.
+    pub fn tightest(&self) -> MicroUsd {
+        Period::ALL
+            .iter()
+            .filter_map(|p| self.get(*p))
+            .min()
+            .unwrap_or(MicroUsd::MAX)
+    }
+}
+
+/// Everything the HTTP 402 body needs. Serialises with `code: "BUDGET_EXCEEDED"` and the binding
+/// fields of the contract; the proxy adds `error` in the provider's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    /// The level whose limit (or pause/expiry) blocked the request.
+    pub agent: AgentName,
+    /// The agent that made the request (may be a descendant of `agent`).
+    pub requesting_agent: AgentName,
+    pub message: String,
+    /// This request's worst-case cost.
+    pub requested: MicroUsd,
+    /// Left under the tightest limit ([`MicroUsd::MAX`] if nothing limits it; zero when the agent
+    /// is paused or expired, since nothing can be spent).
+    pub remaining: MicroUsd,
+    pub remaining_by_period: RemainingByPeriod,
+    /// When the binding budget reopens; `None` for total budgets, pause, expiry, per-call limits.
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+impl Denial {
+    pub const CODE: &'static str = "BUDGET_EXCEEDED";
+}
+
+impl Serialize for Denial {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'static str,
+            reason: DenyReason,
+            agent: &'a AgentName,
+            requesting_agent: &'a AgentName,
+            message: &'a str,
+            #[serde(with = "crate::usd")]
+            requested: MicroUsd,
+            #[serde(with = "crate::usd")]
+            remaining: MicroUsd,
+            remaining_by_period: &'a RemainingByPeriod,
+            resets_at: Option<DateTime<Utc>>,
+        }
+        Body {
+            code: Denial::CODE,
+            reason: self.reason,
+            agent: &self.agent,
+            requesting_agent: &self.requesting_agent,
+            message: &self.message,
+            requested: self.requested,
+            remaining: self.remaining,
+            remaining_by_period: &self.remaining_by_period,
+            resets_at: self.resets_at,
+        }
+        .serialize(s)
+    }
+}
+
+/// One amount per period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeriodAmounts {
+    #[serde(with = "crate::usd")]
+    pub daily: MicroUsd,
+    #[serde(with = "crate::usd")]
+    pub weekly: MicroUsd,
+    #[serde(with = "crate::usd")]
+    pub monthly: MicroUsd,
+    #[serde(with = "crate::usd")]
+    pub total: MicroUsd,
+}
+
+impl PeriodAmounts {
+    pub fn get(&self, p: Period) -> MicroUsd {
+        match p {
+            Period::Daily => self.daily,
+            Period::Weekly => self.weekly,
+            Period::Monthly => self.monthly,
+            Period::Total => self.total,
+        }
+    }
+
+    pub(crate) fn slot(&mut self, p: Period) -> &mut MicroUsd {
+        match p {
+            Period::Daily => &mut self.daily,
+            Period::Weekly => &mut self.weekly,
+            Period::Monthly => &mut self.monthly,
+            Period::Total => &mut self.total,
+        }
+    }
+}
+
+/// When the current daily, weekly and monthly periods end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PeriodResets {
+    pub daily: Option<DateTime<Utc>>,
+    pub weekly: Option<DateTime<Utc>>,
+    pub monthly: Option<DateTime<Utc>>,
+}
+
+/// `status` field of [`AgentStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Active,
+    Paused,
+    Exhausted,
+    Expired,
+}
+
+/// What `spendguard status NAME --json` and `/.well-known/spendguard/budget` show.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentStatus {
+    pub agent: AgentName,
+    /// `paused` if this agent or an ancestor is paused, else `expired` if any level has expired,
+    /// else `exhausted` if some period has nothing left, else `active` (the order `reserve` checks).
+    pub status: AgentState,
+    /// The limits that bind this agent's own requests: its own, with `default_limits` filling
+    /// what it does not set. Ancestors' limits show up in `remaining`. `webhook` is always
+    /// `None` here: this status is also shown to workloads, and a webhook URL may hold a secret.
+    pub limits: Limits,
+    /// Settled spend of this agent and its descendants in the current periods.
+    pub spent: PeriodAmounts,
+    /// Reserved by requests in flight (this agent and its descendants).
+    #[serde(with = "crate::usd")]
+    pub reserved: MicroUsd,
+    /// What this agent can still spend per period, the tightest over itself and its ancestors.
+    pub remaining: RemainingByPeriod,
+    pub period_resets: PeriodResets,
+    pub paused: bool,
+    /// The level that is paused (this agent or an ancestor).
+    pub paused_by: Option<AgentName>,
+}
+
+/// Whether an audited request went out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allowed,
+    Blocked,
+}
+
+/// One request, as `spendguard audit` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEvent {
+    pub id: u64,
+    pub time: DateTime<Utc>,
+    pub agent: AgentName,
+    pub cgroup: String,
+    pub host: String,
+    pub model: String,
+    pub provider: String,
+    pub decision: Decision,
+    pub reason: Option<DenyReason>,
+    /// The reservation, for allowed requests.
+    pub reservation_id: Option<u64>,
+    /// The request's worst-case cost.
+    #[serde(with = "crate::usd")]
+    pub requested: MicroUsd,
+    /// What was reserved (zero when blocked).
+    #[serde(with = "crate::usd")]
+    pub reserved: MicroUsd,
+    /// Final cost; `None` while the request is in flight (and for blocked requests).
+    #[serde(rename = "cost_usd", with = "crate::usd::option")]
+    pub final_cost: Option<MicroUsd>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// Settled by crash recovery at its reserved amount, not by a real usage report.
+    pub recovered: bool,
+}
+
+/// Which audit events to return.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// This agent and its descendants; `None` = all.
+    pub agent: Option<AgentName>,
+    /// Events at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many (the newest); 0 = no limit.
+    pub limit: usize,
+}
+
+/// Something the webhook notifier should tell the agent's owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Notification {
+    /// A budget of `agent` ran out in `period` (sent once per period).
+    Exhausted { agent: AgentName, period: Period },
+    /// `agent` was paused (by an operator or by `pause_on_exhaust`).
+    Paused { agent: AgentName },
+    /// Spending of `agent` in `period` reached `pct` percent of its budget (its
+    /// `soft_threshold_pct`; sent once per period).
+    Threshold {
+        agent: AgentName,
+        period: Period,
+        pct: u8,
+    },
+}
+
+impl Notification {
+    pub fn agent(&self) -> &AgentName {
+        match self {
+            Notification::Exhausted { agent, .. }
+            | Notification::Paused { agent }
+            | Notification::Threshold { agent, .. } => agent,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+use crate::common::*;
+use spendguard_ledger::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_ten_of_200_one_dollar_reservations_fit_ten_dollars() {
+    let fx = Fixture::at("2026-05-03T12:00:00Z");
+    let ledger = fx.open();
+    set(&ledger, "acme", LimitKind::Daily, Some(usd(10))).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let l = ledger.clone();
+        // Spread over several children: the ancestor's limit must still hold exactly.
+        let agent = name(&format!("acme.worker{}", i % 7));
+        tasks.push(tokio::spawn(
+            async move { l.reserve(req(&agent, usd(1))).await },
+        ));
+    }
+    let mut ok = Vec::new();
+    let mut denials = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => ok.push(r),
+            Err(ReserveError::Denied(d)) => {
+                assert_eq!(d.reason, DenyReason::DailyBudgetExhausted);
+                assert_eq!(d.agent, name("acme"));
+                assert_eq!(d.remaining, MicroUsd::ZERO);
+                denials += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok.len(), 10);
+    assert_eq!(denials, 190);
+    let s = ledger.status(&name("acme"));
+    assert_eq!(s.reserved, usd(10));
+    assert_eq!(s.status, AgentState::Exhausted);
+    let mut ids: Vec<u64> = ok.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "reservation ids are unique");
+
+    // Settling below the reservation frees budget for exactly that much.
+    for r in &ok {
+        ledger.settle(r.id, cents(50)).await.unwrap();
+    }
+    let s = ledger.status(&name("acme"));
+    assert_eq!(s.spent.daily, usd(5));
+    assert_eq!(s.reserved, MicroUsd::ZERO);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            l.reserve(req(&name("acme.late"), usd(1))).await.is_ok()
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.unwrap());
+    }
+    assert_eq!(n, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reserve_and_settle_never_overshoot() {
+    let fx = Fixture::at("2026-05-03T12:00:00Z");
+    let ledger = fx.open();
+    set(&ledger, "acme", LimitKind::Total, Some(usd(30))).await;
+    set(&ledger, "acme.a", LimitKind::Total, Some(usd(12))).await;
+    let mut tasks = Vec::new();
+    for i in 0..64u64 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let agent = name(if i % 2 == 0 { "acme.a" } else { "acme.b" });
+            let mut spent = 0u64;
+            for j in 0..20u64 {
+                let amount = MicroUsd(((i * 7 + j * 13) % 90 + 10) * 10_000);
+                if let Ok(r) = l.reserve(req(&agent, amount)).await {
+                    let actual = MicroUsd(amount.0 * ((i + j) % 4) / 3);
+                    let actual = actual.min(amount);
+                    l.settle(r.id, actual).await.unwrap();
+                    spent += actual.0;
+                }
+                let s = l.status(&name("acme"));
+                assert!(s.spent.total.0 + s.reserved.0 <= usd(30).0);
+            }
+            spent
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let s = ledger.status(&name("acme"));
+    assert_eq!(s.spent.total, MicroUsd(total));
+    assert!(s.spent.total <= usd(30));
+    assert!(ledger.status(&name("acme.a")).spent.total <= usd(12));
+    assert_eq!(s.reserved, MicroUsd::ZERO);
+}

@@ -1,0 +1,938 @@
+//! OpenAI and the OpenAI-compatible providers (Mistral, Groq, DeepSeek, Together, OpenRouter, xAI).
+//!
+//! # Usage on the wire
+//! * Chat Completions / Completions: `usage.{prompt_tokens, completion_tokens}`;
+//!   `prompt_tokens_details.cached_tokens` is INSIDE `prompt_tokens` (billed at the cached rate, not
+//!   twice); `completion_tokens_details.reasoning_tokens` is inside `completion_tokens`.
+//!   **Streaming**: usage comes only in a final chunk with `choices: []`, and only when the request
+//!   sets `stream_options.include_usage`; earlier chunks then carry `"usage": null`. When the client
+//!   did not ask, we add the option and drop that one chunk, keeping every other byte identical.
+//! * Responses: `usage.{input_tokens, input_tokens_details.cached_tokens, output_tokens,
+//!   output_tokens_details.reasoning_tokens}`; streaming: in the `response.completed` event (also
+//!   `response.incomplete` / `response.failed`). An aborted stream has none.
+//! * Embeddings: `usage.prompt_tokens` only.
+//!
+//! # Differences of the compatible providers
+//! | provider | API base paths | streamed usage | output-limit field we write |
+//! |---|---|---|---|
+//! | OpenAI | `/v1` | only with `include_usage` (we inject it) | `max_completion_tokens` (o-series refuse `max_tokens`) |
+//! | DeepSeek | `/`, `/v1`, `/beta` | only with `include_usage` (we inject it); also `prompt_cache_hit_tokens` / `prompt_cache_miss_tokens` | `max_tokens` |
+//! | Groq | `/openai/v1` | sent unasked in the last chunk's `x_groq.usage` (also `usage` when asked) | `max_completion_tokens` |
+//! | Mistral | `/v1` (+ `/v1/fim/completions`) | sent unasked in the last chunk (with `finish_reason`) | `max_tokens` |
+//! | Together | `/v1` | sent unasked in the last chunk | `max_tokens` |
+//! | OpenRouter | `/api/v1` | sent unasked in the last chunk (`choices: []`); `models` fallbacks and `:nitro`-style suffixes | `max_tokens` |
+//! | xAI | `/v1` | sent unasked (usage on chunks; the last one is complete); `reasoning_tokens` are NOT inside `completion_tokens` (only inside `total_tokens`), and no limit field is documented to bound them, so the worst case uses the model's maximum output | `max_completion_tokens` |
+//!
+//! Output is read as `max(completion_tokens, total_tokens - prompt_tokens)`, which is right for
+//! both conventions.
+//!
+//! We inject `include_usage` only where usage is otherwise missing (OpenAI, Azure, DeepSeek):
+//! options a provider does not know may be refused. Where a provider sends no usage after all,
+//! the tap reports `None` and the reservation is charged.
+//! Usage is trusted only from a final chunk: one with `choices: []`, or whose every choice has a
+//! `finish_reason`, or followed by `[DONE]`; a stream cut before that reports `None`.
+
+use serde_json::{Map, Value};
+
+use super::{
+    cache_write_request, count_field, count_parts, malformed, max_limit, num, parse_object,
+    plan_output, rewrite, rewrite_body, short, split_path, unpriced, Adapter, InputBound, Part,
+    PricingError, ProviderId, Quote, QuoteOptions, QuoteParts, Route, StreamState, TapSpec,
+};
+use crate::prices::{ModelPrice, PriceTable};
+use crate::sse::SseEvent;
+use crate::usage::Usage;
+
+/// Tokens one image can cost at most on OpenAI models: gpt-4o-mini counts 2,833 + 5,667 per
+/// 512-px tile with up to 8 tiles (an image is fitted into 2048×2048, then its short side to 768)
+/// = 48,169, the largest published per-image count; every other model counts fewer.
+pub const OPENAI_IMAGE_TOKENS: u64 = 50_000;
+/// Hidden tokens per tool definition beyond its JSON bytes (the namespace wrapper the model sees).
+pub const OPENAI_TOOL_TOKENS: u64 = 32;
+/// Hidden tokens of the tool-use preamble when any tool is given.
+pub const OPENAI_TOOLS_PREAMBLE_TOKENS: u64 = 256;
+
+/// The API surfaces this module prices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Chat,
+    Completions,
+    Responses,
+    Embeddings,
+    /// Mistral fill-in-the-middle (Completions-shaped request and response).
+    Fim,
+}
+
+/// What sets one OpenAI-compatible provider apart.
+#[derive(Debug)]
+pub(crate) struct Flavor {
+    /// API base paths, longest first.
+    pub prefixes: &'static [&'static str],
+    pub inject_include_usage: bool,
+    /// The field we add to cap output on Chat Completions / Completions.
+    pub limit_field: &'static str,
+    pub responses: bool,
+    pub fim: bool,
+    pub openrouter: bool,
+    /// OpenAI's own free extras (moderations, input-token counting).
+    pub openai_extras: bool,
+    /// Reasoning tokens are reported apart from `completion_tokens` and no documented limit
+    /// field bounds them (xAI): the output bound is the model's maximum output.
+    pub reasoning_outside_limit: bool,
+}
+
+const OPENAI: Flavor = Flavor {
+    prefixes: &["/v1"],
+    inject_include_usage: true,
+    limit_field: "max_completion_tokens",
+    responses: true,
+    fim: false,
+    openrouter: false,
+    openai_extras: true,
+    reasoning_outside_limit: false,
+};
+
+/// An OpenAI-compatible adapter.
+#[derive(Debug)]
+pub struct OpenAiCompatible {
+    id: ProviderId,
+    flavor: Flavor,
+}
+
+pub(crate) static OPENAI_ADAPTER: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::OpenAi,
+    flavor: OPENAI,
+};
+static MISTRAL: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Mistral,
+    flavor: Flavor {
+        prefixes: &["/v1"],
+        inject_include_usage: false,
+        limit_field: "max_tokens",
+        responses: false,
+        fim: true,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+    },
+};
+static GROQ: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Groq,
+    flavor: Flavor {
+        prefixes: &["/openai/v1"],
+        inject_include_usage: false,
+        limit_field: "max_completion_tokens",
+        responses: true,
+        fim: false,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+    },
+};
+static DEEPSEEK: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::DeepSeek,
+    flavor: Flavor {
+        prefixes: &["/beta", "/v1", ""],
+        inject_include_usage: true,
+        limit_field: "max_tokens",
+        responses: false,
+        fim: false,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+    },
+};
+static TOGETHER: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Together,
+    flavor: Flavor {
+        prefixes: &["/v1"],
+        inject_include_usage: false,
+        limit_field: "max_tokens",
+        responses: false,
+        fim: false,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+    },
+};
+static OPENROUTER: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::OpenRouter,
+    flavor: Flavor {
+        prefixes: &["/api/v1"],
+        inject_include_usage: false,
+        limit_field: "max_tokens",
+        responses: false,
+        fim: false,
+        openrouter: true,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+    },
+};
+static XAI: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Xai,
+    flavor: Flavor {
+        prefixes: &["/v1"],
+        inject_include_usage: false,
+        limit_field: "max_completion_tokens",
+        responses: true,
+        fim: false,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: true,
+    },
+};
+
+/// The adapter of an OpenAI-compatible provider (Azure, Anthropic and Gemini have their own).
+pub(crate) fn compatible(id: ProviderId) -> &'static OpenAiCompatible {
+    match id {
+        ProviderId::Mistral => &MISTRAL,
+        ProviderId::Groq => &GROQ,
+        ProviderId::DeepSeek => &DEEPSEEK,
+        ProviderId::Together => &TOGETHER,
+        ProviderId::OpenRouter => &OPENROUTER,
+        ProviderId::Xai => &XAI,
+        _ => &OPENAI_ADAPTER,
+    }
+}
+
+/// Routes shared by OpenAI-shaped APIs (also used by Azure): `rest` is the path after the base.
+pub(crate) fn route_rest(
+    method: &http::Method,
+    rest: &str,
+    flavor: &Flavor,
+) -> Option<Result<Endpoint, Route>> {
+    use http::Method;
+    let is = |m: &Method| method == m;
+    let hit = match rest {
+        "/chat/completions" if is(&Method::POST) => Ok(Endpoint::Chat),
+        "/completions" if is(&Method::POST) => Ok(Endpoint::Completions),
+        "/embeddings" if is(&Method::POST) => Ok(Endpoint::Embeddings),
+        "/responses" if is(&Method::POST) && flavor.responses => Ok(Endpoint::Responses),
+        "/fim/completions" if is(&Method::POST) && flavor.fim => Ok(Endpoint::Fim),
+        "/responses/input_tokens" if flavor.openai_extras => Err(Route::Free),
+        "/moderations" if flavor.openai_extras => Err(Route::Free),
+        _ => {
+            let first = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+            let segments = rest.trim_start_matches('/').split('/').count();
+            match first {
+                "batches" => Err(Route::Unpriced {
+                    why: "batch jobs name only an uploaded file: their cost is unknowable at submit",
+                }),
+                "files" | "uploads" => Err(Route::Unpriced {
+                    why: "file uploads feed batch jobs and hosted tools, whose cost is unknowable here",
+                }),
+                "realtime" => Err(Route::Unpriced {
+                    why: "realtime sessions are long-lived and billed per response; they are blocked by default",
+                }),
+                "audio" => Err(Route::Unpriced {
+                    why: "audio endpoints bill per second, character or audio token, which the price table does not carry",
+                }),
+                "images" | "videos" => Err(Route::Unpriced {
+                    why: "image and video generation bill per image or second, which the price table does not carry",
+                }),
+                "fine_tuning" | "fine-tuning" => Err(Route::Unpriced {
+                    why: "fine-tuning jobs bill for training, which cannot be priced before it runs",
+                }),
+                // Deleting or cancelling stored responses/completions costs nothing.
+                "responses" | "chat" if segments >= 2 && (is(&Method::DELETE) || rest.ends_with("/cancel")) => {
+                    Err(Route::Free)
+                }
+                _ => return None,
+            }
+        }
+    };
+    Some(hit)
+}
+
+/// GET/HEAD are free except realtime (a WebSocket upgrade is a GET).
+pub(crate) fn route_read(method: &http::Method, path: &str) -> Option<Route> {
+    if method == http::Method::GET || method == http::Method::HEAD {
+        if path.contains("/realtime") {
+            return Some(Route::Unpriced {
+                why: "realtime sessions are long-lived and billed per response; they are blocked by default",
+            });
+        }
+        return Some(Route::Free);
+    }
+    None
+}
+
+pub(crate) const UNKNOWN_ENDPOINT: Route = Route::Unpriced {
+    why: "this endpoint is not known to the pricing adapter, so its cost cannot be bounded",
+};
+
+impl OpenAiCompatible {
+    fn classify(&self, method: &http::Method, path_and_query: &str) -> Result<Endpoint, Route> {
+        let (path, _) = split_path(path_and_query);
+        for prefix in self.flavor.prefixes {
+            if let Some(rest) = path.strip_prefix(prefix) {
+                if rest.starts_with('/') {
+                    if let Some(hit) = route_rest(method, rest, &self.flavor) {
+                        return hit;
+                    }
+                }
+            }
+        }
+        Err(route_read(method, path).unwrap_or(UNKNOWN_ENDPOINT))
+    }
+}
+
+impl Adapter for OpenAiCompatible {
+    fn id(&self) -> ProviderId {
+        self.id
+    }
+
+    fn route(&self, method: &http::Method, path_and_query: &str) -> Route {
+        match self.classify(method, path_and_query) {
+            Ok(_) => Route::Priced,
+            Err(r) => r,
+        }
+    }
+
+    fn quote(
+        &self,
+        method: &http::Method,
+        path_and_query: &str,
+        _headers: &http::HeaderMap,
+        body: &[u8],
+        prices: &PriceTable,
+        opts: &QuoteOptions,
+    ) -> Result<Quote, PricingError> {
+        let endpoint = self.classify(method, path_and_query).map_err(|route| {
+            PricingError::NotPricedRoute {
+                provider: self.id,
+                route,
+            }
+        })?;
+        let obj = parse_object(body)?;
+        let name = model_field(&obj)?;
+        let candidates = self.model_candidates(&obj, name)?;
+        let mut best: Option<Quote> = None;
+        for candidate in candidates {
+            let (canonical, price) = prices.lookup_for(self.id, &candidate).ok_or_else(|| {
+                PricingError::UnknownModel {
+                    model: short(&candidate),
+                }
+            })?;
+            let q = quote_body(
+                endpoint,
+                &self.flavor,
+                self.id,
+                body,
+                &obj,
+                canonical,
+                price,
+                opts,
+                self.flavor.inject_include_usage,
+            )?;
+            if best.as_ref().is_none_or(|b| q.worst_case > b.worst_case) {
+                best = Some(q);
+            }
+        }
+        best.ok_or_else(|| malformed("no model named"))
+    }
+}
+
+impl OpenAiCompatible {
+    /// The model names a request may run on: the model, plus OpenRouter's `models` fallbacks
+    /// (any of them may serve it, so the dearest is the worst case). OpenRouter variant suffixes
+    /// that keep the price (`:nitro`, `:floor`, `:exacto`) are dropped and `:free` is priced as the
+    /// paid model (an upper bound); `:online` adds paid web search and is refused.
+    fn model_candidates(
+        &self,
+        obj: &Map<String, Value>,
+        model: &str,
+    ) -> Result<Vec<String>, PricingError> {
+        if !self.flavor.openrouter {
+            return Ok(vec![model.to_string()]);
+        }
+        let mut names = vec![model.to_string()];
+        if let Some(list) = obj.get("models").and_then(Value::as_array) {
+            for m in list {
+                names.push(
+                    m.as_str()
+                        .ok_or_else(|| malformed("'models' must list model names"))?
+                        .to_string(),
+                );
+            }
+        }
+        if obj
+            .get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err(unpriced("OpenRouter plugins (web search, file parsing) bill per use, which the price table does not carry"));
+        }
+        names
+            .into_iter()
+            .map(|n| match n.rsplit_once(':') {
+                Some((_, "online")) => Err(unpriced(
+                    "OpenRouter ':online' models add paid web search, which the price table does not carry",
+                )),
+                Some((base, "nitro" | "floor" | "exacto" | "free" | "beta" | "extended" | "thinking")) => {
+                    Ok(base.to_string())
+                }
+                _ => Ok(n),
+            })
+            .collect()
+    }
+}
+
+/// The body's `model` string.
+pub(crate) fn model_field(obj: &Map<String, Value>) -> Result<&str, PricingError> {
+    match obj.get("model") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(_) => Err(malformed("'model' must be a non-empty string")),
+        None => Err(malformed("the body names no 'model'")),
+    }
+}
+
+/// How an OpenAI-shaped content object counts toward the input bound.
+pub(crate) fn classify_part(m: &Map<String, Value>) -> Part {
+    match m.get("type").and_then(Value::as_str) {
+        Some("image_url" | "input_image") => Part::Image,
+        Some("input_audio") => Part::Audio,
+        Some("file" | "input_file" | "item_reference") => Part::Unbounded,
+        _ => Part::Plain,
+    }
+}
+
+/// Quotes an OpenAI-shaped body (also used by Azure and Gemini's OpenAI-compatible endpoint).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one flat call per endpoint; a struct would only rename them"
+)]
+pub(crate) fn quote_body(
+    endpoint: Endpoint,
+    flavor: &Flavor,
+    provider: ProviderId,
+    body: &[u8],
+    obj: &Map<String, Value>,
+    canonical: &str,
+    price: &ModelPrice,
+    opts: &QuoteOptions,
+    inject_include_usage: bool,
+) -> Result<Quote, PricingError> {
+    let required = match endpoint {
+        Endpoint::Chat => obj
+            .get("messages")
+            .is_some_and(Value::is_array)
+            .then_some(())
+            .ok_or("'messages' must be an array"),
+        Endpoint::Completions | Endpoint::Fim => obj
+            .get("prompt")
+            .is_some()
+            .then_some(())
+            .ok_or("the body has no 'prompt'"),
+        Endpoint::Embeddings => obj
+            .get("input")
+            .is_some()
+            .then_some(())
+            .ok_or("the body has no 'input'"),
+        Endpoint::Responses => Ok(()),
+    };
+    required.map_err(malformed)?;
+    let whole = Value::Object(obj.clone());
+    let parts = count_parts(&whole, &classify_part);
+    if parts.audio > 0 {
+        return Err(unpriced(
+            "audio input bills at audio-token rates the price table does not carry",
+        ));
+    }
+    refuse_unbounded_features(endpoint, provider, obj)?;
+
+    let body_bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
+    let mut bound = InputBound {
+        body_bytes,
+        images: parts.images,
+        per_image_tokens: OPENAI_IMAGE_TOKENS,
+        unbounded: parts.unbounded > 0,
+        ..InputBound::default()
+    };
+    let tools = obj
+        .get("tools")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len) as u64
+        + obj
+            .get("functions")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len) as u64;
+    if tools > 0 {
+        bound.extra_tokens = OPENAI_TOOLS_PREAMBLE_TOKENS + tools * OPENAI_TOOL_TOKENS;
+    }
+    let mut context_cap = price.context_window;
+    let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
+
+    let (limit_keys, write_field, choices): (&[&str], &str, u64) = match endpoint {
+        Endpoint::Chat => {
+            bound.messages = obj
+                .get("messages")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len) as u64;
+            let n = count_field(obj, "n")?.unwrap_or(1).max(1);
+            (
+                &["max_tokens", "max_completion_tokens"],
+                flavor.limit_field,
+                n,
+            )
+        }
+        Endpoint::Completions | Endpoint::Fim => {
+            let n = count_field(obj, "n")?.unwrap_or(1).max(1);
+            let best_of = count_field(obj, "best_of")?.unwrap_or(1).max(1);
+            let prompts = prompt_count(obj.get("prompt"));
+            // Each prompt may fill the context window on its own.
+            context_cap = context_cap.saturating_mul(prompts);
+            bound.messages = prompts;
+            (
+                &["max_tokens"],
+                "max_tokens",
+                n.max(best_of).saturating_mul(prompts),
+            )
+        }
+        Endpoint::Responses => {
+            if ["previous_response_id", "conversation", "prompt"]
+                .iter()
+                .any(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+            {
+                // Earlier turns or a stored prompt are not in the body.
+                bound.unbounded = true;
+            }
+            bound.messages = match obj.get("input") {
+                Some(Value::Array(items)) => items.len() as u64,
+                _ => 1,
+            };
+            (&["max_output_tokens"], "max_output_tokens", 1)
+        }
+        Endpoint::Embeddings => {
+            let inputs = match obj.get("input") {
+                Some(Value::Array(items)) if items.iter().all(|i| !i.is_number()) => {
+                    items.len() as u64
+                }
+                _ => 1,
+            };
+            bound.messages = inputs;
+            // Each input may fill the context window on its own.
+            context_cap = context_cap.saturating_mul(inputs.max(1));
+            (&[], "", 0)
+        }
+    };
+
+    let input = bound.tokens(context_cap);
+    let mut splices = Vec::new();
+    let output = if endpoint == Endpoint::Embeddings {
+        0
+    } else {
+        let mut plan = plan_output(max_limit(obj, limit_keys)?, price, opts);
+        if let Some(limit) = plan.write_limit.take() {
+            splices.extend(
+                rewrite::set_member(body, 0, write_field, &limit.to_string())
+                    .ok_or_else(|| malformed("the body could not be edited"))?,
+            );
+        }
+        // Predicted outputs: rejected prediction tokens are billed as output too.
+        let predicted = obj
+            .get("prediction")
+            .filter(|p| !p.is_null())
+            .map_or(0, |p| p.to_string().len() as u64);
+        let per_choice = if flavor.reasoning_outside_limit {
+            plan.per_choice.max(price.max_output_tokens)
+        } else {
+            plan.per_choice
+        };
+        per_choice.saturating_add(predicted).saturating_mul(choices)
+    };
+
+    let mut drop_usage_chunk = false;
+    if stream && inject_include_usage && matches!(endpoint, Endpoint::Chat | Endpoint::Completions)
+    {
+        let asked = obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        if !asked {
+            splices.extend(
+                rewrite::set_nested(body, &["stream_options"], "include_usage", "true")
+                    .ok_or_else(|| malformed("the body could not be edited"))?,
+            );
+            drop_usage_chunk = true;
+        }
+    }
+    let body_rewrite = if splices.is_empty() {
+        None
+    } else {
+        Some(rewrite_body(body, splices)?)
+    };
+    let tap = match endpoint {
+        Endpoint::Chat | Endpoint::Completions | Endpoint::Fim => {
+            TapSpec::OpenAiChat { drop_usage_chunk }
+        }
+        Endpoint::Responses => TapSpec::OpenAiResponses,
+        Endpoint::Embeddings => TapSpec::OpenAiEmbeddings,
+    };
+    Ok(QuoteParts {
+        model: canonical.to_string(),
+        price: price.clone(),
+        input,
+        output,
+        cache_write: cache_write_request(&whole),
+        stream,
+        body_rewrite,
+        tap,
+    }
+    .into_quote())
+}
+
+/// Number of prompts of a Completions request (`prompt` may be a string, a token array, or an
+/// array of either).
+fn prompt_count(prompt: Option<&Value>) -> u64 {
+    match prompt {
+        Some(Value::Array(items)) if !items.is_empty() && !items.iter().all(Value::is_number) => {
+            items.len() as u64
+        }
+        _ => 1,
+    }
+}
+
+/// Features whose cost the table cannot bound: refused as unpriced.
+fn refuse_unbounded_features(
+    endpoint: Endpoint,
+    provider: ProviderId,
+    obj: &Map<String, Value>,
+) -> Result<(), PricingError> {
+    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+    if present("audio")
+        || obj
+            .get("modalities")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|x| x.as_str() == Some("audio")))
+    {
+        return Err(unpriced(
+            "audio output bills at audio-token rates the price table does not carry",
+        ));
+    }
+    if present("web_search_options") {
+        return Err(unpriced(
+            "web search bills per call, which the price table does not carry",
+        ));
+    }
+    if obj.get("service_tier").and_then(Value::as_str) == Some("priority") {
+        return Err(unpriced(
+            "priority processing bills at rates the price table does not carry",
+        ));
+    }
+    if provider == ProviderId::Xai
+        && obj
+            .get("search_parameters")
+            .is_some_and(|s| !s.is_null() && s.get("mode").and_then(Value::as_str) != Some("off"))
+    {
+        return Err(unpriced(
+            "xAI Live Search bills per source, which the price table does not carry",
+        ));
+    }
+    if endpoint == Endpoint::Responses {
+        if let Some(tools) = obj.get("tools").and_then(Value::as_array) {
+            for t in tools {
+                let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+                if !matches!(kind, "function" | "custom") {
+                    return Err(unpriced(
+                        "hosted tools (web search, file search, code interpreter, MCP, image generation…) bill per call and add server-side turns, which cannot be bounded",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage.
+
+/// Chat Completions / Completions `usage` object → Usage. DeepSeek's
+/// `prompt_cache_hit_tokens` stands for `cached_tokens` when that is absent.
+pub(crate) fn chat_usage(u: &Value) -> Option<Usage> {
+    if !u.is_object() {
+        return None;
+    }
+    let prompt = num(u, &["prompt_tokens"])?;
+    // xAI counts reasoning apart from completion_tokens (but inside total_tokens); everyone else
+    // has total = prompt + completion. The larger reading is the billed output.
+    let completion = num(u, &["completion_tokens"]).unwrap_or(0).max(
+        num(u, &["total_tokens"])
+            .unwrap_or(0)
+            .saturating_sub(prompt),
+    );
+    let cached = num(u, &["prompt_tokens_details", "cached_tokens"])
+        .or_else(|| num(u, &["prompt_cache_hit_tokens"]))
+        .unwrap_or(0)
+        .min(prompt);
+    // OpenRouter reports cache writes (Anthropic models) inside prompt_tokens.
+    let written = num(u, &["prompt_tokens_details", "cache_write_tokens"])
+        .unwrap_or(0)
+        .min(prompt - cached);
+    Some(Usage {
+        input_uncached: prompt - cached - written,
+        input_cached: cached,
+        cache_write_5m: written,
+        cache_write_1h: 0,
+        output: completion,
+        reasoning: num(u, &["completion_tokens_details", "reasoning_tokens"])
+            .unwrap_or(0)
+            .min(completion),
+    })
+}
+
+/// Responses API `usage` object → Usage.
+pub(crate) fn responses_usage(u: &Value) -> Option<Usage> {
+    if !u.is_object() {
+        return None;
+    }
+    let input = num(u, &["input_tokens"])?;
+    let output = num(u, &["output_tokens"])
+        .unwrap_or(0)
+        .max(num(u, &["total_tokens"]).unwrap_or(0).saturating_sub(input));
+    let cached = num(u, &["input_tokens_details", "cached_tokens"])
+        .unwrap_or(0)
+        .min(input);
+    Some(Usage {
+        input_uncached: input - cached,
+        input_cached: cached,
+        output,
+        reasoning: num(u, &["output_tokens_details", "reasoning_tokens"])
+            .unwrap_or(0)
+            .min(output),
+        ..Usage::default()
+    })
+}
+
+/// The usage of a chunk or body: `usage`, or Groq's `x_groq.usage`.
+fn usage_object(v: &Value) -> Option<&Value> {
+    v.get("usage").filter(|u| u.is_object()).or_else(|| {
+        v.get("x_groq")
+            .and_then(|x| x.get("usage"))
+            .filter(|u| u.is_object())
+    })
+}
+
+pub(crate) fn chat_body_usage(v: &Value) -> Option<Usage> {
+    usage_object(v).and_then(chat_usage)
+}
+
+pub(crate) fn responses_body_usage(v: &Value) -> Option<Usage> {
+    // A background response's first body is "queued" with no usage: the reservation stands.
+    v.get("usage").and_then(responses_usage)
+}
+
+pub(crate) fn embeddings_body_usage(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    num(u, &["prompt_tokens"])
+        .or_else(|| num(u, &["total_tokens"]))
+        .map(Usage::input_only)
+}
+
+/// Streamed Chat Completions / Completions.
+#[derive(Debug)]
+pub(crate) struct ChatStream {
+    drop_usage_chunk: bool,
+    last: Option<Usage>,
+    last_is_final: bool,
+}
+
+impl ChatStream {
+    pub(crate) fn new(drop_usage_chunk: bool) -> ChatStream {
+        ChatStream {
+            drop_usage_chunk,
+            last: None,
+            last_is_final: false,
+        }
+    }
+}
+
+impl StreamState for ChatStream {
+    fn on_event(&mut self, ev: &SseEvent) -> bool {
+        let data = ev.data.trim_ascii();
+        if data == b"[DONE]" {
+            if self.last.is_some() {
+                self.last_is_final = true;
+            }
+            return true;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            return true;
+        };
+        let Some(usage) = usage_object(&v).and_then(chat_usage) else {
+            return true;
+        };
+        let choices = v.get("choices").and_then(Value::as_array);
+        let usage_only = choices.is_some_and(Vec::is_empty);
+        let all_finished = choices.is_some_and(|c| {
+            !c.is_empty()
+                && c.iter()
+                    .all(|ch| ch.get("finish_reason").is_some_and(|f| f.is_string()))
+        });
+        self.last = Some(usage);
+        self.last_is_final = usage_only || all_finished;
+        !(self.drop_usage_chunk && usage_only)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.last.filter(|_| self.last_is_final)
+    }
+}
+
+/// Streamed Responses API: usage on the terminal event.
+#[derive(Debug, Default)]
+pub(crate) struct ResponsesStream {
+    usage: Option<Usage>,
+}
+
+impl StreamState for ResponsesStream {
+    fn on_event(&mut self, ev: &SseEvent) -> bool {
+        let Ok(v) = serde_json::from_slice::<Value>(&ev.data) else {
+            return true;
+        };
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .or(ev.event.as_deref())
+            .unwrap_or("");
+        if matches!(
+            kind,
+            "response.completed" | "response.incomplete" | "response.failed"
+        ) {
+            if let Some(u) = v
+                .get("response")
+                .and_then(|r| r.get("usage"))
+                .and_then(responses_usage)
+            {
+                self.usage = Some(u);
+            }
+        }
+        true
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chat_usage_bills_cached_tokens_once() {
+        let u = chat_usage(&json!({
+            "prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 192, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+        }))
+        .unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                input_uncached: 86,
+                input_cached: 1920,
+                output: 300,
+                reasoning: 192,
+                ..Usage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn deepseek_cache_hits_are_cached_tokens() {
+        let u = chat_usage(&json!({
+            "prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110,
+            "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36
+        }))
+        .unwrap();
+        assert_eq!((u.input_uncached, u.input_cached, u.output), (36, 64, 10));
+    }
+
+    #[test]
+    fn inconsistent_counts_never_underflow() {
+        let u = chat_usage(&json!({
+            "prompt_tokens": 10, "completion_tokens": 1,
+            "prompt_tokens_details": {"cached_tokens": 50},
+            "completion_tokens_details": {"reasoning_tokens": 9}
+        }))
+        .unwrap();
+        assert_eq!((u.input_uncached, u.input_cached, u.reasoning), (0, 10, 1));
+        assert_eq!(chat_usage(&json!({"completion_tokens": 1})), None);
+        assert_eq!(chat_usage(&json!(null)), None);
+    }
+
+    #[test]
+    fn routes() {
+        use http::Method;
+        let a = compatible(ProviderId::OpenAi);
+        assert_eq!(
+            a.route(&Method::POST, "/v1/chat/completions"),
+            Route::Priced
+        );
+        assert_eq!(a.route(&Method::POST, "/v1/responses?x=1"), Route::Priced);
+        assert_eq!(a.route(&Method::GET, "/v1/models"), Route::Free);
+        assert_eq!(
+            a.route(&Method::POST, "/v1/responses/input_tokens"),
+            Route::Free
+        );
+        assert_eq!(
+            a.route(&Method::DELETE, "/v1/responses/resp_1"),
+            Route::Free
+        );
+        assert!(matches!(
+            a.route(&Method::POST, "/v1/batches"),
+            Route::Unpriced { .. }
+        ));
+        assert!(matches!(
+            a.route(&Method::POST, "/v1/files"),
+            Route::Unpriced { .. }
+        ));
+        assert!(matches!(
+            a.route(&Method::GET, "/v1/realtime?model=x"),
+            Route::Unpriced { .. }
+        ));
+        assert!(matches!(
+            a.route(&Method::POST, "/v1/audio/speech"),
+            Route::Unpriced { .. }
+        ));
+        assert!(matches!(
+            a.route(&Method::POST, "/v1/something/new"),
+            Route::Unpriced { .. }
+        ));
+        assert!(matches!(
+            a.route(&Method::GET, "/v1/chat/completions"),
+            Route::Free
+        ));
+        let g = compatible(ProviderId::Groq);
+        assert_eq!(
+            g.route(&Method::POST, "/openai/v1/chat/completions"),
+            Route::Priced
+        );
+        assert!(matches!(
+            g.route(&Method::POST, "/v1/chat/completions"),
+            Route::Unpriced { .. }
+        ));
+        let d = compatible(ProviderId::DeepSeek);
+        assert_eq!(d.route(&Method::POST, "/chat/completions"), Route::Priced);
+        assert_eq!(
+            d.route(&Method::POST, "/v1/chat/completions"),
+            Route::Priced
+        );
+        assert_eq!(d.route(&Method::POST, "/beta/completions"), Route::Priced);
+        let m = compatible(ProviderId::Mistral);
+        assert_eq!(m.route(&Method::POST, "/v1/fim/completions"), Route::Priced);
+        assert!(matches!(
+            m.route(&Method::POST, "/v1/responses"),
+            Route::Unpriced { .. }
+        ));
+        let o = compatible(ProviderId::OpenRouter);
+        assert_eq!(
+            o.route(&Method::POST, "/api/v1/chat/completions"),
+            Route::Priced
+        );
+    }
+}
