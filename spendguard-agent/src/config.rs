@@ -25,6 +25,8 @@ pub const ENV_METRICS: &str = "SPENDGUARD_METRICS";
 pub const ENV_BPF_PIN_DIR: &str = "SPENDGUARD_BPF_PIN_DIR";
 /// Not in the user contract: the cgroup v2 directory the programs attach to (default: the v2 root).
 pub const ENV_ATTACH_CGROUP: &str = "SPENDGUARD_ATTACH_CGROUP";
+/// Not in the user contract: `off` turns metering off (transport diagnostics).
+pub const ENV_METERING: &str = "SPENDGUARD_METERING";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +49,18 @@ pub struct RawConfig {
     pub provider_hosts: Option<Vec<String>>,
     /// Extra hosts terminated in addition to the bundled list.
     pub extra_provider_hosts: Option<Vec<String>>,
+    /// When a request sets no output limit, write this one into it (tokens) so reservations stay small.
+    pub output_cap: Option<u64>,
+    /// Azure OpenAI deployment name → model name (deployments are priced as their model).
+    pub azure_deployments: Option<HashMap<String, String>>,
+    /// Limits for agents that have none of their own for a period (USD numbers). Default: none.
+    pub default_limits: Option<spendguard_ledger::LimitsPatch>,
+    /// Days of audit events kept.
+    pub audit_retention_days: Option<u32>,
+    /// Price overrides: model → prices (USD per million tokens).
+    pub prices: Option<HashMap<String, crate::metering::prices::PriceOverride>>,
+    /// `false`: intercept TLS but neither price nor block (transport diagnostics only; logged loudly).
+    pub metering: Option<bool>,
 }
 
 /// The validated configuration the agent runs on.
@@ -67,7 +81,16 @@ pub struct Config {
     pub attach_cgroup: Option<PathBuf>,
     pub drain_seconds: u64,
     pub provider_hosts: Vec<String>,
+    pub output_cap: Option<u64>,
+    pub azure_deployments: HashMap<String, String>,
+    pub default_limits: spendguard_ledger::Limits,
+    pub audit_retention_days: u32,
+    pub prices: HashMap<String, crate::metering::prices::PriceOverride>,
+    pub metering: bool,
 }
+
+/// Audit events are kept this long by default (a quarter: enough for a monthly invoice dispute).
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 90;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -89,6 +112,8 @@ pub enum ConfigError {
     },
     #[error("{field} must be an absolute path, got {value}")]
     NotAbsolute { field: &'static str, value: PathBuf },
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
     #[error("{what} and {other} must be given together")]
     Pair {
         what: &'static str,
@@ -171,6 +196,23 @@ impl Config {
                 hosts.extend(raw.extra_provider_hosts.unwrap_or_default());
                 hosts
             },
+            output_cap: raw.output_cap,
+            azure_deployments: raw.azure_deployments.unwrap_or_default(),
+            default_limits: {
+                let mut l = spendguard_ledger::Limits::default();
+                if let Some(p) = &raw.default_limits {
+                    l.apply(p);
+                }
+                l
+            },
+            audit_retention_days: raw
+                .audit_retention_days
+                .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS),
+            prices: raw.prices.unwrap_or_default(),
+            metering: match env.get(ENV_METERING).as_deref() {
+                Some("off") | Some("false") | Some("0") => false,
+                Some(_) | None => raw.metering.unwrap_or(true),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -191,6 +233,12 @@ impl Config {
                     });
                 }
             }
+        }
+        if self.output_cap == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "output_cap",
+                why: "must be at least 1 token".into(),
+            });
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Pair {

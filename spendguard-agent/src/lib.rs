@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod metering;
 pub mod paths;
 pub mod proxy;
 pub mod redirect;

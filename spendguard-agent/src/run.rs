@@ -13,13 +13,16 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::control::server::{self as control_server, ControlContext};
 use crate::identity::{cgroupfs, TagStore};
+use crate::metering::{Metering, Prices};
 use crate::paths;
 use crate::proxy::forward::Upstreams;
 use crate::proxy::intercept::Interceptor;
 use crate::proxy::route::HostList;
+use crate::proxy::stage::{PassThrough, Stage};
 use crate::proxy::{self, ProxyContext};
 use crate::redirect::{self, Redirect, RedirectOptions};
 use crate::tls::Ca;
+use spendguard_ledger::{Ledger, LedgerOptions};
 
 /// How often tagged paths are re-resolved (a cgroup re-created under the same path gets a new id).
 const TAG_RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -100,11 +103,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let tags = TagStore::open(&cfg.state_dir, mount, redirect.clone())?;
     tracing::info!(count = tags.list().len(), "tags applied");
 
+    let ledger_path = paths::ledger_file(&cfg.state_dir);
+    let ledger = Ledger::open(
+        &ledger_path,
+        LedgerOptions {
+            default_limits: cfg.default_limits.clone(),
+            audit_retention: chrono::Duration::days(i64::from(cfg.audit_retention_days)),
+            ..LedgerOptions::default()
+        },
+    )
+    .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+    let prices = Prices::load(&ledger);
+    for (model, o) in &cfg.prices {
+        prices.set(&ledger, model, o.clone()).await?;
+    }
+    let (price_source, price_date) = prices.source();
+    tracing::info!(ledger = %ledger_path.display(), prices = %price_source, prices_date = %price_date, "ledger open");
+    let ca = Arc::new(Ca::load_or_generate(
+        &cfg.state_dir,
+        cfg.ca_cert.as_deref(),
+        cfg.ca_key.as_deref(),
+    )?);
+    let upstream_tls = crate::tls::upstream::client_config(cfg.upstream_ca.as_deref())?;
+
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
     let control = control_server::bind(&cfg.socket)?;
-    let control_ctx = Arc::new(ControlContext { tags: tags.clone() });
+    let control_ctx = Arc::new(ControlContext {
+        tags: tags.clone(),
+        ledger: ledger.clone(),
+        prices: prices.clone(),
+        ca: ca.clone(),
+    });
     let control_task = tokio::spawn(control_server::serve(
         control,
         control_ctx,
@@ -127,16 +158,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    let ca = Ca::load_or_generate(
-        &cfg.state_dir,
-        cfg.ca_cert.as_deref(),
-        cfg.ca_key.as_deref(),
-    )?;
-    let upstream_tls = crate::tls::upstream::client_config(cfg.upstream_ca.as_deref())?;
+    let stage: Arc<dyn Stage> = if cfg.metering {
+        Arc::new(Metering {
+            ledger: ledger.clone(),
+            prices: prices.clone(),
+            output_cap: cfg.output_cap,
+            azure_deployments: cfg.azure_deployments.clone(),
+        })
+    } else {
+        tracing::warn!("METERING IS OFF (metering = false / SPENDGUARD_METERING=off): provider traffic is intercepted but neither priced nor limited");
+        Arc::new(PassThrough)
+    };
     let interceptor = Arc::new(Interceptor {
         ca,
         upstreams: Upstreams::new(upstream_tls),
-        stage: Arc::new(crate::proxy::stage::PassThrough),
+        stage,
     });
     let ctx = Arc::new(ProxyContext {
         redirects: redirect.clone(),

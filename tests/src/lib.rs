@@ -15,6 +15,7 @@
 )]
 
 pub mod fake_provider;
+pub mod sdk;
 pub mod servers;
 
 use std::io::Write as _;

@@ -443,7 +443,7 @@ fn control_socket_is_root_only() {
     ]);
     assert!(
         !bad.status.success()
-            && String::from_utf8_lossy(&bad.stderr).contains("invalid agent name")
+            && String::from_utf8_lossy(&bad.stderr).contains("is not a valid agent name")
     );
     let list = w.cli(&["agents", "--json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");

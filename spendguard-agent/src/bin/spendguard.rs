@@ -1,11 +1,17 @@
 //! `spendguard`: the privileged CLI. Talks to the node agent over its root-only control socket.
+//! Human-readable output by default, `--json` for scripts; on failure a one-line error and exit 1.
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use spendguard_agent::control::client;
+use serde_json::Value;
+use spendguard_agent::control::client::{self, ClientError};
 use spendguard_agent::control::protocol::{Request, Response};
-use spendguard_agent::identity::Tag;
+use spendguard_agent::identity::{AgentName, Tag, TagSource};
+use spendguard_agent::metering::prices::PriceOverride;
+use spendguard_ledger::{LimitKind, LimitsPatch};
+use spendguard_pricing::MicroUsd;
 
 #[derive(Parser)]
 #[command(
@@ -42,8 +48,123 @@ enum Command {
     },
     /// List tagged cgroups and pods with their agent.
     Agents,
+    /// The CA workloads must trust (export), or a new cluster CA (generate).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Set or show an agent's limits.
+    Limit {
+        #[command(subcommand)]
+        command: LimitCommand,
+    },
+    /// Set a model's price (USD per million tokens).
+    Price {
+        #[command(subcommand)]
+        command: PriceCommand,
+    },
+    /// The price table in force.
+    Prices,
+    /// An agent's budget: limits, spend, reservations, what remains and when it resets.
+    Status { agent: String },
+    /// Block an agent (and its descendants) until resumed.
+    Pause { agent: String },
+    /// Lift a pause (also one set by pause_on_exhaust).
+    Resume { agent: String },
+    /// One event per request: time, agent, cgroup, host, model, decision, reason, reserved and final cost.
+    Audit {
+        /// Only this agent and its descendants.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only events at or after this time (RFC 3339, e.g. 2026-05-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Check that the agent answers.
     Ping,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) that workloads must trust.
+    Export,
+    /// Write a new CA (ca.crt, ca.key) into DIR, e.g. for one cluster-wide CA in a Secret.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// A limit argument: a dollar amount, or `none` to remove the limit.
+#[derive(Clone, Debug)]
+struct LimitArg(Option<MicroUsd>);
+
+fn parse_limit(s: &str) -> Result<LimitArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(LimitArg(None));
+    }
+    s.parse::<MicroUsd>()
+        .map(|m| LimitArg(Some(m)))
+        .map_err(|e| e.to_string())
+}
+
+fn parse_usd(s: &str) -> Result<MicroUsd, String> {
+    s.parse::<MicroUsd>().map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+enum LimitCommand {
+    /// Change the limits named; others stay. `--daily none` removes the daily limit.
+    Set {
+        agent: String,
+        #[arg(long, value_parser = parse_limit)]
+        per_call: Option<LimitArg>,
+        #[arg(long, value_parser = parse_limit)]
+        daily: Option<LimitArg>,
+        #[arg(long, value_parser = parse_limit)]
+        weekly: Option<LimitArg>,
+        #[arg(long, value_parser = parse_limit)]
+        monthly: Option<LimitArg>,
+        /// Lifetime budget (never resets).
+        #[arg(long, value_parser = parse_limit)]
+        total: Option<LimitArg>,
+        /// Block the agent from this time on (RFC 3339), or `none`.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Stay blocked after a budget runs out until `spendguard resume`.
+        #[arg(long)]
+        pause_on_exhaust: Option<bool>,
+        /// URL that receives JSON POSTs on exhaustion, pause and the soft threshold, or `none`.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Percent of a budget that triggers the soft-threshold webhook (default 80).
+        #[arg(long)]
+        soft_threshold_pct: Option<u8>,
+    },
+    /// Show an agent's own limits.
+    Show { agent: String },
+}
+
+#[derive(Subcommand)]
+enum PriceCommand {
+    /// Set (override) a model's price.
+    Set {
+        model: String,
+        #[arg(long, value_parser = parse_usd)]
+        input_per_mtok: MicroUsd,
+        #[arg(long, value_parser = parse_usd)]
+        output_per_mtok: MicroUsd,
+        #[arg(long, value_parser = parse_usd)]
+        cached_input_per_mtok: Option<MicroUsd>,
+        /// The model's maximum output tokens (for worst cases when a client sets no limit).
+        #[arg(long)]
+        max_output_tokens: Option<u64>,
+        #[arg(long)]
+        context_window: Option<u64>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,36 +178,164 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), client::ClientError> {
-    let req = match &cli.command {
+fn bad(msg: impl std::fmt::Display) -> ClientError {
+    ClientError::Agent(msg.to_string())
+}
+
+fn agent_arg(a: &str) -> Result<String, ClientError> {
+    a.parse::<AgentName>().map(|n| n.to_string()).map_err(bad)
+}
+
+fn run(cli: Cli) -> Result<(), ClientError> {
+    let req = match cli.command {
+        Command::Ca {
+            command: CaCommand::Generate { out },
+        } => {
+            let (c, k) = spendguard_agent::tls::ca::generate_into(&out).map_err(bad)?;
+            println!("wrote {} and {} (keep the key secret: kubectl create secret generic spendguard-ca -n spendguard --from-file=ca.crt={} --from-file=ca.key={})", c.display(), k.display(), c.display(), k.display());
+            return Ok(());
+        }
+        Command::Ca {
+            command: CaCommand::Export,
+        } => Request::CaExport,
         Command::Tag { cgroup, agent } => {
-            // Validate locally too, so typos fail fast with the same message.
-            if let Err(e) = agent.parse::<spendguard_agent::identity::AgentName>() {
-                return Err(client::ClientError::Agent(e.to_string()));
-            }
-            let cgroup = std::path::absolute(cgroup).unwrap_or_else(|_| cgroup.clone());
-            Request::Tag {
-                cgroup,
-                agent: agent.clone(),
-            }
+            let agent = agent_arg(&agent)?;
+            let cgroup = std::path::absolute(&cgroup).unwrap_or(cgroup);
+            Request::Tag { cgroup, agent }
         }
         Command::Untag { cgroup } => Request::Untag {
-            cgroup: std::path::absolute(cgroup).unwrap_or_else(|_| cgroup.clone()),
+            cgroup: std::path::absolute(&cgroup).unwrap_or(cgroup),
         },
         Command::Agents => Request::Agents,
         Command::Ping => Request::Ping,
+        Command::Prices => Request::Prices,
+        Command::Status { agent } => Request::Status {
+            agent: agent_arg(&agent)?,
+        },
+        Command::Pause { agent } => Request::Pause {
+            agent: agent_arg(&agent)?,
+        },
+        Command::Resume { agent } => Request::Resume {
+            agent: agent_arg(&agent)?,
+        },
+        Command::Audit {
+            agent,
+            since,
+            limit,
+        } => Request::Audit {
+            agent: agent.as_deref().map(agent_arg).transpose()?,
+            since,
+            limit,
+        },
+        Command::Limit {
+            command: LimitCommand::Show { agent },
+        } => Request::LimitShow {
+            agent: agent_arg(&agent)?,
+        },
+        Command::Limit {
+            command:
+                LimitCommand::Set {
+                    agent,
+                    per_call,
+                    daily,
+                    weekly,
+                    monthly,
+                    total,
+                    expires,
+                    pause_on_exhaust,
+                    webhook,
+                    soft_threshold_pct,
+                },
+        } => {
+            let mut patch = LimitsPatch::default();
+            for (kind, arg) in [
+                (LimitKind::PerCall, per_call),
+                (LimitKind::Daily, daily),
+                (LimitKind::Weekly, weekly),
+                (LimitKind::Monthly, monthly),
+                (LimitKind::Total, total),
+            ] {
+                if let Some(LimitArg(v)) = arg {
+                    patch = patch.set(kind, v);
+                }
+            }
+            if let Some(e) = expires {
+                patch.expires_at = Some(if e.eq_ignore_ascii_case("none") {
+                    None
+                } else {
+                    Some(e.parse::<DateTime<Utc>>().map_err(|err| bad(format!("--expires {e:?} is not an RFC 3339 time ({err}), e.g. 2026-06-01T00:00:00Z")))?)
+                });
+            }
+            patch.pause_on_exhaust = pause_on_exhaust;
+            if let Some(w) = webhook {
+                patch.webhook = Some(if w.eq_ignore_ascii_case("none") {
+                    None
+                } else if w.starts_with("http://") || w.starts_with("https://") {
+                    Some(w)
+                } else {
+                    return Err(bad(format!(
+                        "--webhook {w:?} must be an http:// or https:// URL, or none"
+                    )));
+                });
+            }
+            if let Some(p) = soft_threshold_pct {
+                if !(1..=100).contains(&p) {
+                    return Err(bad("--soft-threshold-pct must be between 1 and 100"));
+                }
+                patch.soft_threshold_pct = Some(p);
+            }
+            if patch == LimitsPatch::default() {
+                return Err(bad(
+                    "nothing to set: name at least one limit, e.g. --daily 5.00",
+                ));
+            }
+            Request::LimitSet {
+                agent: agent_arg(&agent)?,
+                patch,
+            }
+        }
+        Command::Price {
+            command:
+                PriceCommand::Set {
+                    model,
+                    input_per_mtok,
+                    output_per_mtok,
+                    cached_input_per_mtok,
+                    max_output_tokens,
+                    context_window,
+                },
+        } => Request::PriceSet {
+            model,
+            price: PriceOverride {
+                input_per_mtok,
+                output_per_mtok,
+                cached_input_per_mtok,
+                max_output_tokens,
+                context_window,
+            },
+        },
     };
     let resp = client::call(&cli.socket, &req)?;
     if cli.json {
-        let v = match &resp {
-            Response::Agents { tags } => serde_json::to_string_pretty(tags),
-            Response::Tagged { tag } | Response::Untagged { tag } => {
-                serde_json::to_string_pretty(tag)
-            }
-            other => serde_json::to_string_pretty(other),
+        let v = match resp {
+            Response::Agents { tags } => serde_json::to_value(tags),
+            Response::Tagged { tag } | Response::Untagged { tag } => serde_json::to_value(tag),
+            Response::Status { status } => Ok(status),
+            Response::Limits { limits, .. } => Ok(limits),
+            Response::Audit { events } => Ok(events),
+            Response::Prices {
+                source,
+                date,
+                models,
+            } => Ok(serde_json::json!({"source": source, "date": date, "models": models})),
+            Response::CaCert { pem } => Ok(serde_json::json!({"pem": pem})),
+            other => serde_json::to_value(other),
         }
-        .map_err(client::ClientError::Malformed)?;
-        println!("{v}");
+        .map_err(ClientError::Malformed)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(ClientError::Malformed)?
+        );
         return Ok(());
     }
     match resp {
@@ -96,9 +345,29 @@ fn run(cli: Cli) -> Result<(), client::ClientError> {
             println!("untagged {} (was {})", tag.cgroup.display(), tag.agent)
         }
         Response::Agents { tags } => print_tags(&tags),
-        Response::Error { message } => return Err(client::ClientError::Agent(message)),
+        Response::CaCert { pem } => print!("{pem}"),
+        Response::Limits { agent, limits } => print_limits(&agent, &limits),
+        Response::Status { status } => print_status(&status),
+        Response::Done { message } => println!("{message}"),
+        Response::Audit { events } => print_audit(&events),
+        Response::Prices {
+            source,
+            date,
+            models,
+        } => print_prices(&source, &date, &models),
+        Response::Error { message } => return Err(ClientError::Agent(message)),
     }
     Ok(())
+}
+
+/// A JSON dollar number shown the way `MicroUsd` prints money ("$4.97", "$0.000015").
+fn usd(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f >= 0.0 => MicroUsd((f * MicroUsd::PER_USD as f64).round() as u64).to_string(),
+        Some(f) => format!("{f}"),
+        None if v.is_null() => "-".into(),
+        None => v.to_string(),
+    }
 }
 
 fn print_tags(tags: &[Tag]) {
@@ -106,21 +375,125 @@ fn print_tags(tags: &[Tag]) {
         println!("no tagged cgroups");
         return;
     }
-    println!("{:<32} {:<10} CGROUP", "AGENT", "SOURCE");
+    println!("{:<32} {:<24} CGROUP", "AGENT", "SOURCE");
     for t in tags {
         let source = match &t.source {
-            spendguard_agent::identity::TagSource::Manual => "manual".to_string(),
-            spendguard_agent::identity::TagSource::Pod {
+            TagSource::Manual => "manual".to_string(),
+            TagSource::Pod {
                 namespace, name, ..
             } => format!("pod {namespace}/{name}"),
         };
         let missing = if t.cgroup_id == 0 { " (missing)" } else { "" };
         println!(
-            "{:<32} {:<10} {}{}",
-            t.agent,
+            "{:<32} {:<24} {}{}",
+            t.agent.as_str(),
             source,
             t.cgroup.display(),
             missing
+        );
+    }
+}
+
+fn print_limits(agent: &str, l: &Value) {
+    println!("limits of {agent}:");
+    for k in ["per_call", "daily", "weekly", "monthly", "total"] {
+        println!(
+            "  {:<18} {}",
+            k,
+            if l[k].is_null() {
+                "none".into()
+            } else {
+                usd(&l[k])
+            }
+        );
+    }
+    println!(
+        "  {:<18} {}",
+        "expires_at",
+        l["expires_at"].as_str().unwrap_or("never")
+    );
+    println!("  {:<18} {}", "pause_on_exhaust", l["pause_on_exhaust"]);
+    println!(
+        "  {:<18} {}",
+        "webhook",
+        l["webhook"].as_str().unwrap_or("none")
+    );
+}
+
+fn print_status(s: &Value) {
+    println!(
+        "agent {}: {}",
+        s["agent"].as_str().unwrap_or("?"),
+        s["status"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  {:<10} {:>14} {:>14} {:>14}  RESETS",
+        "PERIOD", "LIMIT", "SPENT", "REMAINING"
+    );
+    for p in ["daily", "weekly", "monthly", "total"] {
+        let limit = if s["limits"][p].is_null() {
+            "none".to_string()
+        } else {
+            usd(&s["limits"][p])
+        };
+        let remaining = if s["remaining"][p].is_null() {
+            "unlimited".to_string()
+        } else {
+            usd(&s["remaining"][p])
+        };
+        let resets = s["period_resets"][p].as_str().unwrap_or("never");
+        println!(
+            "  {:<10} {:>14} {:>14} {:>14}  {}",
+            p,
+            limit,
+            usd(&s["spent"][p]),
+            remaining,
+            resets
+        );
+    }
+    println!("  reserved in flight: {}", usd(&s["reserved"]));
+}
+
+fn print_audit(events: &Value) {
+    let Some(list) = events.as_array() else {
+        return;
+    };
+    if list.is_empty() {
+        println!("no events");
+        return;
+    }
+    println!(
+        "{:<25} {:<28} {:<22} {:<26} {:<8} {:<26} {:>12} {:>12}",
+        "TIME", "AGENT", "HOST", "MODEL", "DECISION", "REASON", "RESERVED", "COST"
+    );
+    for e in list {
+        println!(
+            "{:<25} {:<28} {:<22} {:<26} {:<8} {:<26} {:>12} {:>12}",
+            e["time"].as_str().unwrap_or(""),
+            e["agent"].as_str().unwrap_or(""),
+            e["host"].as_str().unwrap_or(""),
+            e["model"].as_str().unwrap_or(""),
+            e["decision"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or("-"),
+            usd(&e["reserved"]),
+            usd(&e["cost_usd"]),
+        );
+    }
+}
+
+fn print_prices(source: &str, date: &str, models: &Value) {
+    println!("prices from {source} ({date}), USD per million tokens");
+    println!(
+        "{:<48} {:>10} {:>10} {:>10}",
+        "MODEL", "INPUT", "CACHED", "OUTPUT"
+    );
+    for m in models.as_array().into_iter().flatten() {
+        println!(
+            "{:<48} {:>10} {:>10} {:>10}",
+            m["model"].as_str().unwrap_or(""),
+            usd(&m["input_per_mtok"]),
+            usd(&m["cached_input_per_mtok"]),
+            usd(&m["output_per_mtok"])
         );
     }
 }

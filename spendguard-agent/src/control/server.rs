@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{Request, Response};
 use super::MAX_REQUEST_BYTES;
 use crate::identity::{AgentName, TagSource, TagStore};
+use crate::metering::Prices;
 use crate::paths;
+use crate::tls::Ca;
+use spendguard_ledger::{AuditFilter, Ledger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -30,6 +33,9 @@ pub enum ControlError {
 /// What the control socket operates on.
 pub struct ControlContext {
     pub tags: TagStore,
+    pub ledger: Ledger,
+    pub prices: Prices,
+    pub ca: Arc<Ca>,
 }
 
 /// Creates the socket (removing a stale one), root-only.
@@ -119,7 +125,7 @@ async fn serve_one(stream: UnixStream, ctx: &ControlContext) -> std::io::Result<
         }
     } else {
         match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => handle(req, ctx),
+            Ok(req) => handle(req, ctx).await,
             Err(e) => Response::Error {
                 message: format!("malformed request: {e}"),
             },
@@ -138,7 +144,7 @@ async fn write_line(
     wr.shutdown().await
 }
 
-fn handle(req: Request, ctx: &ControlContext) -> Response {
+async fn handle(req: Request, ctx: &ControlContext) -> Response {
     let err = |e: &dyn std::fmt::Display| Response::Error {
         message: e.to_string(),
     };
@@ -177,5 +183,90 @@ fn handle(req: Request, ctx: &ControlContext) -> Response {
         Request::Agents => Response::Agents {
             tags: ctx.tags.list(),
         },
+        other => handle_ledger(other, ctx).await,
+    }
+}
+
+/// The budget and pricing verbs.
+async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
+    let err = |e: &dyn std::fmt::Display| Response::Error {
+        message: e.to_string(),
+    };
+    let name = |a: &str| a.parse::<AgentName>();
+    match req {
+        Request::CaExport => Response::CaCert { pem: ctx.ca.cert_pem().to_string() },
+        Request::LimitSet { agent, patch } => match name(&agent) {
+            Ok(n) => match ctx.ledger.set_limits(&n, patch).await {
+                Ok(limits) => {
+                    tracing::info!(agent = %n, ?limits, "limits set");
+                    Response::Limits { agent, limits: serde_json::to_value(limits).unwrap_or_default() }
+                }
+                Err(e) => err(&e),
+            },
+            Err(e) => err(&e),
+        },
+        Request::LimitShow { agent } => match name(&agent) {
+            Ok(n) => Response::Limits { agent, limits: serde_json::to_value(ctx.ledger.limits(&n)).unwrap_or_default() },
+            Err(e) => err(&e),
+        },
+        Request::Status { agent } => match name(&agent) {
+            Ok(n) => Response::Status { status: serde_json::to_value(ctx.ledger.status(&n)).unwrap_or_default() },
+            Err(e) => err(&e),
+        },
+        Request::Pause { agent } => match name(&agent) {
+            Ok(n) => match ctx.ledger.pause(&n).await {
+                Ok(()) => Response::Done { message: format!("paused {n}: its requests and its descendants' are blocked until `spendguard resume {n}`") },
+                Err(e) => err(&e),
+            },
+            Err(e) => err(&e),
+        },
+        Request::Resume { agent } => match name(&agent) {
+            Ok(n) => match ctx.ledger.resume(&n).await {
+                Ok(()) => Response::Done { message: format!("resumed {n}") },
+                Err(e) => err(&e),
+            },
+            Err(e) => err(&e),
+        },
+        Request::Audit { agent, since, limit } => {
+            let agent = match agent.as_deref().map(name).transpose() {
+                Ok(a) => a,
+                Err(e) => return err(&e),
+            };
+            match ctx.ledger.audit(&AuditFilter { agent, since, limit }) {
+                Ok(events) => Response::Audit { events: serde_json::to_value(events).unwrap_or_default() },
+                Err(e) => err(&e),
+            }
+        }
+        Request::PriceSet { model, price } => {
+            if model.trim().is_empty() {
+                return Response::Error { message: "model name is empty".into() };
+            }
+            match ctx.prices.set(&ctx.ledger, &model, price).await {
+                Ok(()) => Response::Done { message: format!("price for {model} set") },
+                Err(e) => err(&e),
+            }
+        }
+        Request::Prices => {
+            let table = ctx.prices.read();
+            let mut models: Vec<serde_json::Value> = table
+                .iter()
+                .map(|(m, p)| {
+                    serde_json::json!({
+                        "model": m,
+                        "input_per_mtok": p.input_per_mtok.as_usd_f64(),
+                        "cached_input_per_mtok": p.cached_input_per_mtok.map(|v| v.as_usd_f64()),
+                        "cache_write_per_mtok": p.cache_write_per_mtok.map(|v| v.as_usd_f64()),
+                        "output_per_mtok": p.output_per_mtok.as_usd_f64(),
+                        "max_output_tokens": p.max_output_tokens,
+                        "context_window": p.context_window,
+                    })
+                })
+                .collect();
+            models.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
+            Response::Prices { source: table.source().to_string(), date: table.date().to_string(), models: serde_json::Value::Array(models) }
+        }
+        Request::Ping | Request::Tag { .. } | Request::Untag { .. } | Request::Agents => {
+            Response::Error { message: "internal: tag verb routed to the ledger handler".into() }
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::tls::Ca;
 
 /// What every intercepted connection shares.
 pub struct Interceptor {
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
     pub upstreams: Upstreams,
     pub stage: Arc<dyn Stage>,
 }

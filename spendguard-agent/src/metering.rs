@@ -1,0 +1,17 @@
+//! The metering stage: every intercepted request is priced, reserved durably, forwarded, and settled.
+//!
+//! ```text
+//! request ─▶ route (free / priced / unpriceable) ─▶ quote (model, worst case) ─▶ reserve (all levels,
+//!            durable) ─▶ forward (maybe rewritten) ─▶ watch the response (usage) ─▶ settle (real cost)
+//! ```
+//! Fail closed at every step: no price, no reservation, no ledger → the request does not leave the node.
+
+pub mod prices;
+pub mod stage;
+pub mod watch;
+
+pub use prices::Prices;
+pub use stage::Metering;
+
+/// Where workloads ask for their own budget (never forwarded).
+pub const BUDGET_PATH: &str = "/.well-known/spendguard/budget";

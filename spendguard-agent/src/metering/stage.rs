@@ -1,0 +1,271 @@
+//! The metering [`Stage`]: decide before forwarding, watch after.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use spendguard_ledger::{AuditContext, Denial, DenyReason, Ledger, ReserveError, ReserveRequest};
+use spendguard_pricing::providers::{adapter_for, PricingError, ProviderId, QuoteOptions, Route};
+use spendguard_pricing::MicroUsd;
+
+use super::watch::{FreeWatch, MeterWatch};
+use super::{Prices, BUDGET_PATH};
+use crate::proxy::body::{full, Body};
+use crate::proxy::reply::json_error;
+use crate::proxy::stage::{BoxFuture, Decision, RequestContext, Stage};
+
+/// The largest request body that is priced (LLM requests with inline images stay far below this);
+/// a larger body cannot be priced and is refused.
+pub const MAX_PRICED_BODY: usize = spendguard_pricing::providers::MAX_JSON_BODY_BYTES;
+
+pub struct Metering {
+    pub ledger: Ledger,
+    pub prices: Prices,
+    pub output_cap: Option<u64>,
+    pub azure_deployments: HashMap<String, String>,
+}
+
+impl Stage for Metering {
+    fn on_request<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        req: Request<Body>,
+    ) -> BoxFuture<'a, Decision> {
+        Box::pin(self.decide(ctx, req))
+    }
+}
+
+impl Metering {
+    async fn decide(&self, ctx: &RequestContext, req: Request<Body>) -> Decision {
+        let agent = ctx.identity.agent.clone();
+        if req.uri().path() == BUDGET_PATH {
+            let status = self.ledger.status(&agent);
+            let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+            let mut resp = Response::new(full(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            return Decision::Respond(resp);
+        }
+        let audit = |model: &str, provider: &str| AuditContext {
+            cgroup: ctx.identity.tagged_cgroup.display().to_string(),
+            host: ctx.sni.clone(),
+            model: model.to_string(),
+            provider: provider.to_string(),
+        };
+        let Some(provider) = ProviderId::from_host(&ctx.sni) else {
+            return self
+                .block(
+                    ctx,
+                    DenyReason::UnpricedRequest,
+                    MicroUsd::ZERO,
+                    audit("", ""),
+                    &format!("no pricing adapter for host {}", ctx.sni),
+                )
+                .await;
+        };
+        let adapter = adapter_for(provider);
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        match adapter.route(req.method(), &pq) {
+            Route::Free => {
+                return Decision::Forward {
+                    request: req,
+                    watch: Box::new(FreeWatch {
+                        agent: agent.to_string(),
+                    }),
+                };
+            }
+            Route::Unpriced { why } => {
+                return self
+                    .block(
+                        ctx,
+                        DenyReason::UnpricedRequest,
+                        MicroUsd::ZERO,
+                        audit("", provider.as_str()),
+                        why,
+                    )
+                    .await;
+            }
+            Route::Priced => {}
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let bytes: Bytes = match collect_limited(body, MAX_PRICED_BODY).await {
+            Ok(b) => b,
+            Err(Collect::TooLarge) => {
+                let why = format!(
+                    "request body larger than {} MiB cannot be priced",
+                    MAX_PRICED_BODY >> 20
+                );
+                return self
+                    .block(
+                        ctx,
+                        DenyReason::UnpricedRequest,
+                        MicroUsd::ZERO,
+                        audit("", provider.as_str()),
+                        &why,
+                    )
+                    .await;
+            }
+            Err(Collect::Broken(e)) => {
+                // The client went away or sent a broken body: nothing is forwarded.
+                let msg = format!("request body could not be read: {e}");
+                return Decision::Respond(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &ctx.sni,
+                    "invalid_request_error",
+                    &msg,
+                    serde_json::json!({}),
+                ));
+            }
+        };
+
+        let quote = {
+            let table = self.prices.read();
+            let opts = QuoteOptions {
+                output_cap: self.output_cap,
+                azure_deployments: &self.azure_deployments,
+            };
+            adapter.quote(&parts.method, &pq, &parts.headers, &bytes, &table, &opts)
+        };
+        let quote = match quote {
+            Ok(q) => q,
+            Err(PricingError::UnknownModel { model }) => {
+                let msg =
+                    format!("no price for model '{model}' (set one with `spendguard price set`)");
+                return self
+                    .block(
+                        ctx,
+                        DenyReason::UnknownModel,
+                        MicroUsd::ZERO,
+                        audit(&model, provider.as_str()),
+                        &msg,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .block(
+                        ctx,
+                        DenyReason::UnpricedRequest,
+                        MicroUsd::ZERO,
+                        audit("", provider.as_str()),
+                        &e.to_string(),
+                    )
+                    .await;
+            }
+        };
+
+        let reserve = ReserveRequest {
+            agent: agent.clone(),
+            amount: quote.worst_case,
+            audit: audit(&quote.model, provider.as_str()),
+        };
+        let reservation = match self.ledger.reserve(reserve).await {
+            Ok(r) => r,
+            Err(ReserveError::Denied(d)) => {
+                return Decision::Respond(denial_response(&ctx.sni, &d))
+            }
+            Err(ReserveError::Ledger(e)) => {
+                tracing::error!(%agent, "ledger unavailable, request refused: {e}");
+                let msg =
+                    format!("SpendGuard cannot record this request's cost ({e}); it was not sent");
+                return Decision::Respond(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &ctx.sni,
+                    "spendguard_unavailable",
+                    &msg,
+                    serde_json::json!({}),
+                ));
+            }
+        };
+
+        let body = match quote.body_rewrite.clone() {
+            Some(b) => Bytes::from(b),
+            None => bytes,
+        };
+        parts.headers.insert(
+            header::CONTENT_LENGTH,
+            header::HeaderValue::from(body.len()),
+        );
+        // Usage must be readable in the response: ask for it uncompressed.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            header::HeaderValue::from_static("identity"),
+        );
+        let request = Request::from_parts(parts, full(body));
+        Decision::Forward {
+            request,
+            watch: Box::new(MeterWatch::new(quote, reservation, self.ledger.clone())),
+        }
+    }
+
+    async fn block(
+        &self,
+        ctx: &RequestContext,
+        reason: DenyReason,
+        requested: MicroUsd,
+        audit: AuditContext,
+        why: &str,
+    ) -> Decision {
+        match self
+            .ledger
+            .record_blocked(ctx.identity.agent.clone(), reason, requested, audit)
+            .await
+        {
+            Ok(mut d) => {
+                d.message = format!("{} ({why})", d.message);
+                Decision::Respond(denial_response(&ctx.sni, &d))
+            }
+            Err(e) => {
+                tracing::error!("audit of a blocked request failed: {e}");
+                Decision::Respond(json_error(
+                    StatusCode::PAYMENT_REQUIRED,
+                    &ctx.sni,
+                    "budget_exceeded",
+                    why,
+                    serde_json::json!({"code": "BUDGET_EXCEEDED", "agent": ctx.identity.agent.as_str()}),
+                ))
+            }
+        }
+    }
+}
+
+/// HTTP 402 with the Denial's fields at the top level and the provider-shaped `error`.
+pub fn denial_response(host: &str, d: &Denial) -> Response<Body> {
+    let extra = serde_json::to_value(d).unwrap_or_default();
+    json_error(
+        StatusCode::PAYMENT_REQUIRED,
+        host,
+        "budget_exceeded",
+        &d.message,
+        extra,
+    )
+}
+
+enum Collect {
+    TooLarge,
+    Broken(String),
+}
+
+/// The whole body, refusing more than `limit` bytes (the request is priced from all of it).
+async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Collect> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Collect::Broken(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(Collect::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,136 @@
+//! Watching a priced response: usage from JSON or SSE as it streams past, then the settle.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use spendguard_ledger::{Ledger, Reservation};
+use spendguard_pricing::providers::{Quote, UsageTap};
+use spendguard_pricing::{MicroUsd, Usage};
+
+use crate::proxy::stage::{BodyEnd, ResponseWatch};
+
+pub const HDR_AGENT: &str = "x-spendguard-agent";
+pub const HDR_REMAINING: &str = "x-spendguard-remaining-usd";
+pub const HDR_RESERVED: &str = "x-spendguard-reserved-usd";
+
+pub struct MeterWatch {
+    pub quote: Quote,
+    pub reservation: Reservation,
+    pub ledger: Ledger,
+    pub tap: Option<Box<dyn UsageTap>>,
+    pub usage: Option<Usage>,
+    pub got_head: bool,
+}
+
+impl MeterWatch {
+    pub fn new(quote: Quote, reservation: Reservation, ledger: Ledger) -> MeterWatch {
+        MeterWatch {
+            quote,
+            reservation,
+            ledger,
+            tap: None,
+            usage: None,
+            got_head: false,
+        }
+    }
+}
+
+/// Dollars for a header: "unlimited" when nothing limits the agent.
+pub fn usd_header(m: MicroUsd) -> HeaderValue {
+    if m == MicroUsd::MAX {
+        return HeaderValue::from_static("unlimited");
+    }
+    let s = m.to_string();
+    HeaderValue::from_str(s.trim_start_matches('$'))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+impl ResponseWatch for MeterWatch {
+    fn on_head(&mut self, head: &mut http::response::Parts) {
+        self.got_head = true;
+        let ct = head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        self.tap = Some(self.quote.response_tap(head.status.as_u16(), ct));
+        if let Ok(v) = HeaderValue::from_str(self.reservation.agent.as_str()) {
+            head.headers.insert(HeaderName::from_static(HDR_AGENT), v);
+        }
+        head.headers.insert(
+            HeaderName::from_static(HDR_REMAINING),
+            usd_header(self.reservation.remaining),
+        );
+        head.headers.insert(
+            HeaderName::from_static(HDR_RESERVED),
+            usd_header(self.reservation.amount),
+        );
+        if self.quote.stream {
+            // The tap may drop an injected usage chunk; a stated length would then be wrong.
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
+    }
+
+    fn on_data(&mut self, chunk: Bytes) -> Bytes {
+        match self.tap.as_mut() {
+            Some(t) => t.on_chunk(&chunk),
+            None => chunk,
+        }
+    }
+
+    fn on_eof(&mut self) -> Bytes {
+        match self.tap.as_mut() {
+            Some(t) => {
+                let (rest, usage) = t.finish();
+                self.usage = usage;
+                rest
+            }
+            None => Bytes::new(),
+        }
+    }
+
+    fn on_end(mut self: Box<Self>, end: BodyEnd, upstream_error: Option<&str>) {
+        if end == BodyEnd::Aborted && self.usage.is_none() {
+            // A stream cut short still counts its usage if the final usage event had arrived.
+            if let Some(t) = self.tap.as_mut() {
+                self.usage = t.finish().1;
+            }
+        }
+        // No usage (or no response at all) → the reservation stands as the charge: a charge is never
+        // lost, and an upstream failure after the request was sent may still have been billed.
+        let cost = match &self.usage {
+            Some(u) => self.quote.price.cost(u),
+            None => self.reservation.amount,
+        };
+        if cost > self.reservation.amount {
+            tracing::warn!(
+                agent = %self.reservation.agent, model = %self.quote.model,
+                reserved = %self.reservation.amount, cost = %cost,
+                "real cost above the worst case: the bound for this request shape is wrong"
+            );
+        }
+        tracing::debug!(
+            agent = %self.reservation.agent, model = %self.quote.model, reserved = %self.reservation.amount,
+            cost = %cost, usage = ?self.usage, end = ?end, upstream_error, "settling"
+        );
+        let ledger = self.ledger.clone();
+        let id = self.reservation.id;
+        tokio::spawn(async move {
+            if let Err(e) = ledger.settle(id, cost).await {
+                // The reservation stays open and is charged in full at the next start.
+                tracing::error!("settling reservation {id} failed: {e}; it stays reserved");
+            }
+        });
+    }
+}
+
+/// Adds `x-spendguard-agent` to free (unmetered) responses.
+pub struct FreeWatch {
+    pub agent: String,
+}
+
+impl ResponseWatch for FreeWatch {
+    fn on_head(&mut self, head: &mut http::response::Parts) {
+        if let Ok(v) = HeaderValue::from_str(&self.agent) {
+            head.headers.insert(HeaderName::from_static(HDR_AGENT), v);
+        }
+    }
+}
