@@ -78,8 +78,11 @@ impl Upstreams {
         if let Some(c) = pools.get(&dst) {
             return c.clone();
         }
+        // hyper-rustls sets ALPN itself from enable_http1/2 and refuses a config that already has it.
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols.clear();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.tls).clone())
+            .with_tls_config(tls)
             .https_only()
             .enable_http1()
             .enable_http2()

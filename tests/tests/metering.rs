@@ -1,0 +1,552 @@
+//! Issue 5 end to end: every request pays, nothing overshoots, nothing is lost — through the real
+//! transparent path (BPF redirect → TLS interception → ledger) with the real SDKs and curl.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use spendguard_pricing::providers::{adapter_for, ProviderId, QuoteOptions};
+use spendguard_pricing::{MicroUsd, PriceTable, Usage};
+use spendguard_tests::fake_provider::{FakeProvider, TestCa};
+use spendguard_tests::sdk::{python, run_bounded};
+use spendguard_tests::{place, privileged, Cgroup, Place, World, UPSTREAM_A};
+
+const HOSTS: &[(&str, &str)] = &[
+    ("api.openai.com", UPSTREAM_A),
+    ("api.anthropic.com", UPSTREAM_A),
+];
+
+struct Env {
+    w: World,
+    fake: FakeProvider,
+    agent_cg: Cgroup,
+    ca: PathBuf,
+}
+
+impl Env {
+    fn new(agent: &str) -> Env {
+        let w = World::new();
+        let test_ca = TestCa::new("fake provider CA");
+        let upstream_ca = w.state.path().join("upstream-ca.pem");
+        std::fs::write(&upstream_ca, test_ca.cert_pem()).expect("write upstream CA");
+        w.set_agent_env(
+            "SPENDGUARD_UPSTREAM_CA",
+            upstream_ca.to_str().expect("utf8"),
+        );
+        let l = w.node.enter(|| {
+            std::net::TcpListener::bind(format!("{UPSTREAM_A}:443")).expect("bind fake provider")
+        });
+        let fake = FakeProvider::start(l, &test_ca, &["api.openai.com", "api.anthropic.com"], &[]);
+        w.start_agent();
+        let agent_cg = w.cgroup.child("agent");
+        w.tag(&agent_cg.path, agent);
+        let ca = w.state.path().join("ca.crt");
+        Env {
+            w,
+            fake,
+            agent_cg,
+            ca,
+        }
+    }
+
+    fn at(&self) -> Place<'_> {
+        Place {
+            cgroup: Some(&self.agent_cg.path),
+            netns: Some(&self.w.node),
+            uid: None,
+        }
+    }
+
+    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.w.cli(&a);
+        assert!(
+            out.status.success(),
+            "spendguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("--json output")
+    }
+
+    fn cli_ok(&self, args: &[&str]) {
+        let out = self.w.cli(args);
+        assert!(
+            out.status.success(),
+            "spendguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Total spend (settled) of `agent`, in micro-dollars.
+    fn spent_total(&self, agent: &str) -> u64 {
+        let s = self.cli_json(&["status", agent]);
+        usd_to_micro(&s["spent"]["total"])
+    }
+
+    /// Waits until the ledger has settled everything in flight (settles run after the body ends).
+    fn settled_spend(&self, agent: &str) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.cli_json(&["status", agent]);
+            if usd_to_micro(&s["reserved"]) == 0 || Instant::now() > deadline {
+                return usd_to_micro(&s["spent"]["total"]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `curl` from the tagged cgroup: (status, headers, body).
+    fn curl(&self, path: &str, extra: &[&str]) -> (u16, String, String) {
+        curl_in(self.at(), &self.ca, path, extra)
+    }
+}
+
+fn usd_to_micro(v: &serde_json::Value) -> u64 {
+    let f = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("not a USD number: {v}"));
+    (f * 1_000_000.0).round() as u64
+}
+
+fn curl_in(at: Place<'_>, ca: &Path, path: &str, extra: &[&str]) -> (u16, String, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (body, headers) = (dir.path().join("body"), dir.path().join("headers"));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "--cacert"]).arg(ca);
+    for (name, addr) in HOSTS {
+        cmd.arg("--resolve").arg(format!("{name}:443:{addr}"));
+    }
+    cmd.arg("-o")
+        .arg(&body)
+        .arg("-D")
+        .arg(&headers)
+        .args(["-w", "%{http_code}"])
+        .args(extra);
+    cmd.arg(format!("https://api.openai.com{path}"));
+    cmd.env_clear().env("PATH", "/usr/bin:/bin");
+    place(&mut cmd, at);
+    let out = run_bounded(cmd, Duration::from_secs(40));
+    let code: u16 = out
+        .stdout_str()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl failed: {}", out.stderr_str()));
+    (
+        code,
+        std::fs::read_to_string(&headers).unwrap_or_default(),
+        std::fs::read_to_string(&body).unwrap_or_default(),
+    )
+}
+
+fn price(model: &str) -> spendguard_pricing::ModelPrice {
+    PriceTable::bundled()
+        .lookup(model)
+        .unwrap_or_else(|| panic!("{model} not in the bundled table"))
+        .1
+        .clone()
+}
+
+/// OpenAI usage: prompt includes cached.
+fn openai_usage(prompt: u64, completion: u64, cached: u64) -> Usage {
+    Usage {
+        input_uncached: prompt - cached,
+        input_cached: cached,
+        output: completion,
+        ..Usage::default()
+    }
+}
+
+#[test]
+fn sdk_requests_are_charged_exactly_json_and_streamed() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.research.bot");
+    let out = python(
+        e.at(),
+        HOSTS,
+        &e.ca,
+        r#"
+import openai, anthropic
+oc = openai.OpenAI(api_key="sk-test", max_retries=0)
+raw = oc.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+    max_tokens=50, extra_headers={"x-fake-usage": "prompt=1000,completion=200,cached=400"})
+r = raw.parse()
+chunks = list(oc.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50,
+    stream=True, extra_headers={"x-fake-usage": "prompt=300,completion=40", "x-fake-chunks": "5"}))
+ac = anthropic.Anthropic(api_key="sk-ant-test", max_retries=0)
+with ac.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-fake-usage": "prompt=500,completion=60,cached=1000,cache_write=200"}) as s:
+    final = s.get_final_message()
+am = ac.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+    extra_headers={"x-fake-usage": "prompt=70,completion=8"})
+emit({
+  "json_usage": r.usage.prompt_tokens,
+  "agent_header": raw.headers.get("x-spendguard-agent"),
+  "remaining_header": raw.headers.get("x-spendguard-remaining-usd"),
+  "stream_chunks": len(chunks),
+  "stream_usage_chunks": sum(1 for c in chunks if getattr(c, "usage", None) is not None),
+  "stream_text": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+  "anthropic_stream_out": final.usage.output_tokens,
+  "anthropic_json_out": am.usage.output_tokens,
+})
+"#,
+    );
+    assert_eq!(out["json_usage"], 1000, "{out}");
+    assert_eq!(out["agent_header"], "acme.research.bot", "{out}");
+    assert_eq!(out["remaining_header"], "unlimited", "{out}");
+    // The proxy asked for usage in the stream, but the client did not: it must never see that chunk.
+    assert_eq!(
+        out["stream_usage_chunks"], 0,
+        "the injected usage chunk reached the client: {out}"
+    );
+    assert!(
+        out["stream_text"].as_str().unwrap_or("").contains("tok0"),
+        "{out}"
+    );
+    assert_eq!(out["anthropic_stream_out"], 60);
+    assert_eq!(out["anthropic_json_out"], 8);
+    let stream_req = e
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.body_json().map(|b| b["stream"] == true).unwrap_or(false))
+        .expect("stream request");
+    assert_eq!(
+        stream_req.body_json().expect("json")["stream_options"]["include_usage"],
+        true,
+        "include_usage was not added upstream"
+    );
+
+    let gpt = price("gpt-4o-mini");
+    let claude = price("claude-sonnet-4-5");
+    let expected = gpt.cost(&openai_usage(1000, 200, 400)).0
+        + gpt.cost(&openai_usage(300, 40, 0)).0
+        // Anthropic: input_tokens excludes cache reads and writes.
+        + claude.cost(&Usage { input_uncached: 500, input_cached: 1000, cache_write_5m: 200, output: 60, ..Usage::default() }).0
+        + claude.cost(&Usage { input_uncached: 70, output: 8, ..Usage::default() }).0;
+    let spent = e.settled_spend("acme.research.bot");
+    assert_eq!(
+        spent, expected,
+        "charged {spent} µUSD, expected exactly {expected} µUSD"
+    );
+    // Ancestors pay too.
+    assert_eq!(e.spent_total("acme"), expected);
+    assert_eq!(e.spent_total("acme.research"), expected);
+
+    // The audit log has one allowed event per request, each with its final cost.
+    let audit = e.cli_json(&["audit", "--agent", "acme"]);
+    let events = audit.as_array().expect("audit array");
+    assert_eq!(events.len(), 4, "{audit}");
+    assert!(
+        events
+            .iter()
+            .all(|ev| ev["decision"] == "allowed" && ev["cost_usd"].is_number()),
+        "{audit}"
+    );
+}
+
+#[test]
+fn over_budget_unknown_and_unpriced_requests_get_402_and_never_reach_the_provider() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.capped");
+    e.cli_ok(&["limit", "set", "acme.capped", "--daily", "0.001"]);
+    let before = e.fake.request_count();
+    let out = python(
+        e.at(),
+        HOSTS,
+        &e.ca,
+        r#"
+import openai, anthropic
+oc = openai.OpenAI(api_key="sk-test", max_retries=0)
+res = {}
+try:
+    oc.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=4000)
+    res["openai"] = "allowed?!"
+except openai.APIStatusError as e:
+    res["openai"] = {"status": e.status_code, "body": e.body, "message": str(e)}
+try:
+    oc.chat.completions.create(model="no-such-model-x", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+except openai.APIStatusError as e:
+    res["unknown"] = {"status": e.status_code, "reason": (e.response.json() or {}).get("reason")}
+ac = anthropic.Anthropic(api_key="sk-ant-test", max_retries=0)
+try:
+    ac.messages.create(model="claude-sonnet-4-5", max_tokens=4000, messages=[{"role": "user", "content": "hi"}])
+except anthropic.APIStatusError as e:
+    res["anthropic"] = {"status": e.status_code, "message": e.message, "json": e.response.json()}
+emit(res)
+"#,
+    );
+    let o = &out["openai"];
+    assert_eq!(o["status"], 402, "{out}");
+    let body = &o["body"];
+    // openai-python hands `e.body` = the `error` object; the full JSON is checked with curl below.
+    assert!(
+        o["message"].as_str().unwrap_or("").contains("acme.capped"),
+        "the SDK must show our message: {out}"
+    );
+    assert!(body.is_object(), "{out}");
+    assert_eq!(out["unknown"]["status"], 402);
+    assert_eq!(out["unknown"]["reason"], "unknown_model");
+    let a = &out["anthropic"];
+    assert_eq!(a["status"], 402);
+    assert_eq!(a["json"]["type"], "error", "Anthropic error shape: {a}");
+    assert!(
+        a["message"].as_str().unwrap_or("").contains("Daily budget"),
+        "{a}"
+    );
+
+    // The full 402 body, as curl sees it.
+    let req = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":4000}"#;
+    let (code, headers, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", req],
+    );
+    assert_eq!(code, 402, "{body}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{headers}"
+    );
+    assert!(
+        !headers.to_ascii_lowercase().contains("payment-required"),
+        "never an x402 header: {headers}"
+    );
+    let j: serde_json::Value = serde_json::from_str(&body).expect("402 JSON");
+    assert_eq!(j["code"], "BUDGET_EXCEEDED");
+    assert_eq!(j["reason"], "daily_budget_exhausted");
+    assert_eq!(j["agent"], "acme.capped");
+    assert!(j["requested"].as_f64().unwrap_or(0.0) > 0.001, "{j}");
+    assert!(
+        j["remaining"].is_number() && j["remaining_by_period"]["daily"].is_number(),
+        "{j}"
+    );
+    assert!(
+        j["message"].as_str().unwrap_or("").contains("resets"),
+        "{j}"
+    );
+    assert!(
+        j["error"]["message"].is_string(),
+        "OpenAI-shaped error: {j}"
+    );
+
+    // Endpoints that cannot be priced are blocked as unpriced_request.
+    let (code, _, body) = e.curl("/v1/batches", &["-H", "content-type: application/json", "-d", r#"{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#]);
+    assert_eq!(code, 402, "{body}");
+    assert!(body.contains("unpriced_request"), "{body}");
+    // Malformed JSON cannot be priced either.
+    let (code, _, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", "{not json"],
+    );
+    assert_eq!(code, 402, "{body}");
+
+    assert_eq!(
+        e.fake.request_count(),
+        before,
+        "a blocked request reached the provider"
+    );
+    let audit = e.cli_json(&["audit", "--agent", "acme.capped"]);
+    assert!(
+        audit
+            .as_array()
+            .expect("events")
+            .iter()
+            .all(|ev| ev["decision"] == "blocked"),
+        "{audit}"
+    );
+
+    // Pause / resume.
+    e.cli_ok(&["limit", "set", "acme.capped", "--daily", "none"]);
+    e.cli_ok(&["pause", "acme"]);
+    let small =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    let (code, _, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", small],
+    );
+    assert_eq!(code, 402, "{body}");
+    assert!(body.contains("agent_paused"), "{body}");
+    e.cli_ok(&["resume", "acme"]);
+    let (code, headers, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", small],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        headers.contains("x-spendguard-agent: acme.capped"),
+        "{headers}"
+    );
+
+    // The budget endpoint answers from inside the workload and is never forwarded.
+    let n = e.fake.request_count();
+    let (code, _, body) = e.curl("/.well-known/spendguard/budget", &[]);
+    assert_eq!(code, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(
+        (s["agent"].as_str(), s["status"].as_str()),
+        (Some("acme.capped"), Some("active")),
+        "{s}"
+    );
+    assert_eq!(e.fake.request_count(), n);
+}
+
+#[test]
+fn two_hundred_concurrent_requests_against_a_budget_for_ten() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.burst");
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"count to three"}],"max_tokens":100}"#;
+    // The worst case the proxy will reserve for exactly this body, and a provider that bills exactly it:
+    // then the budget holds exactly ten, however the requests interleave.
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    let quote = adapter_for(ProviderId::OpenAi)
+        .quote(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            &headers,
+            body.as_bytes(),
+            &PriceTable::bundled(),
+            &QuoteOptions::none(),
+        )
+        .expect("quote");
+    let worst = quote.worst_case;
+    let limit = MicroUsd(worst.0 * 10);
+    e.cli_ok(&["limit", "set", "acme.burst", "--daily", &limit.to_string()]);
+
+    // 200 requests at once from one process in the tagged cgroup (200 threads, one connection each).
+    let code = format!(
+        r#"
+import http.client, ssl, json, threading
+from concurrent.futures import ThreadPoolExecutor
+ctx = ssl.create_default_context()
+body = {body:?}
+barrier = threading.Barrier(200)
+def one(i):
+    c = http.client.HTTPSConnection("api.openai.com", 443, context=ctx, timeout=60)
+    c.connect()
+    barrier.wait()
+    c.request("POST", "/v1/chat/completions", body=body, headers={{"content-type": "application/json", "x-fake-usage": "prompt={p},completion={o}"}})
+    r = c.getresponse(); r.read(); c.close()
+    return r.status
+with ThreadPoolExecutor(200) as ex:
+    codes = list(ex.map(one, range(200)))
+emit(codes)
+"#,
+        p = quote.worst_input_tokens,
+        o = quote.worst_output_tokens,
+    );
+    let out = python(e.at(), HOSTS, &e.ca, &code);
+    let codes: Vec<u16> = out
+        .as_array()
+        .expect("codes")
+        .iter()
+        .filter_map(|c| c.as_u64())
+        .map(|c| c as u16)
+        .collect();
+    assert_eq!(codes.len(), 200, "{out}");
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let blocked = codes.iter().filter(|c| **c == 402).count();
+    assert_eq!((ok, blocked), (10, 190), "status codes: {codes:?}");
+    assert_eq!(
+        e.fake.request_count(),
+        10,
+        "the provider must see exactly the allowed requests"
+    );
+    let spent = e.settled_spend("acme.burst");
+    assert!(
+        spent <= limit.0,
+        "overshoot: spent {spent} > limit {}",
+        limit.0
+    );
+    assert_eq!(
+        spent, limit.0,
+        "each allowed request billed exactly its worst case"
+    );
+}
+
+#[test]
+fn agent_killed_mid_stream_keeps_the_charge_and_serves_again() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.crash");
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"long story"}],"max_tokens":500}"#;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    let quote = adapter_for(ProviderId::OpenAi)
+        .quote(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            &headers,
+            body.as_bytes(),
+            &PriceTable::bundled(),
+            &QuoteOptions::none(),
+        )
+        .expect("quote");
+
+    // A slow stream, in the background.
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-N", "--max-time", "30", "--cacert"])
+        .arg(&e.ca);
+    cmd.arg("--resolve")
+        .arg(format!("api.openai.com:443:{UPSTREAM_A}"));
+    cmd.args([
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-fake-chunks: 200",
+        "-H",
+        "x-fake-chunk-delay-ms: 50",
+        "-d",
+        body,
+    ]);
+    cmd.arg("https://api.openai.com/v1/chat/completions")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    place(&mut cmd, e.at());
+    let mut client = cmd.spawn().expect("curl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.fake.request_count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream never reached the provider"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    e.w.kill_agent();
+    let _ = client.kill();
+    let _ = client.wait();
+
+    e.w.start_agent();
+    let status = e.cli_json(&["status", "acme.crash"]);
+    assert_eq!(
+        usd_to_micro(&status["spent"]["total"]),
+        quote.worst_case.0,
+        "the in-flight reservation must become the charge: {status}"
+    );
+    assert_eq!(usd_to_micro(&status["reserved"]), 0, "{status}");
+    let audit = e.cli_json(&["audit", "--agent", "acme.crash"]);
+    assert_eq!(audit[0]["recovered"], true, "{audit}");
+
+    let small =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    let (code, _, b) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", small],
+    );
+    assert_eq!(code, 200, "the restarted agent must serve again: {b}");
+}
