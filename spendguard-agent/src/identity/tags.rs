@@ -260,6 +260,165 @@ impl TagStore {
     }
 }
 
+/// Pod tags, kept by the Kubernetes pod watcher: a pod owns every tag whose source carries its uid.
+impl TagStore {
+    /// The cgroup v2 mount every tagged path lies under.
+    pub fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Makes `cgroups` exactly the tags of pod `uid`, as `agent`: this pod's tags at other paths
+    /// are removed, so a relabelled or re-resolved pod never keeps an old tag. A directory that does
+    /// not exist yet (the pod is still being created) is recorded with cgroup id 0, and
+    /// [`TagStore::reconcile`] puts it into the map when it appears. A path outside the cgroup v2
+    /// mount, or an existing directory that is not a cgroup, is refused and nothing changes.
+    pub fn tag_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        agent: AgentName,
+        cgroups: &[PathBuf],
+    ) -> Result<Vec<Tag>, TagError> {
+        let source = TagSource::Pod {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: uid.to_string(),
+        };
+        let mut wanted: Vec<(PathBuf, u64)> = Vec::with_capacity(cgroups.len());
+        for cgroup in cgroups {
+            let (path, id) = self.resolve_pod_cgroup(cgroup)?;
+            if !wanted.iter().any(|(p, _)| *p == path) {
+                wanted.push((path, id));
+            }
+        }
+        let mut inner = self.lock();
+        let stale: Vec<PathBuf> = inner
+            .by_path
+            .values()
+            .filter(|t| pod_uid(t) == Some(uid) && !wanted.iter().any(|(p, _)| *p == t.cgroup))
+            .map(|t| t.cgroup.clone())
+            .collect();
+        for path in &stale {
+            self.remove_locked(&mut inner, path)?;
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        for (path, id) in wanted {
+            if let Some(old) = inner.by_path.get(&path).cloned() {
+                if old.source == TagSource::Manual {
+                    tracing::warn!(
+                        cgroup = %path.display(),
+                        old_agent = %old.agent,
+                        pod = %format!("{namespace}/{name}"),
+                        "the pod's spendguard.io/agent label replaces the manual tag of its cgroup"
+                    );
+                }
+                if old.cgroup_id != 0 && old.cgroup_id != id {
+                    inner.by_id.remove(&old.cgroup_id);
+                    self.map.unset(old.cgroup_id).map_err(TagError::Map)?;
+                }
+            }
+            if id != 0 {
+                self.map.set(id).map_err(TagError::Map)?;
+                inner.by_id.insert(id, path.clone());
+            }
+            let tag = Tag {
+                cgroup: path.clone(),
+                agent: agent.clone(),
+                source: source.clone(),
+                cgroup_id: id,
+            };
+            inner.by_path.insert(path, tag.clone());
+            out.push(tag);
+        }
+        self.persist(&inner)?;
+        Ok(out)
+    }
+
+    /// Removes every tag of pod `uid` (none is fine); returns what was removed.
+    pub fn untag_pod(&self, uid: &str) -> Result<Vec<Tag>, TagError> {
+        self.remove_pod_tags_where(|pod| pod == uid)
+    }
+
+    /// Removes the tags of every pod whose uid is not in `live_uids`; manual tags stay. Returns
+    /// what was removed.
+    pub fn retain_pods<'a>(
+        &self,
+        live_uids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Tag>, TagError> {
+        let live: std::collections::HashSet<&str> = live_uids.into_iter().collect();
+        self.remove_pod_tags_where(|pod| !live.contains(pod))
+    }
+
+    fn remove_pod_tags_where(&self, remove: impl Fn(&str) -> bool) -> Result<Vec<Tag>, TagError> {
+        let mut inner = self.lock();
+        let doomed: Vec<PathBuf> = inner
+            .by_path
+            .values()
+            .filter(|t| pod_uid(t).is_some_and(&remove))
+            .map(|t| t.cgroup.clone())
+            .collect();
+        let mut removed = Vec::with_capacity(doomed.len());
+        for path in &doomed {
+            if let Some(tag) = self.remove_locked(&mut inner, path)? {
+                removed.push(tag);
+            }
+        }
+        if !removed.is_empty() {
+            self.persist(&inner)?;
+        }
+        Ok(removed)
+    }
+
+    /// Drops one tag and its map entry (not persisted: the caller does that once).
+    fn remove_locked(&self, inner: &mut Inner, path: &Path) -> Result<Option<Tag>, TagError> {
+        let Some(tag) = inner.by_path.remove(path) else {
+            return Ok(None);
+        };
+        if tag.cgroup_id != 0 {
+            if inner.by_id.get(&tag.cgroup_id).map(PathBuf::as_path) == Some(path) {
+                inner.by_id.remove(&tag.cgroup_id);
+            }
+            self.map.unset(tag.cgroup_id).map_err(TagError::Map)?;
+        }
+        Ok(Some(tag))
+    }
+
+    /// The path to store and its cgroup id, or id 0 for a directory that does not exist yet but
+    /// would lie under the cgroup v2 mount (an absolute path without `.`/`..`).
+    fn resolve_pod_cgroup(&self, cgroup: &Path) -> Result<(PathBuf, u64), TagError> {
+        match cgroupfs::cgroup_id(&self.mount, cgroup) {
+            Ok(id) => Ok((
+                cgroup
+                    .canonicalize()
+                    .unwrap_or_else(|_| cgroup.to_path_buf()),
+                id,
+            )),
+            Err(CgroupError::Stat { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && cgroup.starts_with(&self.mount)
+                    && cgroup.components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::RootDir | std::path::Component::Normal(_)
+                        )
+                    }) =>
+            {
+                Ok((cgroup.to_path_buf(), 0))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The uid of the pod a tag came from; `None` for a manual tag.
+fn pod_uid(tag: &Tag) -> Option<&str> {
+    match &tag.source {
+        TagSource::Pod { uid, .. } => Some(uid),
+        TagSource::Manual => None,
+    }
+}
+
 /// Write to a temporary file, fsync, rename over `path`: a crash leaves the old or the new file whole.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -392,5 +551,131 @@ mod tests {
             .tag(&cg.0, agent, TagSource::Manual)
             .expect_err("owned by pod");
         assert!(e.to_string().contains("ns/p"), "{e}");
+    }
+
+    fn pod_tags(store: &TagStore, uid: &str) -> Vec<Tag> {
+        store
+            .list()
+            .into_iter()
+            .filter(|t| pod_uid(t) == Some(uid))
+            .collect()
+    }
+
+    #[test]
+    fn a_missing_pod_cgroup_is_tagged_with_id_0_and_reconcile_resolves_it() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mount = cgroupfs::cgroup2_mount().expect("cgroup2");
+        let map = Arc::new(FakeMap::default());
+        let store = TagStore::open(state.path(), mount.clone(), map.clone()).expect("open");
+        let agent: AgentName = "acme.pod".parse().expect("name");
+        let path = mount.join(format!("sg-unit-podwait-{}", std::process::id()));
+        assert!(!path.exists());
+
+        let tags = store
+            .tag_pod(
+                "ns",
+                "p",
+                "uid-wait",
+                agent.clone(),
+                std::slice::from_ref(&path),
+            )
+            .expect("a missing pod cgroup is still tagged");
+        assert_eq!(tags.len(), 1);
+        assert_eq!(tags[0].cgroup, path);
+        assert_eq!(tags[0].cgroup_id, 0);
+        assert!(
+            map.ids().expect("ids").is_empty(),
+            "nothing to redirect yet"
+        );
+        // Durable while it waits.
+        let reopened = TagStore::open(state.path(), mount.clone(), Arc::new(FakeMap::default()))
+            .expect("reopen");
+        assert_eq!(pod_tags(&reopened, "uid-wait").len(), 1);
+
+        // Outside the cgroup v2 mount, or with `..`: refused, nothing changes.
+        for bad in [
+            PathBuf::from("/tmp/sg-unit-not-a-cgroup"),
+            mount.join("a/../../etc"),
+            PathBuf::from("relative/pod"),
+        ] {
+            assert!(
+                store
+                    .tag_pod(
+                        "ns",
+                        "p",
+                        "uid-wait",
+                        agent.clone(),
+                        std::slice::from_ref(&bad)
+                    )
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(pod_tags(&store, "uid-wait"), tags);
+
+        // The runtime creates the directory: the reconcile loop puts its id into the map.
+        std::fs::create_dir(&path).expect("mkdir cgroup");
+        let cg = TestCgroup(path.clone());
+        store.reconcile().expect("reconcile");
+        let id = pod_tags(&store, "uid-wait")[0].cgroup_id;
+        assert_ne!(id, 0);
+        assert_eq!(map.ids().expect("ids"), vec![id]);
+        assert_eq!(store.by_id(id).map(|t| t.agent), Some(agent));
+
+        assert_eq!(store.untag_pod("uid-wait").expect("untag").len(), 1);
+        assert!(map.ids().expect("ids").is_empty());
+        assert!(store.untag_pod("uid-wait").expect("idempotent").is_empty());
+        drop(cg);
+    }
+
+    #[test]
+    fn tag_pod_replaces_a_pods_tags_and_retain_pods_spares_manual_ones() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mount = cgroupfs::cgroup2_mount().expect("cgroup2");
+        let map = Arc::new(FakeMap::default());
+        let store = TagStore::open(state.path(), mount, map.clone()).expect("open");
+        let (a, b, m) = (
+            TestCgroup::new("pod-a"),
+            TestCgroup::new("pod-b"),
+            TestCgroup::new("manual"),
+        );
+        let x: AgentName = "acme.x".parse().expect("name");
+        let y: AgentName = "acme.y".parse().expect("name");
+        let ids = || {
+            let mut v = map.ids().expect("ids");
+            v.sort_unstable();
+            v
+        };
+
+        let ta = store
+            .tag_pod("ns", "one", "u1", x.clone(), std::slice::from_ref(&a.0))
+            .expect("tag a");
+        // Same pod, new path and agent: the old path is untagged.
+        let tb = store
+            .tag_pod("ns", "one", "u1", y.clone(), &[b.0.clone(), b.0.clone()])
+            .expect("tag b");
+        assert_eq!(tb.len(), 1, "duplicates collapse");
+        assert_eq!(pod_tags(&store, "u1"), tb);
+        assert_eq!(ids(), vec![tb[0].cgroup_id]);
+        assert!(store.by_id(ta[0].cgroup_id).is_none());
+
+        let tm = store
+            .tag(&m.0, x.clone(), TagSource::Manual)
+            .expect("manual");
+        store
+            .tag_pod("ns", "two", "u2", x.clone(), std::slice::from_ref(&a.0))
+            .expect("tag a for u2");
+        assert_eq!(store.list().len(), 3);
+
+        let removed = store.retain_pods(["u1"]).expect("retain");
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].cgroup, ta[0].cgroup);
+        let mut want = vec![tb[0].cgroup_id, tm.cgroup_id];
+        want.sort_unstable();
+        assert_eq!(ids(), want);
+        assert_eq!(store.untag_pod("u1").expect("untag").len(), 1);
+        assert_eq!(store.retain_pods([]).expect("retain none"), vec![]);
+        assert_eq!(store.list(), vec![tm.clone()], "the manual tag survives");
+        assert_eq!(ids(), vec![tm.cgroup_id]);
     }
 }
