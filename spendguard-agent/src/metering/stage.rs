@@ -1,6 +1,8 @@
 //! The metering [`Stage`]: decide before forwarding, watch after.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -11,6 +13,7 @@ use spendguard_pricing::MicroUsd;
 
 use super::watch::{FreeWatch, MeterWatch};
 use super::{Prices, BUDGET_PATH};
+use crate::metrics::{Metrics, Outcome};
 use crate::proxy::body::{full, Body};
 use crate::proxy::reply::json_error;
 use crate::proxy::stage::{BoxFuture, Decision, RequestContext, Stage};
@@ -24,6 +27,7 @@ pub struct Metering {
     pub prices: Prices,
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Stage for Metering {
@@ -75,6 +79,9 @@ impl Metering {
             .to_string();
         match adapter.route(req.method(), &pq) {
             Route::Free => {
+                self.metrics
+                    .metering
+                    .request(agent.as_str(), provider.as_str(), Outcome::Free);
                 return Decision::Forward {
                     request: req,
                     watch: Box::new(FreeWatch {
@@ -116,6 +123,11 @@ impl Metering {
             }
             Err(Collect::Broken(e)) => {
                 // The client went away or sent a broken body: nothing is forwarded.
+                self.metrics.metering.request(
+                    agent.as_str(),
+                    provider.as_str(),
+                    Outcome::BadRequest,
+                );
                 let msg = format!("request body could not be read: {e}");
                 return Decision::Respond(json_error(
                     StatusCode::BAD_REQUEST,
@@ -168,7 +180,18 @@ impl Metering {
             amount: quote.worst_case,
             audit: audit(&quote.model, provider.as_str()),
         };
-        let reservation = match self.ledger.reserve(reserve).await {
+        let reserving = Instant::now();
+        let reserved = self.ledger.reserve(reserve).await;
+        self.metrics.metering.observe_reserve(reserving.elapsed());
+        let outcome = match &reserved {
+            Ok(_) => Outcome::Allowed,
+            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
+            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
+        };
+        self.metrics
+            .metering
+            .request(agent.as_str(), provider.as_str(), outcome);
+        let reservation = match reserved {
             Ok(r) => r,
             Err(ReserveError::Denied(d)) => {
                 return Decision::Respond(denial_response(&ctx.sni, &d))
@@ -203,7 +226,10 @@ impl Metering {
         let request = Request::from_parts(parts, full(body));
         Decision::Forward {
             request,
-            watch: Box::new(MeterWatch::new(quote, reservation, self.ledger.clone())),
+            watch: Box::new(
+                MeterWatch::new(quote, reservation, self.ledger.clone())
+                    .with_metrics(self.metrics.clone()),
+            ),
         }
     }
 
@@ -215,6 +241,11 @@ impl Metering {
         audit: AuditContext,
         why: &str,
     ) -> Decision {
+        self.metrics.metering.request(
+            ctx.identity.agent.as_str(),
+            &audit.provider,
+            Outcome::Blocked(reason),
+        );
         match self
             .ledger
             .record_blocked(ctx.identity.agent.clone(), reason, requested, audit)

@@ -1,11 +1,14 @@
 //! Watching a priced response: usage from JSON or SSE as it streams past, then the settle.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use spendguard_ledger::{Ledger, Reservation};
 use spendguard_pricing::providers::{Quote, UsageTap};
 use spendguard_pricing::{MicroUsd, Usage};
 
+use crate::metrics::Metrics;
 use crate::proxy::stage::{BodyEnd, ResponseWatch};
 
 pub const HDR_AGENT: &str = "x-spendguard-agent";
@@ -19,6 +22,8 @@ pub struct MeterWatch {
     pub tap: Option<Box<dyn UsageTap>>,
     pub usage: Option<Usage>,
     pub got_head: bool,
+    /// Spend and remaining budgets are recorded here after the settle.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl MeterWatch {
@@ -30,7 +35,13 @@ impl MeterWatch {
             tap: None,
             usage: None,
             got_head: false,
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> MeterWatch {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -113,10 +124,21 @@ impl ResponseWatch for MeterWatch {
         );
         let ledger = self.ledger.clone();
         let id = self.reservation.id;
+        let metrics = self.metrics.clone();
+        let model = std::mem::take(&mut self.quote.model);
         tokio::spawn(async move {
-            if let Err(e) = ledger.settle(id, cost).await {
+            match ledger.settle(id, cost).await {
+                Ok(s) => {
+                    if let Some(m) = metrics {
+                        let status = ledger.status(&s.agent);
+                        m.metering
+                            .settled(s.agent.as_str(), &model, s.charged, &status);
+                    }
+                }
                 // The reservation stays open and is charged in full at the next start.
-                tracing::error!("settling reservation {id} failed: {e}; it stays reserved");
+                Err(e) => {
+                    tracing::error!("settling reservation {id} failed: {e}; it stays reserved")
+                }
             }
         });
     }

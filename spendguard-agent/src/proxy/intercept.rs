@@ -25,6 +25,8 @@ pub struct Interceptor {
     pub ca: Arc<Ca>,
     pub upstreams: Upstreams,
     pub stage: Arc<dyn Stage>,
+    /// `added_latency_seconds`: from a request's arrival to its sending upstream.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,7 @@ impl Interceptor {
     }
 
     async fn handle(&self, req: Request<Incoming>, ctx: &RequestContext) -> Response<Body> {
+        let received = std::time::Instant::now();
         // A request for another host on this connection (HTTP/2 coalescing, or a forged Host) must not
         // ride on a certificate and a decision made for the SNI.
         let host = req
@@ -112,6 +115,7 @@ impl Interceptor {
         match self.stage.on_request(ctx, req).await {
             Decision::Respond(resp) => resp,
             Decision::Forward { request, watch } => {
+                self.metrics.proxy.observe_added_latency(received.elapsed());
                 match self.upstreams.send(ctx.orig_dst, &ctx.sni, request).await {
                     Ok(resp) => {
                         let (mut parts, body) = resp.into_parts();

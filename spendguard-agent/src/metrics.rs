@@ -1,0 +1,635 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text) and the `/metrics` endpoint.
+//!
+//! One [`Metrics`] holds a section per subsystem ([`ProxyMetrics`], [`MeteringMetrics`],
+//! [`NotifyMetrics`]), all registered under the `spendguard_` prefix:
+//!
+//! | family | labels | where it is recorded |
+//! |---|---|---|
+//! | `spendguard_requests_total` | agent, provider, decision, reason | the metering stage's decision |
+//! | `spendguard_spend_usd_total` | agent, model | after each settle (the real cost) |
+//! | `spendguard_remaining_budget_usd` | agent, period | after each settle, from `Ledger::status` |
+//! | `spendguard_added_latency_seconds` | — | proxy: request received → sent upstream |
+//! | `spendguard_open_connections` | — | proxy: accepted connections still open |
+//! | `spendguard_ledger_commit_seconds` | — | metering: durable `Ledger::reserve` calls |
+//! | `spendguard_webhooks_total` | event, result | the webhook notifier |
+//!
+//! Label sets are bounded: agent names come from tags (created by the operator), models only from
+//! priced requests (a model without a price is blocked before it could become a label), providers from
+//! the adapter set, and decision / reason / period / event / result from closed enums. Dollars are
+//! `f64` here, for display only: the ledger itself never holds money as a float.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use spendguard_ledger::{AgentStatus, DenyReason, Period};
+use spendguard_pricing::MicroUsd;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/metrics` answers with (the OpenMetrics text format prometheus-client writes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Every family starts with this (plus `_`).
+pub const PREFIX: &str = "spendguard";
+/// A scrape must send its request head within this time (a stuck client holds no task forever).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot serve metrics on {addr}: {source} (is another agent running? set SPENDGUARD_METRICS to a free address)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Every metric of the agent. Create one, share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    pub proxy: ProxyMetrics,
+    pub metering: MeteringMetrics,
+    pub notify: NotifyMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let proxy = ProxyMetrics::register(&mut registry);
+        let metering = MeteringMetrics::register(&mut registry);
+        let notify = NotifyMetrics::register(&mut registry);
+        Metrics {
+            registry,
+            proxy,
+            metering,
+            notify,
+        }
+    }
+
+    /// The whole exposition, `# EOF` included.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Dollars for display (metrics only; money itself stays integer micro-dollars).
+fn usd(m: MicroUsd) -> f64 {
+    m.0 as f64 / MicroUsd::PER_USD as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy
+
+/// The transparent proxy's own cost: connections and the latency it adds.
+pub struct ProxyMetrics {
+    open_connections: Gauge,
+    added_latency: Histogram,
+}
+
+impl ProxyMetrics {
+    fn register(r: &mut Registry) -> ProxyMetrics {
+        let open_connections = Gauge::default();
+        r.register(
+            "open_connections",
+            "Redirected connections the proxy holds open",
+            open_connections.clone(),
+        );
+        // 0.5 ms … ~8 s: priced requests wait for a durable ledger commit.
+        let added_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        r.register(
+            "added_latency_seconds",
+            "Time from an intercepted request's arrival to its sending upstream (the proxy's own overhead: pricing, reservation)",
+            added_latency.clone(),
+        );
+        ProxyMetrics {
+            open_connections,
+            added_latency,
+        }
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.open_connections.inc();
+        OpenConnection(self.open_connections.clone())
+    }
+
+    pub fn observe_added_latency(&self, d: Duration) {
+        self.added_latency.observe(d.as_secs_f64());
+    }
+}
+
+/// Decrements `open_connections` on drop.
+#[must_use = "the connection counts as open only while this guard lives"]
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    agent: String,
+    provider: String,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    agent: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    agent: String,
+    period: &'static str,
+}
+
+/// What the metering stage decided for one request (the `decision` and `reason` labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Priced, reserved and forwarded.
+    Allowed,
+    /// An endpoint that costs nothing (model lists, …): forwarded unpriced.
+    Free,
+    /// Refused with HTTP 402 for this reason.
+    Blocked(DenyReason),
+    /// Refused because the ledger could not record the reservation (HTTP 503).
+    LedgerUnavailable,
+    /// The request body could not be read (HTTP 400).
+    BadRequest,
+}
+
+impl Outcome {
+    /// `(decision, reason)`.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Allowed => ("allowed", "none"),
+            Outcome::Free => ("allowed", "free"),
+            Outcome::Blocked(r) => ("blocked", r.as_str()),
+            Outcome::LedgerUnavailable => ("error", "ledger_unavailable"),
+            Outcome::BadRequest => ("error", "bad_request"),
+        }
+    }
+}
+
+/// Requests, spend and budgets as the metering stage sees them.
+pub struct MeteringMetrics {
+    requests: Family<RequestLabels, Counter>,
+    spend_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
+    remaining_budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    ledger_commit: Histogram,
+}
+
+impl MeteringMetrics {
+    fn register(r: &mut Registry) -> MeteringMetrics {
+        let requests = Family::default();
+        r.register(
+            "requests",
+            "Intercepted provider requests by agent, provider, decision (allowed/blocked/error) and reason",
+            requests.clone(),
+        );
+        let spend_usd = Family::default();
+        r.register(
+            "spend_usd",
+            "Settled spend in USD by agent and model (the real cost of each request)",
+            spend_usd.clone(),
+        );
+        let remaining_budget_usd = Family::default();
+        r.register(
+            "remaining_budget_usd",
+            "USD an agent can still spend per period, tightest over it and its ancestors (absent: unlimited); updated after each settle",
+            remaining_budget_usd.clone(),
+        );
+        // 0.1 ms … ~3 s: one durable redb commit per batch.
+        let ledger_commit = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
+        r.register(
+            "ledger_commit_seconds",
+            "Time of durable ledger reservations (Ledger::reserve) as seen by the metering stage",
+            ledger_commit.clone(),
+        );
+        MeteringMetrics {
+            requests,
+            spend_usd,
+            remaining_budget_usd,
+            ledger_commit,
+        }
+    }
+
+    /// One request's decision. `provider` empty = no adapter for the host (`unknown`).
+    pub fn request(&self, agent: &str, provider: &str, outcome: Outcome) {
+        let (decision, reason) = outcome.labels();
+        let provider = if provider.is_empty() {
+            "unknown"
+        } else {
+            provider
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                agent: agent.to_string(),
+                provider: provider.to_string(),
+                decision,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn observe_reserve(&self, d: Duration) {
+        self.ledger_commit.observe(d.as_secs_f64());
+    }
+
+    /// A settled request: its real cost, then the agent's remaining budgets.
+    pub fn settled(&self, agent: &str, model: &str, cost: MicroUsd, status: &AgentStatus) {
+        self.spend_usd
+            .get_or_create(&SpendLabels {
+                agent: agent.to_string(),
+                model: model.to_string(),
+            })
+            .inc_by(usd(cost));
+        self.remaining(status);
+    }
+
+    /// Sets `remaining_budget_usd` for each period of `status` (an unlimited period has no series).
+    pub fn remaining(&self, status: &AgentStatus) {
+        for p in Period::ALL {
+            let labels = BudgetLabels {
+                agent: status.agent.as_str().to_string(),
+                period: p.as_str(),
+            };
+            match status.remaining.get(p) {
+                Some(m) => {
+                    self.remaining_budget_usd.get_or_create(&labels).set(usd(m));
+                }
+                None => {
+                    self.remaining_budget_usd.remove(&labels);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notify
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    event: &'static str,
+    result: &'static str,
+}
+
+/// How a webhook notification ended (the `result` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    Delivered,
+    /// Every attempt failed, or the receiver refused it.
+    Failed,
+    /// The notifier's queue was full: the oldest waiting notification was dropped.
+    Dropped,
+}
+
+impl WebhookResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::Failed => "failed",
+            WebhookResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// The webhook notifier's deliveries.
+pub struct NotifyMetrics {
+    webhooks: Family<WebhookLabels, Counter>,
+}
+
+impl NotifyMetrics {
+    fn register(r: &mut Registry) -> NotifyMetrics {
+        let webhooks = Family::default();
+        r.register(
+            "webhooks",
+            "Budget notifications by event (exhausted/paused/threshold) and result (delivered/failed/dropped)",
+            webhooks.clone(),
+        );
+        NotifyMetrics { webhooks }
+    }
+
+    /// `event` is the notification's `event` tag (`exhausted`, `paused`, `threshold`).
+    pub fn webhook(&self, event: &'static str, result: WebhookResult) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                event,
+                result: result.as_str(),
+            })
+            .inc();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP endpoint
+
+/// Binds the metrics listener (SO_REUSEADDR so a restart does not wait out TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    let err = |source| MetricsError::Listen { addr, source };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(64).map_err(err)
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("metrics accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("metrics connection: {e}");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ct: &'static str, body: Bytes| {
+        let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+        resp
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            Bytes::from_static(b"only GET\n"),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => match metrics.encode() {
+            Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, Bytes::from(text)),
+            Err(e) => {
+                tracing::error!("encoding metrics failed: {e}");
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    Bytes::from_static(b"encoding metrics failed\n"),
+                )
+            }
+        },
+        "/healthz" => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok")),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            Bytes::from_static(b"not found: try /metrics or /healthz\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use spendguard_ledger::{
+        AgentName, AgentState, PeriodAmounts, PeriodResets, RemainingByPeriod,
+    };
+
+    fn status(agent: &str, daily: Option<u64>, total: Option<u64>) -> AgentStatus {
+        AgentStatus {
+            agent: AgentName::new(agent).expect("agent name"),
+            status: AgentState::Active,
+            limits: spendguard_ledger::Limits::default(),
+            spent: PeriodAmounts::default(),
+            reserved: MicroUsd::ZERO,
+            remaining: RemainingByPeriod {
+                daily: daily.map(MicroUsd),
+                weekly: None,
+                monthly: None,
+                total: total.map(MicroUsd),
+            },
+            period_resets: PeriodResets {
+                daily: None,
+                weekly: None,
+                monthly: None,
+            },
+            paused: false,
+            paused_by: None,
+        }
+    }
+
+    fn has_line(text: &str, line: &str) {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing line {line:?} in:\n{text}"
+        );
+    }
+
+    #[test]
+    fn families_carry_their_labels() {
+        let m = Metrics::new();
+        m.metering
+            .request("acme.research", "openai", Outcome::Allowed);
+        m.metering
+            .request("acme.research", "openai", Outcome::Allowed);
+        m.metering.request(
+            "acme.research",
+            "anthropic",
+            Outcome::Blocked(DenyReason::DailyBudgetExhausted),
+        );
+        m.metering.request(
+            "acme.bot",
+            "",
+            Outcome::Blocked(DenyReason::UnpricedRequest),
+        );
+        m.metering.request("acme.bot", "openai", Outcome::Free);
+        m.metering.observe_reserve(Duration::from_micros(300));
+        m.metering.settled(
+            "acme.research",
+            "gpt-4o",
+            MicroUsd(1_250_000),
+            &status("acme.research", Some(3_750_000), None),
+        );
+        let conn = m.proxy.connection_opened();
+        let _conn2 = m.proxy.connection_opened();
+        drop(conn);
+        m.proxy.observe_added_latency(Duration::from_millis(3));
+        m.notify.webhook("exhausted", WebhookResult::Delivered);
+
+        let text = m.encode().expect("encode");
+        has_line(&text, "# TYPE spendguard_requests counter");
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="acme.research",provider="openai",decision="allowed",reason="none"} 2"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="acme.research",provider="anthropic",decision="blocked",reason="daily_budget_exhausted"} 1"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="acme.bot",provider="unknown",decision="blocked",reason="unpriced_request"} 1"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="acme.bot",provider="openai",decision="allowed",reason="free"} 1"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_spend_usd_total{agent="acme.research",model="gpt-4o"} 1.25"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_remaining_budget_usd{agent="acme.research",period="daily"} 3.75"#,
+        );
+        assert!(
+            !text.contains(r#"period="weekly""#),
+            "an unlimited period has no series:\n{text}"
+        );
+        has_line(&text, "spendguard_open_connections 1");
+        has_line(&text, "# TYPE spendguard_added_latency_seconds histogram");
+        has_line(&text, "spendguard_added_latency_seconds_count 1");
+        has_line(&text, "# TYPE spendguard_ledger_commit_seconds histogram");
+        has_line(&text, "spendguard_ledger_commit_seconds_count 1");
+        has_line(
+            &text,
+            r#"spendguard_webhooks_total{event="exhausted",result="delivered"} 1"#,
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_period_that_becomes_unlimited_loses_its_series() {
+        let m = Metrics::new();
+        m.metering
+            .remaining(&status("acme", Some(1_000_000), Some(9_000_000)));
+        let text = m.encode().expect("encode");
+        has_line(
+            &text,
+            r#"spendguard_remaining_budget_usd{agent="acme",period="total"} 9.0"#,
+        );
+        m.metering.remaining(&status("acme", Some(500_000), None));
+        let text = m.encode().expect("encode");
+        has_line(
+            &text,
+            r#"spendguard_remaining_budget_usd{agent="acme",period="daily"} 0.5"#,
+        );
+        assert!(!text.contains(r#"period="total""#), "{text}");
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String, String) {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn scrape_over_loopback() {
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .metering
+            .request("acme.scrape", "openai", Outcome::Allowed);
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, metrics.clone(), shutdown.clone()));
+
+        let (status, ct, body) = get(addr, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ct, CONTENT_TYPE);
+        has_line(
+            &body,
+            r#"spendguard_requests_total{agent="acme.scrape",provider="openai",decision="allowed",reason="none"} 1"#,
+        );
+        has_line(&body, "# TYPE spendguard_open_connections gauge");
+
+        let (status, _, body) = get(addr, "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "ok");
+
+        let (status, _, _) = get(addr, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops on shutdown")
+            .expect("server task");
+    }
+}
