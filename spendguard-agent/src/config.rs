@@ -25,6 +25,10 @@ pub const ENV_METRICS: &str = "SPENDGUARD_METRICS";
 pub const ENV_BPF_PIN_DIR: &str = "SPENDGUARD_BPF_PIN_DIR";
 /// Not in the user contract: the cgroup v2 directory the programs attach to (default: the v2 root).
 pub const ENV_ATTACH_CGROUP: &str = "SPENDGUARD_ATTACH_CGROUP";
+/// Explicit proxy listen address (HTTP CONNECT), e.g. `127.0.0.1:15080`.
+pub const ENV_EXPLICIT_LISTEN: &str = "SPENDGUARD_EXPLICIT_LISTEN";
+/// Explicit mode host overrides: `host=ip,host=ip`.
+pub const ENV_EXPLICIT_RESOLVE: &str = "SPENDGUARD_EXPLICIT_RESOLVE";
 /// Not in the user contract: `off` turns metering off (transport diagnostics).
 pub const ENV_METERING: &str = "SPENDGUARD_METERING";
 
@@ -61,6 +65,12 @@ pub struct RawConfig {
     pub prices: Option<HashMap<String, crate::metering::prices::PriceOverride>>,
     /// `false`: intercept TLS but neither price nor block (transport diagnostics only; logged loudly).
     pub metering: Option<bool>,
+    /// Explicit proxy (HTTP CONNECT) listen address, e.g. 127.0.0.1:15080. Off when unset.
+    pub explicit_listen: Option<SocketAddr>,
+    /// The agent for explicit-proxy clients that send no Proxy-Authorization user name.
+    pub explicit_default_agent: Option<String>,
+    /// Explicit mode: host → IP overrides instead of DNS (air-gapped nodes).
+    pub explicit_resolve: Option<HashMap<String, IpAddr>>,
 }
 
 /// The validated configuration the agent runs on.
@@ -87,6 +97,9 @@ pub struct Config {
     pub audit_retention_days: u32,
     pub prices: HashMap<String, crate::metering::prices::PriceOverride>,
     pub metering: bool,
+    pub explicit_listen: Option<SocketAddr>,
+    pub explicit_default_agent: Option<crate::identity::AgentName>,
+    pub explicit_resolve: Vec<(String, IpAddr)>,
 }
 
 /// Audit events are kept this long by default (a quarter: enough for a monthly invoice dispute).
@@ -209,6 +222,24 @@ impl Config {
                 .audit_retention_days
                 .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS),
             prices: raw.prices.unwrap_or_default(),
+            explicit_listen: parse_env(env, ENV_EXPLICIT_LISTEN)?.or(raw.explicit_listen),
+            explicit_default_agent: match raw.explicit_default_agent {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|e: spendguard_ledger::AgentNameError| {
+                    ConfigError::Invalid {
+                        field: "explicit_default_agent",
+                        why: e.to_string(),
+                    }
+                })?),
+            },
+            explicit_resolve: match env.get(ENV_EXPLICIT_RESOLVE) {
+                Some(v) => parse_resolve(&v)?,
+                None => raw
+                    .explicit_resolve
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,
                 Some(_) | None => raw.metering.unwrap_or(true),
@@ -248,6 +279,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_resolve(v: &str) -> Result<Vec<(String, IpAddr)>, ConfigError> {
+    v.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let bad = |why: &str| ConfigError::Env {
+                name: ENV_EXPLICIT_RESOLVE,
+                value: v.to_string(),
+                why: why.to_string(),
+            };
+            let (h, ip) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("expected host=ip pairs separated by commas"))?;
+            Ok((
+                h.trim().to_string(),
+                ip.trim().parse().map_err(|_| bad("not an IP address"))?,
+            ))
+        })
+        .collect()
 }
 
 fn parse_env<T: std::str::FromStr>(

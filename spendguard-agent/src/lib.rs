@@ -4,7 +4,10 @@
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod k8s;
 pub mod metering;
+pub mod metrics;
+pub mod notify;
 pub mod paths;
 pub mod proxy;
 pub mod redirect;

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod body;
+pub mod explicit;
 pub mod forward;
 pub mod inbound;
 pub mod intercept;
@@ -49,6 +50,8 @@ pub struct ProxyContext {
     pub hosts: route::HostList,
     pub interceptor: Arc<intercept::Interceptor>,
     pub shutdown: CancellationToken,
+    /// `open_connections` (and the rest of the agent's metrics).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Accepts on `listeners` until `shutdown`, then returns; in-flight connections are tracked by `tasks`.
@@ -104,7 +107,8 @@ async fn handle(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<ProxyC
 
 /// Route a connection whose identity is known: intercept provider TLS, splice everything else.
 pub async fn dispatch(mut inbound: Inbound, ctx: Arc<ProxyContext>) {
-    let mut hello = Vec::new();
+    let _open = ctx.metrics.proxy.connection_opened();
+    let mut hello = std::mem::take(&mut inbound.pending);
     match route::classify(&mut inbound.stream, &mut hello, &ctx.hosts).await {
         route::Route::Intercept { sni } => {
             tracing::debug!(%sni, "intercepting");

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::control::server::{self as control_server, ControlContext};
 use crate::identity::{cgroupfs, TagStore};
 use crate::metering::{Metering, Prices};
+use crate::metrics::Metrics;
 use crate::paths;
+use crate::proxy::explicit::ExplicitOptions;
 use crate::proxy::forward::Upstreams;
 use crate::proxy::intercept::Interceptor;
 use crate::proxy::route::HostList;
@@ -129,6 +131,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
+    let metrics = Arc::new(Metrics::new());
+    // Metrics must never stop enforcement: a port in use is reported, not fatal.
+    match crate::metrics::bind(cfg.metrics) {
+        Ok(l) => {
+            tracing::info!(metrics = %cfg.metrics, "serving /metrics and /healthz");
+            tokio::spawn(crate::metrics::serve(l, metrics.clone(), shutdown.clone()));
+        }
+        Err(e) => tracing::error!("{e}; metrics are NOT served"),
+    }
+    // Budget webhooks (https verified like provider traffic: system roots + SPENDGUARD_UPSTREAM_CA).
+    let notify = crate::notify::spawn(
+        ledger.clone(),
+        upstream_tls.clone(),
+        Default::default(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+
+    // Kubernetes: the DaemonSet sets NODE_NAME (downward API, spec.nodeName); then this node's pod
+    // labels (spendguard.io/agent) tag the pods' cgroups. Without it, nothing to watch.
+    match std::env::var(spendguard_k8s::ENV_NODE_NAME) {
+        Ok(node) => {
+            crate::k8s::start(node.clone(), tags.clone(), ledger.clone(), shutdown.clone()).await?;
+            tracing::info!("watching pods on node {node}");
+        }
+        Err(std::env::VarError::NotPresent) => {
+            tracing::debug!("NODE_NAME is not set: not watching Kubernetes pods");
+        }
+        Err(e) => anyhow::bail!("NODE_NAME: {e}"),
+    }
+
     let control = control_server::bind(&cfg.socket)?;
     let control_ctx = Arc::new(ControlContext {
         tags: tags.clone(),
@@ -164,6 +197,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             prices: prices.clone(),
             output_cap: cfg.output_cap,
             azure_deployments: cfg.azure_deployments.clone(),
+            metrics: metrics.clone(),
         })
     } else {
         tracing::warn!("METERING IS OFF (metering = false / SPENDGUARD_METERING=off): provider traffic is intercepted but neither priced nor limited");
@@ -173,6 +207,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ca,
         upstreams: Upstreams::new(upstream_tls),
         stage,
+        metrics: metrics.clone(),
     });
     let ctx = Arc::new(ProxyContext {
         redirects: redirect.clone(),
@@ -180,8 +215,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         hosts: HostList::new(&cfg.provider_hosts),
         interceptor,
         shutdown: shutdown.clone(),
+        metrics,
     });
     tracing::info!(listen = %cfg.listen, socket = %cfg.socket.display(), "spendguard-agent ready");
+    if let Some(addr) = cfg.explicit_listen {
+        let l = proxy::bind(addr)?;
+        let opts = Arc::new(ExplicitOptions {
+            default_agent: cfg.explicit_default_agent.clone(),
+            resolve: cfg.explicit_resolve.clone(),
+        });
+        tracing::info!(%addr, "explicit proxy (HTTP CONNECT) listening");
+        tasks.spawn(crate::proxy::explicit::serve(l, ctx.clone(), opts));
+    }
     let serve = tokio::spawn(proxy::serve(
         listeners,
         ctx,
@@ -197,6 +242,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = serve.await;
     let _ = control_task.await;
+    let _ = notify.await;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(cfg.drain_seconds), tasks.wait())
         .await

@@ -16,10 +16,11 @@ const HOSTS: &[(&str, &str)] = &[
     ("api.anthropic.com", UPSTREAM_A),
 ];
 
+// Fields drop in order: the child cgroup before the World that owns its parent.
 struct Env {
-    w: World,
-    fake: FakeProvider,
     agent_cg: Cgroup,
+    fake: FakeProvider,
+    w: World,
     ca: PathBuf,
 }
 

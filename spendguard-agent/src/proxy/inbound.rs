@@ -38,6 +38,8 @@ pub struct Inbound {
     pub peer: SocketAddr,
     pub orig_dst: SocketAddr,
     pub identity: Identity,
+    /// Client bytes already read by an earlier stage (explicit mode's CONNECT), replayed first.
+    pub pending: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,7 @@ impl Inbound {
                 tagged_cgroup: tag.cgroup,
                 cgroup_id: orig.cgroup_id,
             },
+            pending: Vec::new(),
         })
     }
 }

@@ -67,12 +67,43 @@ impl HostList {
     }
 }
 
-/// Reads from `stream` into `buf` until a ClientHello is parsed (or it is clear there is none).
+/// Reads from `stream` into `buf` (which may already hold bytes read earlier) until a ClientHello is
+/// parsed, or it is clear there is none.
 pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostList) -> Route {
     let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
     let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
     loop {
+        let mut rd: &[u8] = &buf[fed..];
+        while !rd.is_empty() {
+            if acceptor.read_tls(&mut rd).is_err() {
+                return Route::Passthrough { why: "not TLS" };
+            }
+        }
+        fed = buf.len();
+        if fed > 0 {
+            match acceptor.accept() {
+                Ok(None) => {}
+                Ok(Some(accepted)) => {
+                    return match accepted.client_hello().server_name() {
+                        Some(sni) if hosts.matches(sni) => Route::Intercept {
+                            sni: sni.to_ascii_lowercase(),
+                        },
+                        Some(_) => Route::Passthrough {
+                            why: "SNI is not a provider host",
+                        },
+                        None => Route::Passthrough { why: "no SNI" },
+                    };
+                }
+                Err(_) => return Route::Passthrough { why: "not TLS" },
+            }
+        }
+        if buf.len() > MAX_CLIENT_HELLO {
+            return Route::Passthrough {
+                why: "ClientHello too large",
+            };
+        }
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Err(_) => {
                 return Route::Passthrough {
@@ -87,32 +118,6 @@ pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostLis
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut rd: &[u8] = &chunk[..n];
-        while !rd.is_empty() {
-            if acceptor.read_tls(&mut rd).is_err() {
-                return Route::Passthrough { why: "not TLS" };
-            }
-        }
-        match acceptor.accept() {
-            Ok(None) => {}
-            Ok(Some(accepted)) => {
-                return match accepted.client_hello().server_name() {
-                    Some(sni) if hosts.matches(sni) => Route::Intercept {
-                        sni: sni.to_ascii_lowercase(),
-                    },
-                    Some(_) => Route::Passthrough {
-                        why: "SNI is not a provider host",
-                    },
-                    None => Route::Passthrough { why: "no SNI" },
-                };
-            }
-            Err(_) => return Route::Passthrough { why: "not TLS" },
-        }
-        if buf.len() > MAX_CLIENT_HELLO {
-            return Route::Passthrough {
-                why: "ClientHello too large",
-            };
-        }
     }
 }
 
