@@ -376,7 +376,7 @@ impl World {
             .env("SPENDGUARD_REDIRECT_IP", NODE_VETH_IP)
             .env("SPENDGUARD_LISTEN", format!("0.0.0.0:{PROXY_PORT}"))
             .env("SPENDGUARD_METRICS", "127.0.0.1:9464")
-            .env("RUST_LOG", "info,spendguard_agent=debug");
+            .env("RUST_LOG", "info,spendguard_agent=debug,spendguard=debug");
         for (k, v) in self
             .agent_extra_env
             .lock()

@@ -243,6 +243,16 @@ fn udp_443_from_tagged_cgroups_is_refused() {
         );
         assert_eq!(plain["ok"], true, "untagged UDP 443 is untouched: {plain}");
     }
+    // aya-log: the BPF program's own log line reaches the agent's tracing log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !w.agent_log().contains("refused UDP 443") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "BPF log line missing from the agent log:\n{}",
+            w.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]
