@@ -383,6 +383,59 @@ emit(res)
         "{headers}"
     );
 
+    // An unknown model becomes billable once an operator prices it.
+    let custom =
+        r#"{"model":"no-such-model-x","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
+    let (code, _, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", custom],
+    );
+    assert_eq!(code, 402, "{body}");
+    e.cli_ok(&[
+        "price",
+        "set",
+        "no-such-model-x",
+        "--input-per-mtok",
+        "1.5",
+        "--output-per-mtok",
+        "6",
+        "--max-output-tokens",
+        "1000",
+        "--context-window",
+        "8000",
+    ]);
+    let prices = e.cli_json(&["prices"]);
+    let row = prices["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .find(|m| m["model"] == "no-such-model-x")
+        .cloned()
+        .expect("priced");
+    assert_eq!(
+        (
+            row["input_per_mtok"].as_f64(),
+            row["output_per_mtok"].as_f64()
+        ),
+        (Some(1.5), Some(6.0)),
+        "{row}"
+    );
+    let (code, _, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", custom],
+    );
+    assert_eq!(code, 200, "{body}");
+    let bad = e.w.cli(&[
+        "price",
+        "set",
+        "m",
+        "--input-per-mtok",
+        "-1",
+        "--output-per-mtok",
+        "1",
+    ]);
+    assert!(!bad.status.success(), "a negative price must be refused");
+
     // The budget endpoint answers from inside the workload and is never forwarded.
     let n = e.fake.request_count();
     let (code, _, body) = e.curl("/.well-known/spendguard/budget", &[]);

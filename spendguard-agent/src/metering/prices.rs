@@ -17,9 +17,12 @@ pub const NEW_MODEL_CONTEXT: u64 = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceOverride {
+    // USD numbers on the wire and in TOML (e.g. 2.5), exact micro-dollars inside.
+    #[serde(with = "spendguard_ledger::usd")]
     pub input_per_mtok: MicroUsd,
+    #[serde(with = "spendguard_ledger::usd")]
     pub output_per_mtok: MicroUsd,
-    #[serde(default)]
+    #[serde(default, with = "spendguard_ledger::usd::option")]
     pub cached_input_per_mtok: Option<MicroUsd>,
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
