@@ -156,9 +156,7 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
     use std::path::Path;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use spendguard_k8s::{parse_agent, QosClass};
@@ -167,27 +165,7 @@ mod tests {
     use crate::identity::cgroupfs;
     use crate::identity::tags::{Tag, TagMap, TagSource};
 
-    #[derive(Default)]
-    struct FakeMap(Mutex<HashSet<u64>>);
-    impl TagMap for FakeMap {
-        fn set(&self, id: u64) -> Result<(), String> {
-            self.0.lock().map_err(|e| e.to_string())?.insert(id);
-            Ok(())
-        }
-        fn unset(&self, id: u64) -> Result<(), String> {
-            self.0.lock().map_err(|e| e.to_string())?.remove(&id);
-            Ok(())
-        }
-        fn ids(&self) -> Result<Vec<u64>, String> {
-            Ok(self
-                .0
-                .lock()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .copied()
-                .collect())
-        }
-    }
+    use crate::identity::tags::testing::FakeMap;
 
     /// A kubelet-like tree (`kubepods/burstable/pod<uid>`, cgroupfs driver) in a fresh directory
     /// under the real cgroup v2 mount; every directory made is removed (deepest first) on drop.

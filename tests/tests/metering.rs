@@ -140,6 +140,25 @@ fn curl_in(at: Place<'_>, ca: &Path, path: &str, extra: &[&str]) -> (u16, String
     )
 }
 
+/// The quote the proxy computes for this OpenAI chat body (same adapter, same bundled prices).
+fn chat_quote(body: &str) -> spendguard_pricing::providers::Quote {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    adapter_for(ProviderId::OpenAi)
+        .quote(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            &headers,
+            body.as_bytes(),
+            &PriceTable::bundled(),
+            &QuoteOptions::none(),
+        )
+        .expect("quote")
+}
+
 fn price(model: &str) -> spendguard_pricing::ModelPrice {
     PriceTable::bundled()
         .lookup(model)
@@ -458,21 +477,7 @@ fn two_hundred_concurrent_requests_against_a_budget_for_ten() {
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"count to three"}],"max_tokens":100}"#;
     // The worst case the proxy will reserve for exactly this body, and a provider that bills exactly it:
     // then the budget holds exactly ten, however the requests interleave.
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        "content-type",
-        http::HeaderValue::from_static("application/json"),
-    );
-    let quote = adapter_for(ProviderId::OpenAi)
-        .quote(
-            &http::Method::POST,
-            "/v1/chat/completions",
-            &headers,
-            body.as_bytes(),
-            &PriceTable::bundled(),
-            &QuoteOptions::none(),
-        )
-        .expect("quote");
+    let quote = chat_quote(body);
     let worst = quote.worst_case;
     let limit = MicroUsd(worst.0 * 10);
     e.cli_ok(&["limit", "set", "acme.burst", "--daily", &limit.to_string()]);
@@ -535,21 +540,7 @@ fn agent_killed_mid_stream_keeps_the_charge_and_serves_again() {
     }
     let e = Env::new("acme.crash");
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"long story"}],"max_tokens":500}"#;
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        "content-type",
-        http::HeaderValue::from_static("application/json"),
-    );
-    let quote = adapter_for(ProviderId::OpenAi)
-        .quote(
-            &http::Method::POST,
-            "/v1/chat/completions",
-            &headers,
-            body.as_bytes(),
-            &PriceTable::bundled(),
-            &QuoteOptions::none(),
-        )
-        .expect("quote");
+    let quote = chat_quote(body);
 
     // A slow stream, in the background.
     let mut cmd = Command::new("curl");

@@ -440,13 +440,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     Ok(())
 }
 
+/// Test doubles shared by the unit tests of modules that use tags.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use std::collections::HashSet;
+    use std::sync::Mutex;
 
+    use super::TagMap;
+
+    /// A `TagMap` in memory instead of the BPF map.
     #[derive(Default)]
-    struct FakeMap(Mutex<HashSet<u64>>);
+    pub(crate) struct FakeMap(Mutex<HashSet<u64>>);
     impl TagMap for FakeMap {
         fn set(&self, id: u64) -> Result<(), String> {
             self.0.lock().map_err(|e| e.to_string())?.insert(id);
@@ -466,6 +470,13 @@ mod tests {
                 .collect())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::testing::FakeMap;
 
     /// A cgroup v2 directory made for the test and removed on drop.
     struct TestCgroup(PathBuf);
