@@ -14,6 +14,7 @@ use spendguard_tests::{place, privileged, Cgroup, Place, World, UPSTREAM_A};
 const HOSTS: &[(&str, &str)] = &[
     ("api.openai.com", UPSTREAM_A),
     ("api.anthropic.com", UPSTREAM_A),
+    ("generativelanguage.googleapis.com", UPSTREAM_A),
 ];
 
 // Fields drop in order: the child cgroup before the World that owns its parent.
@@ -37,7 +38,16 @@ impl Env {
         let l = w.node.enter(|| {
             std::net::TcpListener::bind(format!("{UPSTREAM_A}:443")).expect("bind fake provider")
         });
-        let fake = FakeProvider::start(l, &test_ca, &["api.openai.com", "api.anthropic.com"], &[]);
+        let fake = FakeProvider::start(
+            l,
+            &test_ca,
+            &[
+                "api.openai.com",
+                "api.anthropic.com",
+                "generativelanguage.googleapis.com",
+            ],
+            &[],
+        );
         w.start_agent();
         let agent_cg = w.cgroup.child("agent");
         w.tag(&agent_cg.path, agent);
@@ -111,6 +121,16 @@ fn usd_to_micro(v: &serde_json::Value) -> u64 {
 }
 
 fn curl_in(at: Place<'_>, ca: &Path, path: &str, extra: &[&str]) -> (u16, String, String) {
+    curl_host(at, ca, "api.openai.com", path, extra)
+}
+
+fn curl_host(
+    at: Place<'_>,
+    ca: &Path,
+    host: &str,
+    path: &str,
+    extra: &[&str],
+) -> (u16, String, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let (body, headers) = (dir.path().join("body"), dir.path().join("headers"));
     let mut cmd = Command::new("curl");
@@ -124,7 +144,7 @@ fn curl_in(at: Place<'_>, ca: &Path, path: &str, extra: &[&str]) -> (u16, String
         .arg(&headers)
         .args(["-w", "%{http_code}"])
         .args(extra);
-    cmd.arg(format!("https://api.openai.com{path}"));
+    cmd.arg(format!("https://{host}{path}"));
     cmd.env_clear().env("PATH", "/usr/bin:/bin");
     place(&mut cmd, at);
     let out = run_bounded(cmd, Duration::from_secs(40));
@@ -136,7 +156,7 @@ fn curl_in(at: Place<'_>, ca: &Path, path: &str, extra: &[&str]) -> (u16, String
     (
         code,
         std::fs::read_to_string(&headers).unwrap_or_default(),
-        std::fs::read_to_string(&body).unwrap_or_default(),
+        std::fs::read_to_string(&body).unwrap_or_default() + &out.stderr_str(),
     )
 }
 
@@ -594,4 +614,88 @@ fn agent_killed_mid_stream_keeps_the_charge_and_serves_again() {
         &["-H", "content-type: application/json", "-d", small],
     );
     assert_eq!(code, 200, "the restarted agent must serve again: {b}");
+}
+
+#[test]
+fn responses_api_and_gemini_are_charged_exactly_json_and_streamed() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.formats");
+    let out = python(
+        e.at(),
+        HOSTS,
+        &e.ca,
+        r#"
+import openai
+oc = openai.OpenAI(api_key="sk-test", max_retries=0)
+r = oc.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=50,
+    extra_headers={"x-fake-usage": "prompt=800,completion=90,cached=300"})
+with oc.responses.stream(model="gpt-4o-mini", input="hi", max_output_tokens=50,
+        extra_headers={"x-fake-usage": "prompt=120,completion=33"}) as s:
+    final = s.get_final_response()
+emit({"json_in": r.usage.input_tokens, "stream_out": final.usage.output_tokens})
+"#,
+    );
+    assert_eq!(
+        (out["json_in"].as_u64(), out["stream_out"].as_u64()),
+        (Some(800), Some(33)),
+        "{out}"
+    );
+
+    let g = "generativelanguage.googleapis.com";
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":64}}"#;
+    let json = [
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-goog-api-key: k",
+        "-H",
+        "x-fake-usage: prompt=400,completion=30,reasoning=20",
+        "-d",
+        body,
+    ];
+    let (code, _, resp) = curl_host(
+        e.at(),
+        &e.ca,
+        g,
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        &json,
+    );
+    assert_eq!(code, 200, "{resp}");
+    let sse = [
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-goog-api-key: k",
+        "-H",
+        "x-fake-usage: prompt=50,completion=12",
+        "-d",
+        body,
+    ];
+    let (code, _, resp) = curl_host(
+        e.at(),
+        &e.ca,
+        g,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        &sse,
+    );
+    assert_eq!(code, 200, "{resp}");
+    assert!(
+        resp.contains("usageMetadata"),
+        "the client sees Gemini's own usage: {resp}"
+    );
+
+    let gpt = price("gpt-4o-mini");
+    let gem = price("gemini-2.5-flash");
+    let expected = gpt.cost(&openai_usage(800, 90, 300)).0
+        + gpt.cost(&openai_usage(120, 33, 0)).0
+        // Gemini bills thinking tokens as output.
+        + gem.cost(&Usage { input_uncached: 400, output: 50, reasoning: 20, ..Usage::default() }).0
+        + gem.cost(&Usage { input_uncached: 50, output: 12, ..Usage::default() }).0;
+    let spent = e.settled_spend("acme.formats");
+    assert_eq!(
+        spent, expected,
+        "charged {spent} µUSD, expected exactly {expected} µUSD"
+    );
 }
