@@ -275,6 +275,8 @@ pub struct World {
     pub state: tempfile::TempDir,
     pub pin_dir: PathBuf,
     pub agent: std::sync::Mutex<Option<Child>>,
+    /// The cgroup the agent runs in (default: the test process's own).
+    pub agent_cgroup: std::sync::Mutex<Option<PathBuf>>,
     /// Extra environment for the agent (set before `start_agent`).
     pub agent_extra_env: std::sync::Mutex<Vec<(String, String)>>,
     // Dropped last (fields drop in order): the cgroup root outlives everything above.
@@ -348,6 +350,7 @@ impl World {
             pin_dir,
             agent: std::sync::Mutex::new(None),
             agent_extra_env: std::sync::Mutex::new(Vec::new()),
+            agent_cgroup: std::sync::Mutex::new(None),
             cgroup,
         }
     }
@@ -398,10 +401,16 @@ impl World {
         let mut cmd = Command::new(bin("spendguard-agent"));
         self.agent_env(&mut cmd);
         cmd.stdout(Stdio::null()).stderr(log);
+        let agent_cg = self
+            .agent_cgroup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         place(
             &mut cmd,
             Place {
                 netns: Some(&self.node),
+                cgroup: agent_cg.as_deref(),
                 ..Default::default()
             },
         );

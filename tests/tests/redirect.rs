@@ -458,3 +458,46 @@ fn control_socket_is_root_only() {
     let list = w.cli(&["agents", "--json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 }
+
+#[test]
+fn agent_inside_a_tagged_cgroup_never_redirects_its_own_upstream_connections() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _a = EchoServer::start(&w.node, &a443(UPSTREAM_A), "A");
+    // The agent itself runs in a cgroup that is tagged: only SO_MARK keeps its upstream connects from
+    // being sent back to itself.
+    let agent_cg = w.cgroup.child("agent-home");
+    *w.agent_cgroup.lock().expect("lock") = Some(agent_cg.path.clone());
+    w.start_agent();
+    w.tag(&agent_cg.path, "acme.self");
+    let client = w.cgroup.child("client");
+    w.tag(&client.path, "acme.client");
+    let at = Place {
+        cgroup: Some(&client.path),
+        netns: Some(&w.node),
+        uid: None,
+    };
+    let v = probe(at, &["tcp", &a443(UPSTREAM_A), "hello"]);
+    assert_proxied(&v, "A");
+    // IPv4-mapped IPv6 destination from a dual-stack socket: redirected too, to the v4 upstream.
+    let mapped = probe(at, &["tcp", &format!("[::ffff:{UPSTREAM_A}]:443"), "hello"]);
+    assert!(
+        mapped["peer"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!(":{PROXY_PORT}")),
+        "{mapped}"
+    );
+    let r = reply(&mapped);
+    assert_eq!(r["server"], "A", "{mapped}");
+    assert_eq!(r["data"], "hello");
+    let log = w.agent_log();
+    assert!(
+        !log.contains("not produced by the SpendGuard redirect"),
+        "the agent looped into itself:\n{log}"
+    );
+    drop(client);
+    drop(agent_cg);
+}
