@@ -1,9 +1,12 @@
 //! `cargo xtask`: the project's privileged workflows, the aya way.
 //!
 //!   cargo xtask test [-- <cargo test args>]   build everything, run unit + in-process + privileged e2e tests
+//!   cargo xtask bench [--quick] [--no-litellm] side-by-side benchmark (root), results in target/bench/
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod bench;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -22,6 +25,17 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Side-by-side benchmark (needs root): direct vs SpendGuard transparent vs explicit proxy (vs
+    /// LiteLLM's proxy), latency, max RPS, new-connection cost, RSS with open streams, ledger,
+    /// overspend. Writes target/bench/results.md. Never run by `test` or CI.
+    Bench {
+        /// Shorter runs (about 3 minutes after the build).
+        #[arg(long)]
+        quick: bool,
+        /// Skip the LiteLLM column and its install.
+        #[arg(long)]
+        no_litellm: bool,
     },
 }
 
@@ -48,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
+        Task::Bench { quick, no_litellm } => bench::run(&root, quick, !no_litellm),
         Task::Test { args } => {
             if !nix_is_root() {
                 eprintln!("SPENDGUARD-SKIP: cargo xtask test is not running as root; privileged tests will skip");

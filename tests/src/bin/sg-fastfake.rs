@@ -1,5 +1,5 @@
 //! `sg-fastfake`: the test fake provider ([`FakeProvider`]) as its own (release-built) process, for
-//! `cargo xtask bench`. Serves TLS on every `--listen ADDR` (bound in whatever network namespace it
+//! `cargo xtask bench`. Serves TLS (h2 + http/1.1; only http/1.1 on `--listen-h1`) on every `--listen ADDR` (bound in whatever network namespace it
 //! was started in) with a leaf for every `--host` signed by a fresh test CA, writes that CA to
 //! `--ca-out`, prints `ready`, and runs until its stdin closes (so it never outlives the bench).
 //! Latency and streaming are controlled per request by the usual `x-fake-*` headers. The recorded
@@ -18,11 +18,12 @@ fn main() {
     while let Some(a) = args.next() {
         let v = args.next();
         match (a.as_str(), v) {
-            ("--listen", Some(v)) => listen.push(v),
+            ("--listen", Some(v)) => listen.push((v, false)),
+            ("--listen-h1", Some(v)) => listen.push((v, true)),
             ("--host", Some(v)) => hosts.push(v),
             ("--ca-out", Some(v)) => ca_out = Some(v),
             (other, _) => {
-                eprintln!("usage: sg-fastfake --listen ADDR... --host NAME... --ca-out FILE (bad: {other})");
+                eprintln!("usage: sg-fastfake --listen ADDR... --listen-h1 ADDR... --host NAME... --ca-out FILE (bad: {other})");
                 std::process::exit(2);
             }
         }
@@ -38,7 +39,7 @@ fn main() {
     }
     let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let mut fakes = Vec::new();
-    for addr in &listen {
+    for (addr, h1_only) in &listen {
         let l = match std::net::TcpListener::bind(addr) {
             Ok(l) => l,
             Err(e) => {
@@ -46,7 +47,8 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        fakes.push(FakeProvider::start(l, &ca, &host_refs, &[]));
+        let alpn: &[&[u8]] = if *h1_only { &[b"http/1.1"] } else { &[] };
+        fakes.push(FakeProvider::start(l, &ca, &host_refs, alpn));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
