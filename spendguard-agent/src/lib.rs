@@ -1,6 +1,7 @@
 //! SpendGuard's node agent: redirect (eBPF), identity (cgroups → agents), proxy, control socket.
 //! The binaries in `src/bin` are thin: everything testable lives here.
 
+pub mod accept;
 pub mod config;
 pub mod control;
 pub mod identity;

@@ -24,7 +24,6 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,22 +66,11 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let tasks = tasks.clone();
         accepts.push(tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    a = listener.accept() => a,
-                };
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let ctx = ctx.clone();
-                        tasks.spawn(async move { handle(stream, peer, ctx).await });
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
+            while let Some((stream, peer)) =
+                crate::accept::next(|| listener.accept(), &shutdown, "proxy").await
+            {
+                let ctx = ctx.clone();
+                tasks.spawn(async move { handle(stream, peer, ctx).await });
             }
         }));
     }

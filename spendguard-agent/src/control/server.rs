@@ -83,18 +83,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 pub async fn serve(listener: UnixListener, ctx: Arc<ControlContext>, shutdown: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("control accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) =
+        crate::accept::next(|| listener.accept(), &shutdown, "control socket").await
+    {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, &ctx).await {

@@ -31,18 +31,9 @@ pub struct ExplicitOptions {
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>, opts: Arc<ExplicitOptions>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("explicit proxy accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) =
+        crate::accept::next(|| listener.accept(), &ctx.shutdown, "explicit proxy").await
+    {
         let ctx = ctx.clone();
         let opts = opts.clone();
         tokio::spawn(async move {
