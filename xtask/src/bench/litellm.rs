@@ -1,8 +1,34 @@
 //! LiteLLM's proxy beside SpendGuard: installed into target/bench/litellm-venv from PyPI, run offline
 //! (bundled price map) with one worker inside the bench's node namespace (which has no route out),
-//! pointed at the same fake provider.
+//! pointed at the same fake provider, with LiteLLM's own recommended production settings.
+//!
+//! Settings, and where they come from (LiteLLM's documentation):
+//! - Production best practices, <https://docs.litellm.ai/docs/proxy/prod> (also
+//!   docs/my-website/docs/proxy/prod.md in the BerriAI/litellm repository): `LITELLM_LOG=ERROR`
+//!   ("turn off FastAPI's default info logs"), `set_verbose: false`, `json_logs: true`,
+//!   `request_timeout: 600`, `LITELLM_MODE=PRODUCTION` (no `.env` loading), the master key from
+//!   `LITELLM_MASTER_KEY`, one Uvicorn worker without `--run_gunicorn`/more workers ("On Kubernetes -
+//!   Use 1 Uvicorn worker"), and `disable_spend_logs`/`disable_error_logs`/`proxy_batch_write_at`
+//!   (database writes: no-ops here, there is no database, kept so the config is the documented one).
+//! - Server tuning, <https://docs.litellm.ai/docs/proxy/server_tuning>: Uvicorn (the default) rather
+//!   than Gunicorn for one worker per instance. LiteLLM's CLI already runs Uvicorn on uvloop
+//!   (`proxy_cli.py` `get_loop_type()`), and `litellm[proxy]` installs uvloop.
+//! - Benchmarks, <https://docs.litellm.ai/docs/benchmarks>: LiteLLM's own overhead-benchmark config
+//!   sets `callbacks: []` and `num_retries: 0` (the fake provider never fails, so retries change no
+//!   latency column; SpendGuard does not retry either).
+//! - Latency overhead troubleshooting, <https://docs.litellm.ai/docs/troubleshoot/latency_overhead>:
+//!   DEBUG logging is "the #1 cause of latency", hence ERROR above.
+//!
+//! Not applied: Redis, Postgres and virtual-key budgets (no database: Prisma's engines cannot be
+//! downloaded offline), more workers (the comparison is one process against one agent), the beta Rust
+//! core (`rust: true`, Anthropic/Bedrock only). Profiled with py-spy on this machine (2 vCPUs),
+//! LiteLLM 1.106.2 spends ~25-30 ms of CPU per `/chat/completions`: ~45 % in its FastAPI middleware
+//! and auth stack, ~30 % in the router and the OpenAI SDK call, ~12 % in success logging and cost
+//! calculation, ~5 % re-trying a failing `opentelemetry.sdk` import on every request. One worker
+//! therefore saturates at ~30-45 requests/s here; the errors at 1,000 RPS are the load generator's
+//! `backlog: not sent` (open loop, all connections busy), not failed requests.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,27 +43,103 @@ const BUDGET_USD: f64 = 0.0005;
 const BURST: usize = 500;
 /// The proxy's admin key (no database: the master key is the only key), also the clients' bearer.
 const MASTER_KEY: &str = "sk-spendguard-bench-7f3a9c1e5b2d4f60a8e1";
+/// The LiteLLM release measured: pinned so every machine measures the same proxy (this one starts
+/// offline with its bundled price map and no database).
+pub const VERSION: &str = "1.106.2";
 
-fn venv(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+/// Environment of the proxy besides the master key and the CA bundle (see the module docs).
+const ENV: [(&str, &str); 3] = [
+    ("LITELLM_LOG", "ERROR"),
+    ("LITELLM_MODE", "PRODUCTION"),
+    // Offline: the bundled model price map instead of fetching it at start.
+    ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+];
+
+/// The proxy's config.yaml: one deployment of gpt-4o-mini on the fake provider; with `budget`, the
+/// deployment gets `max_budget` + `budget_duration` (virtual-key budgets need Prisma engines we
+/// cannot download).
+fn config_yaml(budget: Option<f64>) -> String {
+    let budget_lines = budget.map_or(String::new(), |b| {
+        format!("      max_budget: {b}\n      budget_duration: 1d\n")
+    });
+    format!(
+        "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      \
+         api_base: https://{UPSTREAM_A}/v1\n      api_key: sk-bench\n{budget_lines}\
+         litellm_settings:\n  drop_params: true\n  telemetry: false\n  set_verbose: false\n  json_logs: true\n  \
+         request_timeout: 600\n  num_retries: 0\n  callbacks: []\n\
+         general_settings:\n  disable_spend_logs: true\n  disable_error_logs: true\n  proxy_batch_write_at: 60\n"
+    )
+}
+
+/// What the results say about how LiteLLM ran.
+pub fn settings_note() -> String {
+    format!(
+        "LiteLLM {VERSION} (`litellm[proxy]` from PyPI), 1 Uvicorn worker on uvloop, no database, run with its documented \
+         production settings: env {}, LITELLM_MASTER_KEY; litellm_settings set_verbose=false, json_logs=true, \
+         request_timeout=600, num_retries=0, callbacks=[], drop_params=true; general_settings disable_spend_logs, \
+         disable_error_logs, proxy_batch_write_at=60 (database-only, no-ops here); overspend phase: deployment \
+         max_budget={BUDGET_USD} + budget_duration=1d. Sources: LiteLLM docs proxy/prod, proxy/server_tuning, benchmarks, troubleshoot/latency_overhead",
+        ENV.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The LiteLLM version installed in `venv`, from its dist-info directory.
+fn installed_version(venv: &Path) -> Option<String> {
+    for py in std::fs::read_dir(venv.join("lib")).ok()?.flatten() {
+        let Ok(entries) = std::fs::read_dir(py.path().join("site-packages")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(v) = name
+                .strip_prefix("litellm-")
+                .and_then(|r| r.strip_suffix(".dist-info"))
+            {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
+fn venv(root: &Path) -> anyhow::Result<PathBuf> {
     let dir = root.join("target/bench/litellm-venv");
     let bin = dir.join("bin/litellm");
-    if bin.exists() {
+    if bin.exists() && installed_version(&dir).as_deref() == Some(VERSION) {
         return Ok(bin);
     }
-    eprintln!("bench: installing litellm[proxy] into {}", dir.display());
-    let st = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&dir)
-        .status()?;
-    if !st.success() {
-        bail!("python3 -m venv failed");
+    let log_path = root.join("target/bench/litellm-install.log");
+    eprintln!(
+        "bench: installing litellm[proxy]=={VERSION} into {} (log: {})",
+        dir.display(),
+        log_path.display()
+    );
+    if !dir.join("bin/pip").exists() {
+        let st = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&dir)
+            .status()?;
+        if !st.success() {
+            bail!("python3 -m venv failed");
+        }
     }
+    let log = std::fs::File::create(&log_path)?;
     let st = Command::new(dir.join("bin/pip"))
-        .args(["install", "-q", "litellm[proxy]"])
+        .args(["install", "--disable-pip-version-check"])
+        .arg(format!("litellm[proxy]=={VERSION}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .status()?;
     if !st.success() || !bin.exists() {
-        bail!("pip install 'litellm[proxy]' failed");
+        bail!(
+            "pip install 'litellm[proxy]=={VERSION}' failed, see {}",
+            log_path.display()
+        );
     }
     Ok(bin)
 }
@@ -66,8 +168,8 @@ fn http_code(w: &World, url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Starts LiteLLM on 127.0.0.1:`port` of the node namespace; with `budget`, the deployment gets
-/// `max_budget` + `budget_duration` (virtual-key budgets need Prisma engines we cannot download).
+/// Starts LiteLLM on 127.0.0.1:`port` of the node namespace; its output goes to
+/// target/bench/litellm-`port`.log.
 fn start_on(
     root: &Path,
     w: &World,
@@ -77,17 +179,10 @@ fn start_on(
     budget: Option<f64>,
 ) -> anyhow::Result<Guard> {
     let bin = venv(root)?;
-    let budget_lines = budget.map_or(String::new(), |b| {
-        format!("      max_budget: {b}\n      budget_duration: 1d\n")
-    });
-    let cfg = format!(
-        "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      \
-         api_base: https://{UPSTREAM_A}/v1\n      api_key: sk-bench\n{budget_lines}\
-         litellm_settings:\n  drop_params: true\n  telemetry: false\n  json_logs: true\n"
-    );
     let cfg_path = w.state.path().join(format!("litellm-{port}.yaml"));
-    std::fs::write(&cfg_path, cfg)?;
-    let log = std::fs::File::create(w.state.path().join(format!("litellm-{port}.log")))?;
+    std::fs::write(&cfg_path, config_yaml(budget))?;
+    let log_path = root.join(format!("target/bench/litellm-{port}.log"));
+    let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("--config")
         .arg(&cfg_path)
@@ -99,9 +194,8 @@ fn start_on(
             "--num_workers",
             "1",
         ])
-        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .envs(ENV)
         .env("LITELLM_MASTER_KEY", MASTER_KEY)
-        .env("LITELLM_LOG", "ERROR")
         .env("SSL_CERT_FILE", fake_ca)
         .env("REQUESTS_CA_BUNDLE", fake_ca)
         .env("SSL_VERIFY", "True")
@@ -127,7 +221,7 @@ fn start_on(
         if let Some(Ok(Some(st))) = g.0.as_mut().map(|c| c.try_wait()) {
             bail!(
                 "litellm exited ({st}): {}",
-                std::fs::read_to_string(w.state.path().join(format!("litellm-{port}.log")))
+                std::fs::read_to_string(&log_path)
                     .unwrap_or_default()
                     .lines()
                     .rev()
@@ -273,4 +367,55 @@ pub fn overspend(
         },
         "litellm": lite,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_the_documented_settings_and_budget_only_when_asked() {
+        let plain = config_yaml(None);
+        for line in [
+            "  set_verbose: false\n",
+            "  json_logs: true\n",
+            "  request_timeout: 600\n",
+            "  num_retries: 0\n",
+            "  callbacks: []\n",
+            "  disable_spend_logs: true\n",
+            "  disable_error_logs: true\n",
+            &format!("      api_base: https://{UPSTREAM_A}/v1\n"),
+        ] {
+            assert!(plain.contains(line), "{line:?} missing from\n{plain}");
+        }
+        assert!(!plain.contains("max_budget"));
+        let budget = config_yaml(Some(0.0005));
+        assert!(budget
+            .contains("      max_budget: 0.0005\n      budget_duration: 1d\nlitellm_settings:\n"));
+        // Indentation is YAML structure: every line is a key at 0/2/4/6 spaces or a list item.
+        for l in budget.lines() {
+            let indent = l.len() - l.trim_start().len();
+            assert!(indent % 2 == 0 && indent <= 6, "{l:?}");
+        }
+    }
+
+    #[test]
+    fn note_names_every_setting() {
+        let n = settings_note();
+        for (k, v) in ENV {
+            assert!(n.contains(&format!("{k}={v}")), "{n}");
+        }
+        assert!(n.contains(VERSION) && n.contains("1 Uvicorn worker"));
+    }
+
+    #[test]
+    fn installed_version_reads_the_dist_info() {
+        let d = std::env::temp_dir().join(format!("sg-litellm-venv-{}", std::process::id()));
+        let sp = d.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(sp.join("litellm_enterprise-0.1.76.dist-info")).unwrap();
+        assert_eq!(installed_version(&d), None);
+        std::fs::create_dir_all(sp.join(format!("litellm-{VERSION}.dist-info"))).unwrap();
+        assert_eq!(installed_version(&d).as_deref(), Some(VERSION));
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -312,7 +312,7 @@ impl Results {
             self.plan.rate_secs,
             self.plan.newconn
         );
-        for n in &self.notes {
+        for n in self.all_notes() {
             let _ = writeln!(o, "- note: {n}");
         }
         o
@@ -326,7 +326,113 @@ impl Results {
                        "streams": self.rss_streams_kb, "streams_opened": self.streams_opened, "end": self.rss_end_kb},
             "ledger": self.ledger,
             "overspend": self.overspend,
-            "notes": self.notes,
+            "notes": self.all_notes(),
         })
+    }
+
+    /// LiteLLM ran (a latency column, or the overspend side of it).
+    fn litellm_ran(&self) -> bool {
+        self.data.contains_key("litellm")
+            || self
+                .overspend
+                .as_ref()
+                .is_some_and(|o| o["litellm"].is_object() && o["litellm"].get("error").is_none())
+    }
+
+    /// The run's notes, plus how LiteLLM ran and, when it could not keep up with an open-loop rate,
+    /// why its error count is what it is.
+    fn all_notes(&self) -> Vec<String> {
+        let mut notes = self.notes.clone();
+        if self.litellm_ran() {
+            notes.push(super::litellm::settings_note());
+        }
+        for rate in ["100", "1000"] {
+            let key = format!("rate{rate}");
+            let backlog = self
+                .data
+                .get("litellm")
+                .and_then(|d| d.get(&key))
+                .and_then(|v| v["first_error"].as_str())
+                .is_some_and(|e| e.starts_with("backlog"));
+            if backlog {
+                notes.push(format!(
+                    "LiteLLM @ {rate} RPS: {} requests not sent by the open-loop generator (all connections busy: \
+                     LiteLLM's closed-loop max is {} RPS); its achieved RPS and latencies cover the requests it answered",
+                    self.get("litellm", &key, "errors").map_or("n/a".into(), |v| format!("{v:.0}")),
+                    self.get("litellm", "max", "rps").map_or("n/a".into(), |v| format!("{v:.0}")),
+                ));
+            }
+        }
+        notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lat(p50: f64, p99: f64, p999: f64, rps: f64) -> Value {
+        json!({"p50_us": p50, "p99_us": p99, "p999_us": p999, "rps": rps, "errors": 0})
+    }
+
+    /// Numbers shaped like a real `--quick` run: LiteLLM about 1,000× slower, one mode faster
+    /// than direct at one percentile (negative added latency), one metric missing.
+    fn canned() -> Results {
+        let mut r = Results::new(true, &super::super::Plan::new(true));
+        for (m, base) in [
+            ("direct", 0.0),
+            ("transparent", 400.0),
+            ("explicit", 1800.0),
+            ("litellm", 4_500_000.0),
+        ] {
+            r.put(
+                m,
+                "rate100",
+                lat(
+                    2016.0 + base,
+                    7423.0 + base * 1.2,
+                    9927.0 + base * 1.5,
+                    100.0,
+                ),
+            );
+            r.put(
+                m,
+                "rate1000",
+                lat(
+                    1309.0 + base,
+                    2095.0 + base * 2.0,
+                    3673.0 + base * 3.0,
+                    999.0,
+                ),
+            );
+        }
+        r.put("explicit", "rate100", lat(1900.0, 7631.0, 43103.0, 100.0));
+        for (m, rps) in [
+            ("direct", 32578.5),
+            ("transparent", 6000.0),
+            ("litellm", 45.4),
+        ] {
+            r.put(m, "max", lat(1754.0, 6527.0, 12655.0, rps));
+        }
+        r
+    }
+
+    #[test]
+    fn notes_say_how_litellm_ran_and_why_it_errs() {
+        let mut r = Results::new(true, &super::super::Plan::new(true));
+        assert!(r.all_notes().is_empty());
+        r = canned();
+        assert_eq!(r.all_notes().len(), 1);
+        r.put(
+            "litellm",
+            "rate1000",
+            json!({"errors": 4168, "first_error": "backlog: not sent (target too slow for this rate)"}),
+        );
+        let notes = r.all_notes();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains(super::super::litellm::VERSION));
+        assert!(notes[1].contains("4168 requests not sent") && notes[1].contains("max is 45 RPS"));
+        assert!(r.markdown().contains("- note: LiteLLM @ 1000 RPS"));
+        assert_eq!(r.json()["notes"].as_array().map(Vec::len), Some(2));
     }
 }
