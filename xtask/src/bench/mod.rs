@@ -431,6 +431,7 @@ pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
         .output()?;
     res.ledger = String::from_utf8_lossy(&out.stdout).to_string();
 
+    res.chart(&out_dir);
     let md = res.markdown();
     std::fs::write(out_dir.join("results.md"), &md)?;
     std::fs::write(

@@ -1,9 +1,14 @@
-//! The bench's results and their markdown table.
+//! The bench's results: their markdown table and a PNG chart (added latency, max RPS).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
+use anyhow::{anyhow, Context as _};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{json, Value};
 
 use super::Plan;
@@ -20,6 +25,8 @@ pub struct Results {
     pub ledger: String,
     pub overspend: Option<Value>,
     pub notes: Vec<String>,
+    /// The chart's file name beside results.md, once [`Results::chart`] has rendered it.
+    pub chart: Option<String>,
 }
 
 const ORDER: [&str; 4] = ["direct", "transparent", "explicit", "litellm"];
@@ -62,6 +69,7 @@ impl Results {
             ledger: String::new(),
             overspend: None,
             notes: Vec::new(),
+            chart: None,
         }
     }
 
@@ -229,6 +237,12 @@ impl Results {
             false,
         );
 
+        if let Some(png) = &self.chart {
+            let _ = writeln!(
+                o,
+                "\n![Added latency over direct (p50/p99/p99.9 at 100 and 1,000 RPS) and max RPS per mode, log scale]({png})"
+            );
+        }
         let _ = writeln!(o, "\n| agent memory (VmRSS) | value |\n|---|---|");
         let _ = writeln!(o, "| idle, after start | {} |", mb(self.rss_idle_kb));
         let _ = writeln!(
@@ -367,6 +381,256 @@ impl Results {
     }
 }
 
+/// The chart's file name, beside results.md.
+pub const CHART: &str = "latency.png";
+
+/// Where Debian's `fonts-dejavu-core` (and other distributions' DejaVu packages) put the font;
+/// `SPENDGUARD_BENCH_FONT` overrides.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a TrueType font from disk as plotters' "sans-serif" (the `ab_glyph` feature looks up
+/// no system fonts), once per process.
+fn register_font() -> anyhow::Result<()> {
+    static DONE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        let path = std::env::var_os("SPENDGUARD_BENCH_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(PathBuf::from))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "no font file at {} (Debian: apt-get install fonts-dejavu-core) and SPENDGUARD_BENCH_FONT unset",
+                    FONT_PATHS.join(", ")
+                )
+            })?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // plotters keeps registered fonts for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType/OpenType font", path.display()))?;
+        Ok(path)
+    });
+    r.as_ref().map(|_| ()).map_err(|e| anyhow!("{e}"))
+}
+
+fn color(mode: &str) -> RGBColor {
+    match mode {
+        "direct" => RGBColor(120, 120, 120),
+        "transparent" => RGBColor(31, 119, 180),
+        "explicit" => RGBColor(44, 160, 44),
+        "litellm" => RGBColor(214, 39, 40),
+        _ => RGBColor(148, 103, 189),
+    }
+}
+
+/// A bar's value label: sign kept, few digits.
+fn short(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{}{}", if v < 0.0 { "-" } else { "" }, axis(a))
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// An axis tick: 0.01, 0.5, 20, 1,000 (log-scale ticks are round numbers).
+fn axis(v: f64) -> String {
+    if v >= 1000.0 {
+        let s = format!("{v:.0}");
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+/// One panel's bars: per group (x label), one (mode, value) per bar.
+type Groups = Vec<(String, Vec<(&'static str, f64)>)>;
+
+/// Grouped bars on a log y axis from `floor`; a value at or below `floor` is drawn at the floor
+/// with its real value as label. Group names are drawn under the axis on `root` (absolute pixels).
+fn bars(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_desc: &str,
+    groups: &Groups,
+    floor: f64,
+    legend: bool,
+) -> anyhow::Result<()> {
+    let top = groups
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|(_, v)| *v))
+        .fold(floor * 10.0, f64::max)
+        * 25.0; // headroom for the value labels and the legend
+    let n = groups.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .margin_bottom(34)
+        .x_label_area_size(8)
+        .y_label_area_size(78)
+        .build_cartesian_2d(-0.5f64..n - 0.5, (floor..top).log_scale())
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_desc)
+        .y_labels(12)
+        .y_label_formatter(&|v| axis(*v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let value_style =
+        TextStyle::from(("sans-serif", 13).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+    let group_style =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (gi, (name, group)) in groups.iter().enumerate() {
+        let center = gi as f64;
+        let (px, py) = chart.backend_coord(&(center, floor));
+        root.draw(&Text::new(name.clone(), (px, py + 8), group_style.clone()))
+            .map_err(|e| anyhow!("{e}"))?;
+        let width = 0.8 / group.len().max(1) as f64;
+        for (bi, (mode, v)) in group.iter().enumerate() {
+            let x0 = center - 0.4 + bi as f64 * width;
+            let x1 = x0 + width * 0.9;
+            let shown = v.max(floor);
+            let c = color(mode);
+            let first = !seen.contains(mode);
+            let s = chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, floor), (x1, shown)],
+                    c.filled(),
+                )))
+                .map_err(|e| anyhow!("{e}"))?;
+            if legend && first {
+                seen.push(mode);
+                s.label(*mode).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled())
+                });
+            }
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    short(*v),
+                    ((x0 + x1) / 2.0, shown),
+                    value_style.clone(),
+                )))
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+    }
+    if legend && !seen.is_empty() {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+impl Results {
+    /// Added latency (mode − direct, ms) per percentile and rate, for the modes other than direct.
+    fn latency_groups(&self) -> Groups {
+        let modes: Vec<&'static str> = self
+            .modes()
+            .into_iter()
+            .filter(|m| *m != "direct")
+            .collect();
+        let mut groups = Vec::new();
+        for (rate, label) in [("100", "100"), ("1000", "1,000")] {
+            let key = format!("rate{rate}");
+            for (f, name) in [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")] {
+                let bars: Vec<_> = modes
+                    .iter()
+                    .filter_map(|m| Some((*m, self.added_of(m, &key, f)?)))
+                    .collect();
+                if !bars.is_empty() {
+                    groups.push((format!("{name} @ {label} RPS"), bars));
+                }
+            }
+        }
+        groups
+    }
+
+    /// Max RPS per mode: one group per mode, so each gets its own label.
+    fn max_groups(&self) -> Groups {
+        self.modes()
+            .into_iter()
+            .filter_map(|m| Some((m.to_string(), vec![(m, self.get(m, "max", "rps")?)])))
+            .collect()
+    }
+
+    /// Renders the chart to `path` (PNG): added latency on top, max RPS below, both log scale.
+    pub fn render_chart(&self, path: &Path) -> anyhow::Result<()> {
+        register_font()?;
+        let root = BitMapBackend::new(path, (1400, 1000)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let (upper, lower) = root.split_vertically(620);
+        bars(
+            &root,
+            &upper,
+            &format!(
+                "Added latency over direct, open loop{} (log scale)",
+                if self.quick { ", --quick" } else { "" }
+            ),
+            "added latency, ms (mode − direct; ≤ 0.01 drawn at 0.01)",
+            &self.latency_groups(),
+            0.01,
+            true,
+        )?;
+        bars(
+            &root,
+            &lower,
+            &format!(
+                "Max RPS, closed loop, {} connections, {} s (log scale)",
+                self.plan.max_conns, self.plan.max_secs
+            ),
+            "requests / s",
+            &self.max_groups(),
+            1.0,
+            false,
+        )?;
+        root.present()
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("write {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Renders [`CHART`] into `dir` and links it from the markdown; a failure becomes a note.
+    pub fn chart(&mut self, dir: &Path) {
+        match self.render_chart(&dir.join(CHART)) {
+            Ok(()) => self.chart = Some(CHART.to_string()),
+            Err(e) => self.notes.push(format!("chart not rendered: {e:#}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +681,47 @@ mod tests {
         r
     }
 
+    fn is_png(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        assert!(b.len() > 1000, "{} is {} bytes", path.display(), b.len());
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+        assert_eq!(&b[12..16], b"IHDR");
+        let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        (be(16), be(20))
+    }
+
+    fn tmp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn chart_renders_a_png_and_is_linked() {
+        let dir = tmp_dir("chart");
+        let mut r = canned();
+        r.chart(&dir);
+        assert_eq!(r.chart.as_deref(), Some(CHART), "notes: {:?}", r.notes);
+        assert_eq!(is_png(&dir.join(CHART)), (1400, 1000));
+        assert!(r.markdown().contains(&format!("]({CHART})")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn chart_groups_clamp_nothing_and_skip_missing() {
+        let r = canned();
+        let g = r.latency_groups();
+        assert_eq!(g.len(), 6);
+        assert_eq!(g[0].0, "p50 @ 100 RPS");
+        // explicit p50 at 100 RPS is below direct: kept negative (drawn at the floor).
+        let e = g[0].1.iter().find(|(m, _)| *m == "explicit").unwrap().1;
+        assert!((e - (-0.116)).abs() < 1e-9, "{e}");
+        assert!(g.iter().all(|(_, b)| b.iter().all(|(m, _)| *m != "direct")));
+        // explicit has no max RPS entry.
+        let m: Vec<_> = r.max_groups().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(m, ["direct", "transparent", "litellm"]);
+    }
+
     #[test]
     fn notes_say_how_litellm_ran_and_why_it_errs() {
         let mut r = Results::new(true, &super::super::Plan::new(true));
@@ -434,5 +739,14 @@ mod tests {
         assert!(notes[1].contains("4168 requests not sent") && notes[1].contains("max is 45 RPS"));
         assert!(r.markdown().contains("- note: LiteLLM @ 1000 RPS"));
         assert_eq!(r.json()["notes"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn chart_with_no_data_still_renders() {
+        let dir = tmp_dir("empty");
+        let r = Results::new(false, &super::super::Plan::new(false));
+        r.render_chart(&dir.join("x.png")).unwrap();
+        is_png(&dir.join("x.png"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
