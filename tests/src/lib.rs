@@ -15,6 +15,8 @@
 )]
 
 pub mod fake_provider;
+pub mod loopfs;
+pub mod metered;
 pub mod sdk;
 pub mod servers;
 
@@ -239,17 +241,22 @@ pub fn place(cmd: &mut Command, place: Place<'_>) {
     }
 }
 
-/// `sg-probe`, which cargo builds beside the integration-test binaries (target/<profile>/).
-fn probe_bin() -> PathBuf {
+/// A helper binary of this package (`sg-probe`, `sg-swarm`), which cargo builds beside the
+/// integration-test binaries (target/<profile>/).
+pub fn helper_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join("sg-probe");
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} missing: build the spendguard-tests package's binaries",
         p.display()
     );
     p
+}
+
+fn probe_bin() -> PathBuf {
+    helper_bin("sg-probe")
 }
 
 /// The result of one `sg-probe` run.
@@ -279,6 +286,8 @@ pub struct World {
     pub agent_cgroup: std::sync::Mutex<Option<PathBuf>>,
     /// Extra environment for the agent (set before `start_agent`).
     pub agent_extra_env: std::sync::Mutex<Vec<(String, String)>>,
+    /// RLIMIT_NOFILE (soft, hard) the agent starts with (default: inherited from the test).
+    pub agent_nofile: std::sync::Mutex<Option<(u64, u64)>>,
     // Dropped last (fields drop in order): the cgroup root outlives everything above.
     pub cgroup: Cgroup,
 }
@@ -350,6 +359,7 @@ impl World {
             pin_dir,
             agent: std::sync::Mutex::new(None),
             agent_extra_env: std::sync::Mutex::new(Vec::new()),
+            agent_nofile: std::sync::Mutex::new(None),
             agent_cgroup: std::sync::Mutex::new(None),
             cgroup,
         }
@@ -369,6 +379,36 @@ impl World {
 
     pub fn socket(&self) -> PathBuf {
         self.state.path().join("control.sock")
+    }
+
+    /// The agent's state dir: `SPENDGUARD_STATE_DIR` from [`World::set_agent_env`], else `state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.agent_extra_env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "SPENDGUARD_STATE_DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| self.state.path().to_path_buf())
+    }
+
+    /// Starts the agent with this RLIMIT_NOFILE (soft, hard) instead of the test's own.
+    pub fn set_agent_nofile(&self, soft: u64, hard: u64) {
+        *self.agent_nofile.lock().unwrap_or_else(|p| p.into_inner()) = Some((soft, hard));
+    }
+
+    /// The running agent's pid.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent_slot().as_ref().map(Child::id)
+    }
+
+    /// Whether the agent process is still running (it has not exited or crashed).
+    pub fn agent_alive(&self) -> bool {
+        matches!(
+            self.agent_slot().as_mut().map(|c| c.try_wait()),
+            Some(Ok(None))
+        )
     }
 
     fn agent_env(&self, cmd: &mut Command) {
@@ -414,6 +454,21 @@ impl World {
                 ..Default::default()
             },
         );
+        if let Some((soft, hard)) = *self.agent_nofile.lock().unwrap_or_else(|p| p.into_inner()) {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe; `lim` is a plain value copied into the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         *self.agent_slot() = Some(cmd.spawn().expect("spawn agent"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
