@@ -13,7 +13,10 @@
 //!   `thoughtsTokenCount` = reasoning, `totalTokenCount` = prompt + completion + reasoning.
 //! - `x-fake-chunks: N` content deltas when streaming (default 3); delta `i` is [`delta_text`]`(i)`.
 //! - `x-fake-chunk-delay-ms: N` delay between SSE events.
-//! - `x-fake-delay-ms: N` delay before the response head.
+//! - `x-fake-delay-ms: N` delay before the response head (a client or proxy that gives up while it
+//!   waits is counted by [`FakeProvider::abandoned_before_head`]).
+//! - `x-fake-reset-after-chunks: N` (streams) after N SSE events the connection is reset: a TCP RST,
+//!   no end of stream (counted by [`FakeProvider::resets`]).
 //! - `x-fake-status: 500` answer with that status in the provider's error shape.
 //! - `x-fake-delta-usage: full` Anthropic `message_delta.usage` repeats the input/cache fields
 //!   (as newer API versions do); by default it carries only `output_tokens`.
@@ -21,6 +24,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,6 +170,8 @@ struct State {
     requests: Mutex<Vec<RecordedRequest>>,
     connections: AtomicUsize,
     cancelled_streams: AtomicUsize,
+    abandoned_before_head: AtomicUsize,
+    resets: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -267,6 +273,17 @@ impl FakeProvider {
         self.state.cancelled_streams.load(Ordering::SeqCst)
     }
 
+    /// How many requests were dropped while the provider waited before its response head
+    /// (`x-fake-delay-ms`): the client (the proxy) cancelled them.
+    pub fn abandoned_before_head(&self) -> usize {
+        self.state.abandoned_before_head.load(Ordering::SeqCst)
+    }
+
+    /// How many connections were reset mid-stream on request (`x-fake-reset-after-chunks`).
+    pub fn resets(&self) -> usize {
+        self.state.resets.load(Ordering::SeqCst)
+    }
+
     /// How many connections were accepted (TLS handshakes completed).
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
@@ -306,6 +323,8 @@ async fn serve(
         let state = state.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            // A second descriptor for the same socket, so a handler can reset the connection.
+            let sock = tcp.as_fd().try_clone_to_owned().ok().map(Arc::new);
             let tls =
                 match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
@@ -316,7 +335,8 @@ async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let sni = sni.clone();
-                async move { Ok::<_, Infallible>(handle(req, state, sni).await) }
+                let sock = sock.clone();
+                async move { Ok::<_, Infallible>(handle(req, state, sni, sock).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
@@ -414,6 +434,9 @@ struct Control {
     delay: Duration,
     status: Option<u16>,
     delta_full_usage: bool,
+    reset_after: Option<usize>,
+    /// The connection's socket (for `reset_after`).
+    sock: Option<Arc<OwnedFd>>,
 }
 
 impl Control {
@@ -456,6 +479,8 @@ impl Control {
                 .and_then(|s| u16::try_from(s).ok())
                 .filter(|s| (400..=599).contains(s)),
             delta_full_usage: get("x-fake-delta-usage") == Some("full"),
+            reset_after: num("x-fake-reset-after-chunks").map(|n| n as usize),
+            sock: None,
         }
     }
 }
@@ -506,7 +531,12 @@ async fn read_body(mut body: Incoming, keep_full: bool, hash: bool) -> BodyRead 
     out
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    sni: Option<String>,
+    sock: Option<Arc<OwnedFd>>,
+) -> Response<Body> {
     let method = req.method().as_str().to_owned();
     let path = req
         .uri()
@@ -523,7 +553,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
             )
         })
         .collect();
-    let ctl = Control::from_headers(req.headers());
+    let mut ctl = Control::from_headers(req.headers());
+    ctl.sock = sock;
     let route = Route::parse(&method, req.uri().path(), req.uri().query());
     let upload = matches!(route, Route::Upload);
     let body = read_body(req.into_body(), !upload, upload).await;
@@ -540,7 +571,12 @@ async fn handle(req: Request<Incoming>, state: Arc<State>, sni: Option<String>) 
 
     let flavor = route.flavor();
     if !ctl.delay.is_zero() {
+        let mut waiting = AbandonGuard {
+            state: state.clone(),
+            done: false,
+        };
         tokio::time::sleep(ctl.delay).await;
+        waiting.done = true;
     }
     if !body.complete {
         return error_response(&state, flavor, 400, "the request body was cut off");
@@ -738,29 +774,81 @@ impl Drop for CancelGuard {
     }
 }
 
+/// Counts a request whose handler was dropped while it waited before the response head.
+struct AbandonGuard {
+    state: Arc<State>,
+    done: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state
+                .abandoned_before_head
+                .fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Aborts the TCP connection of `sock` with a RST: `connect()` to an AF_UNSPEC address dissolves a
+/// TCP socket's association (`tcp_disconnect`), which resets an established connection. The
+/// descriptor stays open; the connection's owner sees its next read or write fail.
+#[expect(unsafe_code, reason = "connect(AF_UNSPEC) has no safe wrapper")]
+fn reset_connection(sock: &OwnedFd) {
+    // SAFETY: a zeroed sockaddr is a valid AF_UNSPEC (0) address; `sock` is an open descriptor.
+    let rc = unsafe {
+        let addr: libc::sockaddr = std::mem::zeroed();
+        libc::connect(
+            sock.as_raw_fd(),
+            &addr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "fake provider: reset failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 struct SseState {
     events: VecDeque<Bytes>,
     delay: Duration,
     first: bool,
     guard: CancelGuard,
+    /// Reset the connection after this many more events.
+    reset_in: Option<(usize, Arc<OwnedFd>)>,
 }
 
 fn sse_response(
     state: &Arc<State>,
     flavor: Flavor,
     events: Vec<Bytes>,
-    delay: Duration,
+    ctl: &Control,
 ) -> Response<Body> {
     let sse = SseState {
         events: events.into(),
-        delay,
+        delay: ctl.chunk_delay,
         first: true,
         guard: CancelGuard {
             state: state.clone(),
             completed: false,
         },
+        reset_in: ctl.reset_after.zip(ctl.sock.clone()),
     };
     let stream = futures_util::stream::unfold(sse, |mut sse| async move {
+        if let Some((0, sock)) = &sse.reset_in {
+            // Let the events already handed over reach the wire first: a RST discards unsent data.
+            tokio::time::sleep(sse.delay.max(Duration::from_millis(200))).await;
+            reset_connection(sock);
+            sse.guard.state.resets.fetch_add(1, Ordering::SeqCst);
+            sse.guard.complete();
+            return None;
+        }
+        if let Some((n, _)) = sse.reset_in.as_mut() {
+            *n -= 1;
+        }
         let Some(event) = sse.events.pop_front() else {
             sse.guard.complete();
             return None;
@@ -769,7 +857,7 @@ fn sse_response(
             tokio::time::sleep(sse.delay).await;
         }
         sse.first = false;
-        if sse.events.is_empty() {
+        if sse.events.is_empty() && sse.reset_in.is_none() {
             sse.guard.complete();
         }
         Some((Ok::<_, Infallible>(Frame::data(event)), sse))
@@ -874,7 +962,7 @@ fn chat(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
         events.push(chunk(json!([]), Some(chat_usage(&ctl.usage))));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse_response(state, Flavor::OpenAi, events, ctl.chunk_delay)
+    sse_response(state, Flavor::OpenAi, events, ctl)
 }
 
 fn responses_usage(u: &Usage) -> Value {
@@ -971,7 +1059,7 @@ fn responses(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
         json!({"output_index": 0, "item": done_message}),
     );
     push("response.completed", json!({"response": completed}));
-    sse_response(state, Flavor::OpenAi, events, ctl.chunk_delay)
+    sse_response(state, Flavor::OpenAi, events, ctl)
 }
 
 fn embeddings(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
@@ -1104,7 +1192,7 @@ fn messages(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
         "usage": delta_usage
     }));
     push(json!({"type": "message_stop"}));
-    sse_response(state, Flavor::Anthropic, events, ctl.chunk_delay)
+    sse_response(state, Flavor::Anthropic, events, ctl)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1172,7 +1260,7 @@ fn gemini(
         .collect();
     if sse {
         let events = chunks.iter().map(sse_data).collect();
-        return sse_response(state, Flavor::Gemini, events, ctl.chunk_delay);
+        return sse_response(state, Flavor::Gemini, events, ctl);
     }
     // Without alt=sse Gemini streams one JSON array.
     let body = format!(
