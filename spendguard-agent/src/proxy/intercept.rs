@@ -1,14 +1,19 @@
 //! Stage three for provider hosts: terminate TLS with a leaf for exactly the SNI, serve HTTP/1.1 or
 //! HTTP/2 (as the client negotiated by ALPN), run every request through the [`Stage`], forward it and
 //! stream the response back through the stage's watch.
+//!
+//! Slow or idle clients cannot hold a connection (and its descriptor) forever: the TLS handshake, the
+//! first request and every HTTP/1.1 request head each have a deadline.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -16,9 +21,17 @@ use super::body::{Body, Watched};
 use super::forward::{self, Upstreams};
 use super::reply::json_error;
 use super::rewind::Rewind;
-use super::stage::{BodyEnd, Decision, RequestContext, Stage};
+use super::stage::{BodyEnd, Decision, RequestContext, ResponseWatch, Stage};
 use super::Inbound;
 use crate::tls::Ca;
+
+/// How long a client may take to complete the TLS handshake once its ClientHello has been read.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1.1 client may take to send a request head (hyper's default, which needs a timer
+/// to be in force); it also closes keep-alive connections idle for this long between requests.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection (HTTP/1.1 or HTTP/2) may stay without its first request after the handshake.
+pub const FIRST_REQUEST_TIMEOUT: Duration = HEADER_READ_TIMEOUT;
 
 /// What every intercepted connection shares.
 pub struct Interceptor {
@@ -35,6 +48,10 @@ pub enum InterceptError {
     Cert(String, crate::tls::CaError),
     #[error("TLS handshake with the client failed: {0} (does the workload trust the SpendGuard CA? `spendguard ca export`)")]
     Handshake(std::io::Error),
+    #[error("the client did not complete the TLS handshake within {0:?}; closed")]
+    HandshakeTimeout(Duration),
+    #[error("the client sent no request within {0:?} of the handshake; closed")]
+    NoRequest(Duration),
     #[error("HTTP: {0}")]
     Http(String),
 }
@@ -52,26 +69,46 @@ impl Interceptor {
             .server_config(&sni)
             .await
             .map_err(|e| InterceptError::Cert(sni.clone(), e))?;
-        let tls = TlsAcceptor::from(cfg)
-            .accept(Rewind::new(hello, inbound.stream))
-            .await
-            .map_err(InterceptError::Handshake)?;
+        let tls = tokio::time::timeout(
+            TLS_HANDSHAKE_TIMEOUT,
+            TlsAcceptor::from(cfg).accept(Rewind::new(hello, inbound.stream)),
+        )
+        .await
+        .map_err(|_| InterceptError::HandshakeTimeout(TLS_HANDSHAKE_TIMEOUT))?
+        .map_err(InterceptError::Handshake)?;
         let ctx = Arc::new(RequestContext {
             identity: inbound.identity,
             sni,
             orig_dst: inbound.orig_dst,
         });
         let this = self.clone();
+        let got_request = Arc::new(AtomicBool::new(false));
+        let got = got_request.clone();
         let svc = hyper::service::service_fn(move |req| {
+            got.store(true, Ordering::Relaxed);
             let this = this.clone();
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &ctx).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder.http2().timer(TokioTimer::new());
         let conn = builder.serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
+        // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first bytes:
+        // a connection that never starts a request is closed here.
+        let no_request = async {
+            tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
+            if got_request.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             r = conn.as_mut() => return r.map_err(|e| InterceptError::Http(forward::error_chain(&*e))),
+            _ = no_request => return Err(InterceptError::NoRequest(FIRST_REQUEST_TIMEOUT)),
             _ = shutdown.cancelled() => {}
         }
         // Shutting down: finish in-flight requests, accept no new ones on this connection.
@@ -116,10 +153,13 @@ impl Interceptor {
             Decision::Respond(resp) => resp,
             Decision::Forward { request, watch } => {
                 self.metrics.proxy.observe_added_latency(received.elapsed());
+                // Until the response head arrives the watch is ours: if the client goes away first
+                // (hyper drops this future, which cancels the upstream request), the guard ends it.
+                let mut guard = WatchGuard(Some(watch));
                 match self.upstreams.send(ctx.orig_dst, &ctx.sni, request).await {
                     Ok(resp) => {
                         let (mut parts, body) = resp.into_parts();
-                        let mut watch = watch;
+                        let mut watch = guard.take();
                         watch.on_head(&mut parts);
                         forward::strip_hop_by_hop(&mut parts.headers);
                         Response::from_parts(parts, Watched::new(body, watch).boxed_unsync())
@@ -130,7 +170,7 @@ impl Interceptor {
                             ctx.sni, ctx.orig_dst
                         );
                         tracing::warn!(agent = %ctx.identity.agent, "{msg}");
-                        watch.on_end(BodyEnd::Aborted, Some(&msg));
+                        guard.take().on_end(BodyEnd::Aborted, Some(&msg));
                         json_error(
                             StatusCode::BAD_GATEWAY,
                             &ctx.sni,
@@ -144,6 +184,32 @@ impl Interceptor {
         }
     }
 }
+
+/// Holds a request's watch while it waits for the upstream response head, and ends it (exactly once,
+/// as [`ResponseWatch::on_end`] requires) when dropped still holding it: the client went away and
+/// hyper dropped the request's future. The request was sent, so the watch settles it as aborted.
+struct WatchGuard(Option<Box<dyn ResponseWatch>>);
+
+impl WatchGuard {
+    fn take(&mut self) -> Box<dyn ResponseWatch> {
+        // Only ever taken once, on the one path that leaves the wait.
+        self.0.take().unwrap_or_else(|| Box::new(NoWatch))
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.on_end(
+                BodyEnd::Aborted,
+                Some("the client went away before the response head"),
+            );
+        }
+    }
+}
+
+struct NoWatch;
+impl ResponseWatch for NoWatch {}
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
