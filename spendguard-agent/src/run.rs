@@ -30,6 +30,7 @@ use spendguard_ledger::{Ledger, LedgerOptions};
 const TAG_RECONCILE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_nofile_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     std::fs::set_permissions(
@@ -257,6 +258,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The pinned redirect stays in force: tagged clients are refused until the agent is back.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Below this many descriptors the agent warns: every proxied connection holds one or two (client
+/// and upstream), and idle keep-alive clients are normal.
+const NOFILE_WANTED: u64 = 65_536;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit, as every proxy does: the default soft limit (often
+/// 1,024) would make a few hundred clients exhaust the descriptor table.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit (RLIMIT_NOFILE): {e}");
+            return;
+        }
+    };
+    let now = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    from = soft,
+                    to = hard,
+                    "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+                );
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(
+                    soft,
+                    hard,
+                    "cannot raise the open-file limit (RLIMIT_NOFILE): {e}"
+                );
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    if now < NOFILE_WANTED {
+        tracing::warn!(
+            limit = now,
+            "open-file limit (RLIMIT_NOFILE) is low: at most about {} connections can be proxied at once; \
+             raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn) to {NOFILE_WANTED} or more",
+            now / 2
+        );
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
