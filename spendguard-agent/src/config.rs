@@ -31,6 +31,7 @@ pub const ENV_EXPLICIT_LISTEN: &str = "SPENDGUARD_EXPLICIT_LISTEN";
 pub const ENV_EXPLICIT_RESOLVE: &str = "SPENDGUARD_EXPLICIT_RESOLVE";
 /// Not in the user contract: `off` turns metering off (transport diagnostics).
 pub const ENV_METERING: &str = "SPENDGUARD_METERING";
+pub const ENV_LEASE_USD: &str = "SPENDGUARD_LEASE_USD";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +62,10 @@ pub struct RawConfig {
     pub default_limits: Option<spendguard_ledger::LimitsPatch>,
     /// Days of audit events kept.
     pub audit_retention_days: Option<u32>,
+    /// Largest budget slice (USD) an agent leases, so requests reserve in memory instead of one
+    /// durable commit each; a crash may charge the unused part of one slice per agent. 0 = off.
+    #[serde(default, with = "spendguard_ledger::usd::option")]
+    pub lease_usd: Option<spendguard_ledger::MicroUsd>,
     /// Price overrides: model → prices (USD per million tokens).
     pub prices: Option<HashMap<String, crate::metering::prices::PriceOverride>>,
     /// `false`: intercept TLS but neither price nor block (transport diagnostics only; logged loudly).
@@ -95,12 +100,18 @@ pub struct Config {
     pub azure_deployments: HashMap<String, String>,
     pub default_limits: spendguard_ledger::Limits,
     pub audit_retention_days: u32,
+    #[serde(with = "spendguard_ledger::usd")]
+    pub lease_usd: spendguard_ledger::MicroUsd,
     pub prices: HashMap<String, crate::metering::prices::PriceOverride>,
     pub metering: bool,
     pub explicit_listen: Option<SocketAddr>,
     pub explicit_default_agent: Option<crate::identity::AgentName>,
     pub explicit_resolve: Vec<(String, IpAddr)>,
 }
+
+/// Budget lease slice by default: takes the durable commit off the request path while a crash
+/// over-charges an agent by at most this (and never more than an eighth of what it has left).
+pub const DEFAULT_LEASE_USD: spendguard_ledger::MicroUsd = spendguard_ledger::MicroUsd(1_000_000);
 
 /// Audit events are kept this long by default (a quarter: enough for a monthly invoice dispute).
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 90;
@@ -221,6 +232,14 @@ impl Config {
             audit_retention_days: raw
                 .audit_retention_days
                 .unwrap_or(DEFAULT_AUDIT_RETENTION_DAYS),
+            lease_usd: match env.get(ENV_LEASE_USD) {
+                Some(v) => v.trim().parse().map_err(|e| ConfigError::Env {
+                    name: ENV_LEASE_USD,
+                    value: v.clone(),
+                    why: format!("{e} (a USD amount such as 1 or 0.25; 0 turns leases off)"),
+                })?,
+                None => raw.lease_usd.unwrap_or(DEFAULT_LEASE_USD),
+            },
             prices: raw.prices.unwrap_or_default(),
             explicit_listen: parse_env(env, ENV_EXPLICIT_LISTEN)?.or(raw.explicit_listen),
             explicit_default_agent: match raw.explicit_default_agent {

@@ -112,6 +112,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         LedgerOptions {
             default_limits: cfg.default_limits.clone(),
             audit_retention: chrono::Duration::days(i64::from(cfg.audit_retention_days)),
+            lease_max: cfg.lease_usd,
             ..LedgerOptions::default()
         },
     )

@@ -57,6 +57,10 @@ pub(crate) enum Op {
         value: Option<serde_json::Value>,
         reply: Reply<()>,
     },
+    /// A lease ran low on the request path: grant it more (nobody waits for this).
+    Renew { agent: AgentName },
+    /// Answered once everything queued before it is on disk.
+    Flush { reply: Reply<()> },
 }
 
 impl Op {
@@ -69,6 +73,8 @@ impl Op {
             Op::SetLimits { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::SetPaused { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::Renew { .. } => Ok(()),
+            Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
         };
     }
 }
@@ -83,6 +89,8 @@ enum Pending {
     Denial(Reply<Denial>, Result<Denial, LedgerError>),
     Limits(Reply<Limits>, Result<Limits, LedgerError>),
     Unit(Reply<()>, Result<(), LedgerError>),
+    /// Nobody waits (a lease renewal).
+    Nothing,
 }
 
 impl Pending {
@@ -125,6 +133,7 @@ impl Pending {
                 let _ = reply.send(pick(commit, r));
                 None
             }
+            Pending::Nothing => None,
         }
     }
 }
@@ -174,8 +183,11 @@ impl Committer {
         self.store.close();
         self.store.open()?;
         let defaults = self.lock_state().defaults.clone();
-        let fresh = self.store.load(defaults)?;
-        *self.lock_state() = fresh;
+        let mut fresh = self.store.load(defaults)?;
+        let mut st = self.lock_state();
+        fresh.adopt_leases(&mut st);
+        *st = fresh;
+        drop(st);
         self.broken = false;
         tracing::info!(path = %self.store.path().display(), "ledger reopened; in-memory state matches the disk again");
         Ok(())
@@ -255,10 +267,21 @@ impl Committer {
 
 fn apply(st: &mut State, op: Op, now: chrono::DateTime<chrono::Utc>, fx: &mut Effects) -> Pending {
     match op {
-        Op::Reserve { req, reply } => Pending::Reserve(
-            reply,
-            st.reserve(req, now, fx).map_err(ReserveError::Denied),
-        ),
+        Op::Reserve { req, reply } => {
+            // Capacity may have been granted since the caller found none.
+            if let Some(c) = st.try_carve(&req, now) {
+                return Pending::Reserve(reply, Ok(c.reservation));
+            }
+            Pending::Reserve(
+                reply,
+                st.reserve(req, now, fx).map_err(ReserveError::Denied),
+            )
+        }
+        Op::Renew { agent } => {
+            st.renew_lease(&agent, now, fx);
+            Pending::Nothing
+        }
+        Op::Flush { reply } => Pending::Unit(reply, Ok(())),
         Op::Settle { id, actual, reply } => {
             Pending::Settle(reply, st.settle(id, actual, SettleKind::Usage, now, fx))
         }

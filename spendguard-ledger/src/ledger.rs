@@ -39,6 +39,10 @@ pub struct LedgerOptions {
     pub max_batch: usize,
     /// Capacity of each [`Ledger::subscribe`] queue.
     pub notification_capacity: usize,
+    /// Largest budget lease (slice) an agent is granted; zero reserves every request exactly,
+    /// with one durable commit on its path. See `lease.rs`: a crash charges at most the unused
+    /// part of one slice per agent on top of the open requests' worst cases.
+    pub lease_max: MicroUsd,
 }
 
 impl Default for LedgerOptions {
@@ -49,6 +53,7 @@ impl Default for LedgerOptions {
             clock: Arc::new(SystemClock),
             max_batch: 4096,
             notification_capacity: 1024,
+            lease_max: MicroUsd::ZERO,
         }
     }
 }
@@ -73,6 +78,8 @@ struct Shared {
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
     path: PathBuf,
+    /// Leases on (`lease_max > 0`): the request path tries to carve first.
+    leases: bool,
 }
 
 /// The durable budget ledger. Cheap to clone; all clones share one committer.
@@ -121,6 +128,7 @@ impl Ledger {
         let store = Store::new(path.clone(), opener);
         store.open()?;
         let mut state = store.load(options.default_limits.clone())?;
+        state.lease_max = options.lease_max.0;
         let now = options.clock.now();
         let mut fx = Effects::default();
         let (count, sum) = state.recover_open(now, &mut fx);
@@ -164,6 +172,7 @@ impl Ledger {
                 notifier,
                 clock: options.clock,
                 path,
+                leases: options.lease_max > MicroUsd::ZERO,
             }),
             _committer: Arc::new(CommitterThread(Some(handle))),
         })
@@ -194,6 +203,25 @@ impl Ledger {
     /// If this future is dropped after the reservation was committed, the ledger releases it
     /// (nothing can have been forwarded).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Reservation, ReserveError> {
+        // Fast path: carve from the agent's lease, durable already (no commit, no wait).
+        let carved = if self.shared.leases {
+            let now = self.shared.clock.now();
+            self.state().try_carve(&req, now)
+        } else {
+            None
+        };
+        if let Some(c) = carved {
+            if c.renew {
+                let agent = c.reservation.agent.clone();
+                if self.tx.try_send(Op::Renew { agent }).is_err() {
+                    // Queue full or closed: let a later carve ask again.
+                    if let Some(l) = self.state().leases.get_mut(&c.reservation.agent) {
+                        l.renewing = false;
+                    }
+                }
+            }
+            return Ok(c.reservation);
+        }
         match self.call(|reply| Op::Reserve { req, reply }).await {
             Ok(r) => r,
             Err(e) => Err(ReserveError::Ledger(e)),
@@ -275,6 +303,17 @@ impl Ledger {
             .get(agent)
             .map(|e| e.limits.clone())
             .unwrap_or_default()
+    }
+
+    /// Waits until every operation queued before this call (lease renewals included) is on disk.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.call(|reply| Op::Flush { reply }).await?
+    }
+
+    /// The unused part of the agent's own budget lease: what a crash now would charge on top of
+    /// its open requests' worst cases. Zero without a lease.
+    pub fn lease_unused(&self, agent: &AgentName) -> MicroUsd {
+        MicroUsd(self.state().leases.get(agent).map_or(0, |l| l.available()))
     }
 
     /// The `default_limits` this ledger applies.

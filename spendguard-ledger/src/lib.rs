@@ -26,6 +26,7 @@ mod agent;
 mod clock;
 mod committer;
 mod error;
+mod lease;
 mod ledger;
 mod limits;
 pub use spendguard_pricing::money;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentName;
 use crate::error::LedgerError;
+use crate::lease::{Carve, Grant, Lease, CARVE_BIT};
 use crate::limits::{LimitKind, Limits, LimitsPatch};
 use crate::money::MicroUsd;
 use crate::period::Period;
@@ -175,12 +176,16 @@ pub(crate) enum SettleKind {
 /// What a batch overwrote, so a failed commit can put the mirror back exactly as the disk has it
 /// (first-touch values; `None` = did not exist).
 #[derive(Debug, Default)]
-struct Undo {
+pub(crate) struct Undo {
     agents: HashMap<AgentName, Option<AgentEntry>>,
     reservations: HashMap<u64, Option<OpenReservation>>,
     settings: HashMap<String, Option<serde_json::Value>>,
     next_reservation_id: u64,
     next_audit_id: u64,
+    /// First-touch leases (only `cap`/`target` are put back: carves made meanwhile stay).
+    leases: HashMap<AgentName, Option<Lease>>,
+    /// Carves this batch settled.
+    pub carves: Vec<(u64, Carve)>,
 }
 
 #[derive(Debug)]
@@ -191,7 +196,16 @@ pub(crate) struct State {
     pub next_reservation_id: u64,
     pub next_audit_id: u64,
     pub defaults: Limits,
-    undo: Option<Undo>,
+    /// Budget leases by agent (see `lease.rs`); only in memory, their rows are reservations.
+    pub leases: BTreeMap<AgentName, Lease>,
+    /// Open carves by id (`CARVE_BIT` set); only in memory.
+    pub carves: HashMap<u64, Carve>,
+    pub next_carve: u64,
+    /// Largest slice a lease is granted (µUSD); 0 = no leases, every reservation is exact.
+    pub lease_max: u64,
+    /// Capacity granted by the batch being decided, carvable once it is on disk.
+    pub pending_grants: Vec<Grant>,
+    pub(crate) undo: Option<Undo>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -216,6 +230,11 @@ impl State {
             next_reservation_id: 1,
             next_audit_id: 1,
             defaults,
+            leases: BTreeMap::new(),
+            carves: HashMap::new(),
+            next_carve: 1,
+            lease_max: 0,
+            pending_grants: Vec::new(),
             undo: None,
         }
     }
@@ -229,9 +248,10 @@ impl State {
         });
     }
 
-    /// The batch is on disk: forget how to undo it.
+    /// The batch is on disk: forget how to undo it, and make the leases it granted carvable.
     pub fn end_batch(&mut self) {
         self.undo = None;
+        self.apply_grants();
     }
 
     /// The batch's commit failed: put back everything it changed.
@@ -257,10 +277,39 @@ impl State {
         }
         self.next_reservation_id = u.next_reservation_id;
         self.next_audit_id = u.next_audit_id;
+        for (agent, before) in u.leases {
+            match (before, self.leases.get_mut(&agent)) {
+                (Some(b), Some(cur)) if cur.row == b.row => {
+                    cur.cap = b.cap;
+                    cur.target = b.target;
+                }
+                (Some(b), _) => {
+                    self.leases.insert(agent, b);
+                }
+                (None, _) => {
+                    self.leases.remove(&agent);
+                }
+            }
+        }
+        for (id, c) in u.carves {
+            self.carves.insert(id, c);
+        }
+        self.pending_grants.clear();
+    }
+
+    /// Mutable access to a lease, remembering its old value for undo.
+    pub(crate) fn lease_mut(&mut self, agent: &AgentName) -> Option<&mut Lease> {
+        if let Some(u) = &mut self.undo {
+            if !u.leases.contains_key(agent) {
+                u.leases
+                    .insert(agent.clone(), self.leases.get(agent).cloned());
+            }
+        }
+        self.leases.get_mut(agent)
     }
 
     /// Mutable access to an existing or new agent entry, remembering its old value for undo.
-    fn agent_mut(&mut self, name: &AgentName) -> &mut AgentEntry {
+    pub(crate) fn agent_mut(&mut self, name: &AgentName) -> &mut AgentEntry {
         if let Some(u) = &mut self.undo {
             if !u.agents.contains_key(name) {
                 u.agents
@@ -270,7 +319,7 @@ impl State {
         self.agents.entry(name.clone()).or_default()
     }
 
-    fn remember_reservation(&mut self, id: u64) {
+    pub(crate) fn remember_reservation(&mut self, id: u64) {
         if let Some(u) = &mut self.undo {
             u.reservations
                 .entry(id)
@@ -279,7 +328,7 @@ impl State {
     }
 
     /// Makes sure every level of `levels` has an entry (new ones are written with the batch).
-    fn ensure(&mut self, levels: &[AgentName], fx: &mut Effects) {
+    pub(crate) fn ensure(&mut self, levels: &[AgentName], fx: &mut Effects) {
         for l in levels {
             if !self.agents.contains_key(l) {
                 self.agent_mut(l);
@@ -300,7 +349,7 @@ impl State {
         }
     }
 
-    fn effective_all(&self, levels: &[AgentName]) -> Vec<Limits> {
+    pub(crate) fn effective_all(&self, levels: &[AgentName]) -> Vec<Limits> {
         let requester = levels.last().expect("ancestors_and_self is never empty");
         levels
             .iter()
@@ -308,8 +357,9 @@ impl State {
             .collect()
     }
 
-    /// Tightest remaining budget per period across `levels` (spent and outstanding counted).
-    fn remaining(
+    /// Tightest remaining budget per period across `levels`, as shown to people: spent and open
+    /// reservations count, unused leased capacity does not (any request that needs it gets it).
+    pub(crate) fn remaining(
         &self,
         levels: &[AgentName],
         eff: &[Limits],
@@ -320,8 +370,12 @@ impl State {
             let entry = self.agents.get(l);
             for p in Period::ALL {
                 let Some(limit) = lim.period(p) else { continue };
-                let (spent, outstanding) =
-                    entry.map_or((0, 0), |e| (e.spent(p, now), e.outstanding));
+                let (spent, outstanding) = entry.map_or((0, 0), |e| {
+                    (
+                        e.spent(p, now),
+                        e.outstanding.saturating_sub(self.unused_leased(l)),
+                    )
+                });
                 let rem = MicroUsd(limit.0.saturating_sub(spent.saturating_add(outstanding)));
                 let slot = out.slot(p);
                 *slot = Some(slot.map_or(rem, |r| r.min(rem)));
@@ -330,7 +384,7 @@ impl State {
         out
     }
 
-    fn next_audit_id(&mut self) -> u64 {
+    pub(crate) fn next_audit_id(&mut self) -> u64 {
         let id = self.next_audit_id;
         self.next_audit_id += 1;
         id
@@ -461,21 +515,13 @@ impl State {
             }
         }
 
-        // The binding budget: among those the request does not fit, the one with least left.
-        let mut binding: Option<(u64, usize, Period, u64, u64, u64)> = None;
-        for (i, (l, lim)) in levels.iter().zip(&eff).enumerate() {
-            let entry = &self.agents[l];
-            for p in Period::ALL {
-                let Some(limit) = lim.period(p) else { continue };
-                let spent = entry.spent(p, now);
-                let used = spent.saturating_add(entry.outstanding);
-                let rem = limit.0.saturating_sub(used);
-                if amount.0 > rem && binding.is_none_or(|b| rem < b.0) {
-                    binding = Some((rem, i, p, limit.0, spent, entry.outstanding));
-                }
-            }
+        let mut binding = self.binding(&levels, &eff, amount, now);
+        // Unused leased capacity is anyone's who needs it: hand it back and decide again.
+        if binding.is_some() && self.reclaim_leases(&levels[0], fx) {
+            binding = self.binding(&levels, &eff, amount, now);
         }
         if let Some((_, i, p, limit, spent, outstanding)) = binding {
+            let remaining = self.remaining(&levels, &eff, now);
             let l = &levels[i];
             let in_flight = if outstanding > 0 {
                 format!(
@@ -545,6 +591,7 @@ impl State {
                 audit: record,
             },
         );
+        self.grant_lease(&agent, &levels, &eff, now, fx);
         let remaining = self.remaining(&levels, &eff, now).tightest();
         Ok(Reservation {
             id,
@@ -552,6 +599,34 @@ impl State {
             amount,
             remaining,
         })
+    }
+
+    /// The binding budget: among those `amount` does not fit, the one with least left, as
+    /// (left, level index, period, limit, spent, outstanding).
+    #[allow(clippy::type_complexity)]
+    fn binding(
+        &self,
+        levels: &[AgentName],
+        eff: &[Limits],
+        amount: MicroUsd,
+        now: DateTime<Utc>,
+    ) -> Option<(u64, usize, Period, u64, u64, u64)> {
+        let mut binding: Option<(u64, usize, Period, u64, u64, u64)> = None;
+        for (i, (l, lim)) in levels.iter().zip(eff).enumerate() {
+            let Some(entry) = self.agents.get(l) else {
+                continue;
+            };
+            for p in Period::ALL {
+                let Some(limit) = lim.period(p) else { continue };
+                let spent = entry.spent(p, now);
+                let used = spent.saturating_add(entry.outstanding);
+                let rem = limit.0.saturating_sub(used);
+                if amount.0 > rem && binding.is_none_or(|b| rem < b.0) {
+                    binding = Some((rem, i, p, limit.0, spent, entry.outstanding));
+                }
+            }
+        }
+        binding
     }
 
     /// A budget of `level` ran out in `p`: notify once per period, pause if asked to.
@@ -592,12 +667,31 @@ impl State {
         now: DateTime<Utc>,
         fx: &mut Effects,
     ) -> Result<Settled, LedgerError> {
+        if id & CARVE_BIT != 0 {
+            return self.settle_carve(id, actual, kind, now, fx);
+        }
         self.remember_reservation(id);
         let res = self
             .reservations
             .remove(&id)
             .ok_or(LedgerError::UnknownReservation { id })?;
         fx.reservations.insert(id);
+        self.charge(id, res, actual, kind, true, now, fx)
+    }
+
+    /// Charges `actual` for the closed reservation `res` at every level (taking its amount off
+    /// `outstanding` if `release`), and writes its audit event.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn charge(
+        &mut self,
+        id: u64,
+        res: OpenReservation,
+        actual: MicroUsd,
+        kind: SettleKind,
+        release: bool,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Result<Settled, LedgerError> {
         if actual > res.amount {
             tracing::warn!(
                 reservation = id,
@@ -613,7 +707,9 @@ impl State {
         for (l, lim) in levels.iter().zip(&eff) {
             let mut exhausted = Vec::new();
             let e = self.agent_mut(l);
-            e.outstanding = e.outstanding.saturating_sub(res.amount.0);
+            if release {
+                e.outstanding = e.outstanding.saturating_sub(res.amount.0);
+            }
             for p in Period::ALL {
                 let c = e.counter_mut(p, now);
                 c.spent = c.spent.saturating_add(actual.0);
@@ -753,6 +849,8 @@ impl State {
         self.ensure(&levels, fx);
         self.agent_mut(agent).limits = new.clone();
         fx.agents.insert(agent.clone());
+        // Slices were sized under the old limits: new ones are granted under the new.
+        self.reclaim_leases(agent, fx);
         Ok(new)
     }
 
@@ -769,6 +867,9 @@ impl State {
     pub fn set_paused(&mut self, agent: &AgentName, paused: bool, fx: &mut Effects) {
         let levels = agent.ancestors_and_self();
         self.ensure(&levels, fx);
+        if paused {
+            self.reclaim_leases(agent, fx);
+        }
         let e = self.agent_mut(agent);
         if e.paused != paused {
             e.paused = paused;
@@ -832,7 +933,9 @@ impl State {
                 ..eff.last().cloned().unwrap_or_default()
             },
             spent,
-            reserved: MicroUsd(entry.map_or(0, |e| e.outstanding)),
+            reserved: MicroUsd(entry.map_or(0, |e| {
+                e.outstanding.saturating_sub(self.unused_leased(agent))
+            })),
             remaining,
             period_resets: PeriodResets {
                 daily: Period::Daily.next_reset(now),

@@ -67,6 +67,9 @@ struct StoredReservation {
     amount: MicroUsd,
     created: DateTime<Utc>,
     audit_id: u64,
+    /// A budget lease row (its audit event is only written if a crash charges it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    lease: bool,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +146,7 @@ impl WriteSet {
                         amount: r.amount,
                         created: r.created,
                         audit_id: r.audit.id,
+                        lease: r.audit.ctx.model == crate::lease::LEASE_MODEL,
                     },
                 )?),
                 None => None,
@@ -374,12 +378,19 @@ impl Store {
             let r: StoredReservation = decode(path, "reservations", &id, v.value())?;
             let record = match audit.get(r.audit_id).map_err(|e| err(e.into()))? {
                 Some(g) => decode(path, "audit", &r.audit_id, g.value())?,
-                // Compacted away while in flight: rebuild what we know.
+                // A lease row, or compacted away while in flight: rebuild what we know.
                 None => AuditRecord {
                     id: r.audit_id,
                     time: r.created,
                     agent: r.agent.clone(),
-                    ctx: AuditContext::default(),
+                    ctx: AuditContext {
+                        model: if r.lease {
+                            crate::lease::LEASE_MODEL.to_string()
+                        } else {
+                            String::new()
+                        },
+                        ..AuditContext::default()
+                    },
                     decision: Decision::Allowed,
                     reason: None,
                     reservation_id: Some(id),

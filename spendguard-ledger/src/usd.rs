@@ -1,9 +1,11 @@
 //! Serde helpers that show [`MicroUsd`] as a JSON number of dollars (`4.97`), the unit the
 //! operator-facing JSON (402 bodies, status, audit, limits) uses.
 //!
-//! Serialising goes through `f64` only at this edge. Deserialising never does arithmetic on a
-//! float: the number's shortest decimal form is parsed exactly by [`MicroUsd::from_str`], so
-//! `4.97` becomes exactly 4 970 000 µUSD, and more than six decimals or a negative amount is refused.
+//! Serialising goes through `f64` only at this edge, and only below $2^33, where an f64 still tells
+//! micro-dollars apart (larger amounts go out as exact decimal strings). Deserialising never does
+//! arithmetic on a float: the number's shortest decimal form is parsed exactly by
+//! [`MicroUsd::from_str`], so `4.97` becomes exactly 4 970 000 µUSD, and more than six decimals or a
+//! negative amount is refused.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,8 +15,19 @@ use serde::{Deserializer, Serializer};
 
 use crate::money::MicroUsd;
 
+/// Below 2^33 dollars an f64 is closer than half a micro-dollar to every amount, so its shortest
+/// decimal is the amount itself; above it, neighbouring micro-dollars share an f64.
+const EXACT_AS_F64: u64 = (1 << 33) * MicroUsd::PER_USD;
+
 pub fn serialize<S: Serializer>(v: &MicroUsd, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(v.as_usd_f64())
+    if v.0 < EXACT_AS_F64 {
+        s.serialize_f64(v.as_usd_f64())
+    } else {
+        // A JSON number would come back as a different amount: send the exact decimal as a
+        // string, which `deserialize` accepts (caught by the control_protocol fuzz target).
+        let exact = v.to_string();
+        s.serialize_str(exact.trim_start_matches('$'))
+    }
 }
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MicroUsd, D::Error> {
@@ -139,6 +152,22 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&W(MicroUsd(4_970_000))).unwrap(),
             "4.97"
+        );
+    }
+
+    #[test]
+    fn amounts_an_f64_cannot_hold_travel_as_exact_strings() {
+        let below = EXACT_AS_F64 - 1;
+        let json = serde_json::to_string(&W(MicroUsd(below))).unwrap();
+        assert_eq!(json, "8589934591.999999");
+        for micros in [below, EXACT_AS_F64, 9_007_199_254_740_993, u64::MAX] {
+            let json = serde_json::to_string(&W(MicroUsd(micros))).unwrap();
+            let back: W = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.0, MicroUsd(micros), "{json}");
+        }
+        assert_eq!(
+            serde_json::to_string(&W(MicroUsd::MAX)).unwrap(),
+            "\"18446744073709.551615\""
         );
     }
 

@@ -3,7 +3,18 @@ use spendguard_ledger::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_ten_of_200_one_dollar_reservations_fit_ten_dollars() {
-    let fx = Fixture::at("2026-05-03T12:00:00Z");
+    exactly_ten_of_200(MicroUsd::ZERO).await;
+}
+
+/// Budget leases change where a reservation is decided (in memory, from a slice), not which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_ten_of_200_with_budget_leases() {
+    exactly_ten_of_200(usd(2)).await;
+}
+
+async fn exactly_ten_of_200(lease_max: MicroUsd) {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = lease_max;
     let ledger = fx.open();
     set(&ledger, "acme", LimitKind::Daily, Some(usd(10))).await;
     let mut tasks = Vec::new();
@@ -62,7 +73,17 @@ async fn exactly_ten_of_200_one_dollar_reservations_fit_ten_dollars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reserve_and_settle_never_overshoot() {
-    let fx = Fixture::at("2026-05-03T12:00:00Z");
+    reserve_and_settle_never_overshoot(MicroUsd::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reserve_and_settle_never_overshoot_with_budget_leases() {
+    reserve_and_settle_never_overshoot(usd(1)).await;
+}
+
+async fn reserve_and_settle_never_overshoot(lease_max: MicroUsd) {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = lease_max;
     let ledger = fx.open();
     set(&ledger, "acme", LimitKind::Total, Some(usd(30))).await;
     set(&ledger, "acme.a", LimitKind::Total, Some(usd(12))).await;
@@ -95,4 +116,49 @@ async fn concurrent_reserve_and_settle_never_overshoot() {
     assert!(s.spent.total <= usd(30));
     assert!(ledger.status(&name("acme.a")).spent.total <= usd(12));
     assert_eq!(s.reserved, MicroUsd::ZERO);
+}
+
+/// The point of leases: after the first request, reservations are decided without a commit, and
+/// a crash charges the open requests plus at most the unused slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_reservations_survive_a_crash_as_charges() {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = usd(1);
+    let ledger = fx.open();
+    set(&ledger, "acme", LimitKind::Daily, Some(usd(100))).await;
+    let agent = name("acme.bot");
+    let first = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(
+        ledger.lease_unused(&agent),
+        usd(1),
+        "first request leased a slice"
+    );
+    let mut open = vec![first];
+    for _ in 0..5 {
+        open.push(ledger.reserve(req(&agent, cents(10))).await.unwrap());
+    }
+    let s = ledger.status(&agent);
+    assert_eq!(
+        s.reserved,
+        cents(60),
+        "people see open requests, not the slice"
+    );
+    assert_eq!(s.remaining.daily, Some(MicroUsd(usd(100).0 - cents(60).0)));
+    ledger.settle(open[1].id, cents(3)).await.unwrap();
+    ledger.flush().await.unwrap();
+    let unused = ledger.lease_unused(&agent);
+    drop(ledger);
+    let ledger = fx.open();
+    let s = ledger.status(&agent);
+    // 5 open requests at their worst case, the settled one at its cost, the unused slice.
+    assert_eq!(s.spent.daily, MicroUsd(cents(50).0 + cents(3).0 + unused.0));
+    assert_eq!(s.reserved, MicroUsd::ZERO);
+    let audit = ledger.audit(&AuditFilter::default()).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.recovered && e.model == "(budget lease)"),
+        "the recovered slice is in the audit log: {audit:#?}"
+    );
 }
