@@ -14,7 +14,7 @@ pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// (a server-speaks-first protocol on 443 must still work).
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Terminate TLS for this provider host.
     Intercept { sni: String },
@@ -67,26 +67,67 @@ impl HostList {
     }
 }
 
-/// Reads from `stream` into `buf` (which may already hold bytes read earlier) until a ClientHello is
-/// parsed, or it is clear there is none.
-pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostList) -> Route {
-    let mut acceptor = rustls::server::Acceptor::default();
-    let mut fed = 0;
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
-    loop {
-        let mut rd: &[u8] = &buf[fed..];
-        while !rd.is_empty() {
-            if acceptor.read_tls(&mut rd).is_err() {
-                return Route::Passthrough { why: "not TLS" };
-            }
+/// What the bytes read so far say about the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The answer; more bytes would not change it.
+    Done(Route),
+    /// No complete ClientHello yet, and nothing rules one out: read more.
+    NeedMore,
+}
+
+/// The ClientHello peek without I/O: fed the client's bytes as they arrive, it says when it knows the
+/// route. The answer depends only on the bytes, never on how they were split between calls (the
+/// `client_hello` fuzz target checks this), and only the first [`MAX_CLIENT_HELLO`] bytes count.
+pub struct HelloPeek {
+    acceptor: rustls::server::Acceptor,
+    fed: usize,
+    done: Option<Route>,
+}
+
+impl Default for HelloPeek {
+    fn default() -> Self {
+        HelloPeek::new()
+    }
+}
+
+impl HelloPeek {
+    pub fn new() -> HelloPeek {
+        HelloPeek {
+            acceptor: rustls::server::Acceptor::default(),
+            fed: 0,
+            done: None,
         }
-        fed = buf.len();
-        if fed > 0 {
-            match acceptor.accept() {
+    }
+
+    /// Feeds the bytes read since the last call. Once the answer is `Done` it stays the same.
+    pub fn feed(&mut self, more: &[u8], hosts: &HostList) -> Decision {
+        if let Some(route) = &self.done {
+            return Decision::Done(route.clone());
+        }
+        let route = self.feed_inner(more, hosts);
+        if let Decision::Done(route) = &route {
+            self.done = Some(route.clone());
+        }
+        route
+    }
+
+    fn feed_inner(&mut self, more: &[u8], hosts: &HostList) -> Decision {
+        let room = MAX_CLIENT_HELLO.saturating_sub(self.fed);
+        let mut rd = &more[..more.len().min(room)];
+        self.fed += rd.len();
+        while !rd.is_empty() {
+            // rustls takes at most 4 KiB per read_tls and buffers more than one record only while it
+            // is joining a handshake message, so ask after every read, as a socket loop would; fed
+            // everything at once, a ClientHello spanning several records would overflow its buffer.
+            match self.acceptor.read_tls(&mut rd) {
+                Ok(n) if n > 0 => {}
+                _ => return Decision::Done(Route::Passthrough { why: "not TLS" }),
+            }
+            match self.acceptor.accept() {
                 Ok(None) => {}
                 Ok(Some(accepted)) => {
-                    return match accepted.client_hello().server_name() {
+                    return Decision::Done(match accepted.client_hello().server_name() {
                         Some(sni) if hosts.matches(sni) => Route::Intercept {
                             sni: sni.to_ascii_lowercase(),
                         },
@@ -94,15 +135,36 @@ pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostLis
                             why: "SNI is not a provider host",
                         },
                         None => Route::Passthrough { why: "no SNI" },
-                    };
+                    })
                 }
-                Err(_) => return Route::Passthrough { why: "not TLS" },
+                Err(_) => return Decision::Done(Route::Passthrough { why: "not TLS" }),
             }
         }
-        if buf.len() > MAX_CLIENT_HELLO {
-            return Route::Passthrough {
+        if self.fed >= MAX_CLIENT_HELLO {
+            Decision::Done(Route::Passthrough {
                 why: "ClientHello too large",
-            };
+            })
+        } else {
+            Decision::NeedMore
+        }
+    }
+}
+
+/// Classifies a connection from its first bytes `buf` (everything read so far), without I/O.
+pub fn classify_bytes(buf: &[u8], hosts: &HostList) -> Decision {
+    HelloPeek::new().feed(buf, hosts)
+}
+
+/// Reads from `stream` into `buf` (which may already hold bytes read earlier) until a ClientHello is
+/// parsed, or it is clear there is none.
+pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostList) -> Route {
+    let mut peek = HelloPeek::new();
+    let mut decision = peek.feed(buf, hosts);
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
+    loop {
+        if let Decision::Done(route) = decision {
+            return route;
         }
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
             Err(_) => {
@@ -118,6 +180,7 @@ pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostLis
             Ok(Ok(n)) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        decision = peek.feed(&chunk[..n], hosts);
     }
 }
 
@@ -134,5 +197,149 @@ mod tests {
         assert!(!h.matches("openai.azure.com"));
         assert!(!h.matches("api.openai.com.evil.example"));
         assert!(!h.matches("example.com"));
+    }
+
+    /// A real first flight from rustls for `host`.
+    fn client_hello(host: &str) -> Vec<u8> {
+        let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    fn providers() -> HostList {
+        HostList::new(DEFAULT_PROVIDER_HOSTS)
+    }
+
+    #[test]
+    fn provider_sni_is_intercepted() {
+        let hello = client_hello("API.OpenAI.com");
+        assert_eq!(
+            classify_bytes(&hello, &providers()),
+            Decision::Done(Route::Intercept {
+                sni: "api.openai.com".into()
+            })
+        );
+        let azure = client_hello("myres.openai.azure.com");
+        assert!(matches!(
+            classify_bytes(&azure, &providers()),
+            Decision::Done(Route::Intercept { .. })
+        ));
+    }
+
+    #[test]
+    fn other_sni_is_passed_through() {
+        let hello = client_hello("example.com");
+        assert_eq!(
+            classify_bytes(&hello, &providers()),
+            Decision::Done(Route::Passthrough {
+                why: "SNI is not a provider host"
+            })
+        );
+        // rustls sends no SNI for an IP address.
+        let ip = client_hello("127.0.0.1");
+        assert_eq!(
+            classify_bytes(&ip, &providers()),
+            Decision::Done(Route::Passthrough { why: "no SNI" })
+        );
+    }
+
+    #[test]
+    fn garbage_is_passed_through() {
+        let not_tls = Decision::Done(Route::Passthrough { why: "not TLS" });
+        let hosts = providers();
+        assert_eq!(classify_bytes(b"GET / HTTP/1.1\r\n", &hosts), not_tls);
+        assert_eq!(classify_bytes(b"SSH-2.0-OpenSSH_9.6\r\n", &hosts), not_tls);
+        // A handshake record that does not hold a ClientHello.
+        assert_eq!(
+            classify_bytes(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0], &hosts),
+            not_tls
+        );
+        assert_eq!(classify_bytes(b"", &hosts), Decision::NeedMore);
+    }
+
+    #[test]
+    fn split_client_hello_gives_the_same_answer() {
+        let hosts = providers();
+        let hello = client_hello("api.anthropic.com");
+        let whole = classify_bytes(&hello, &hosts);
+        assert!(matches!(whole, Decision::Done(Route::Intercept { .. })));
+        for at in 0..hello.len() {
+            // Fed in two reads, or asked again with everything read so far.
+            assert_eq!(
+                classify_bytes(&hello[..at], &hosts),
+                Decision::NeedMore,
+                "split at {at}"
+            );
+            let mut peek = HelloPeek::new();
+            assert_eq!(peek.feed(&hello[..at], &hosts), Decision::NeedMore);
+            assert_eq!(peek.feed(&hello[at..], &hosts), whole, "split at {at}");
+        }
+        // One byte per read.
+        let mut peek = HelloPeek::new();
+        let last = hello.iter().map(|b| peek.feed(&[*b], &hosts)).last();
+        assert_eq!(last, Some(whole));
+    }
+
+    #[test]
+    fn client_hello_larger_than_the_limit_is_passed_through() {
+        // A ClientHello announcing 65,520 bytes in 16 KiB records: with the record headers it does
+        // not fit in MAX_CLIENT_HELLO bytes of the wire (rustls's own 64 KiB handshake buffer may
+        // say so first), however the bytes are read.
+        let mut payload = vec![1u8, 0x00, 0xff, 0xf0];
+        payload.resize(4 + 0xfff0, 0);
+        let mut wire = Vec::new();
+        for record in payload.chunks(16 * 1024) {
+            wire.extend_from_slice(&[0x16, 3, 1]);
+            wire.extend_from_slice(&(record.len() as u16).to_be_bytes());
+            wire.extend_from_slice(record);
+        }
+        assert!(wire.len() > MAX_CLIENT_HELLO);
+        let hosts = providers();
+        assert_eq!(classify_bytes(&wire[..60_000], &hosts), Decision::NeedMore);
+        let whole = classify_bytes(&wire, &hosts);
+        assert!(
+            matches!(whole, Decision::Done(Route::Passthrough { .. })),
+            "{whole:?}"
+        );
+        let mut peek = HelloPeek::new();
+        let answers: Vec<Decision> = wire.chunks(4096).map(|c| peek.feed(c, &hosts)).collect();
+        assert_eq!(answers.last(), Some(&whole));
+    }
+
+    #[tokio::test]
+    async fn classify_reads_until_the_client_hello_is_complete() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hello = client_hello("api.openai.com");
+        let sent = hello.clone();
+        let client = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let (a, b) = sent.split_at(sent.len() / 2);
+            s.write_all(a).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.write_all(b).await.unwrap();
+            s
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        // The first three bytes were read earlier (as explicit mode's CONNECT leaves them pending).
+        let mut buf = vec![0u8; 3];
+        stream.read_exact(&mut buf).await.unwrap();
+        let route = classify(&mut stream, &mut buf, &providers()).await;
+        drop(client.await.unwrap());
+        assert_eq!(
+            route,
+            Route::Intercept {
+                sni: "api.openai.com".into()
+            }
+        );
+        assert_eq!(buf, hello);
     }
 }
