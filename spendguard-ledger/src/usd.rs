@@ -160,6 +160,13 @@ mod tests {
         let below = EXACT_AS_F64 - 1;
         let json = serde_json::to_string(&W(MicroUsd(below))).unwrap();
         assert_eq!(json, "8589934591.999999");
+        // Every micro-dollar just below the limit survives as a number; so do spread-out ones.
+        let near = (below - 100_000..=below).chain((1..=100_000).map(|i| below / 100_000 * i + i));
+        for micros in near {
+            let json = serde_json::to_string(&W(MicroUsd(micros))).unwrap();
+            let back: W = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.0, MicroUsd(micros), "{json}");
+        }
         for micros in [below, EXACT_AS_F64, 9_007_199_254_740_993, u64::MAX] {
             let json = serde_json::to_string(&W(MicroUsd(micros))).unwrap();
             let back: W = serde_json::from_str(&json).unwrap();

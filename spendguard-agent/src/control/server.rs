@@ -4,11 +4,13 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Request, Response};
+use super::protocol::{parse_request, Request, Response};
 use super::MAX_REQUEST_BYTES;
 use crate::identity::{AgentName, TagSource, TagStore};
 use crate::metering::Prices;
@@ -105,24 +107,26 @@ async fn serve_one(stream: UnixStream, ctx: &ControlContext) -> std::io::Result<
         };
         return write_line(&mut wr, &resp).await;
     }
+    let line = read_request_line(rd).await?;
+    let resp = match parse_request(&line) {
+        Ok(req) => handle(req, ctx).await,
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    };
+    write_line(&mut wr, &resp).await
+}
+
+/// Reads one request line: up to and including the first newline, but never more than one byte
+/// past `MAX_REQUEST_BYTES`, so a client that never sends a newline costs bounded memory and gets
+/// `parse_request`'s "too large" error.
+async fn read_request_line<R: AsyncRead + Unpin>(rd: R) -> std::io::Result<Vec<u8>> {
     let mut line = Vec::new();
-    let n = BufReader::new(rd)
+    BufReader::new(rd)
         .take(MAX_REQUEST_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
         .await?;
-    let resp = if n > MAX_REQUEST_BYTES {
-        Response::Error {
-            message: format!("request larger than {MAX_REQUEST_BYTES} bytes"),
-        }
-    } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => handle(req, ctx).await,
-            Err(e) => Response::Error {
-                message: format!("malformed request: {e}"),
-            },
-        }
-    };
-    write_line(&mut wr, &resp).await
+    Ok(line)
 }
 
 async fn write_line(
@@ -259,5 +263,51 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
         Request::Ping | Request::Tag { .. } | Request::Untag { .. } | Request::Agents => {
             Response::Error { message: "internal: tag verb routed to the ledger handler".into() }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::ProtocolError;
+
+    #[tokio::test]
+    async fn endless_line_is_bounded_and_refused() {
+        // A client that sends bytes forever and never a newline.
+        let line = read_request_line(tokio::io::repeat(b'{')).await.unwrap();
+        assert_eq!(line.len(), MAX_REQUEST_BYTES + 1);
+        assert!(matches!(
+            parse_request(&line),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn reads_one_line_only() {
+        let wire: &[u8] = b"{\"op\":\"ping\"}\n{\"op\":\"agents\"}\n";
+        let line = read_request_line(wire).await.unwrap();
+        assert_eq!(line, b"{\"op\":\"ping\"}\n");
+        assert_eq!(parse_request(&line).unwrap(), Request::Ping);
+    }
+
+    #[test]
+    fn parse_errors_are_typed() {
+        let at_limit = vec![b' '; MAX_REQUEST_BYTES];
+        assert!(matches!(
+            parse_request(&at_limit),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(b"{\"op\":\"launch\"}"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(b"{\"op\":\"status\",\"agent\":\"a\",\"extra\":1}"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_request(b"{\"op\":\"status\",\"agent\":\"a\"}\r\n").unwrap(),
+            Request::Status { agent: "a".into() }
+        );
     }
 }
