@@ -1,12 +1,21 @@
 //! Sending intercepted requests to the provider: to the connection's ORIGINAL DESTINATION address (never
 //! a fresh DNS answer), with the client's SNI, verified against the upstream roots, HTTP/1.1 or HTTP/2 as
 //! the provider negotiates (independently of what the client speaks). Connections are pooled per
-//! (original destination, SNI): one pooled client per destination address, whose own pool is keyed by host.
+//! (original destination, SNI): pooled clients per destination address, whose own pools are keyed by
+//! host.
+//!
+//! One hyper client keeps ONE HTTP/2 connection per host, and a request beyond the server's
+//! SETTINGS_MAX_CONCURRENT_STREAMS waits there for a free stream — a thousand open SSE streams would
+//! queue behind the first hundred or two. So each destination has several clients (shards), each
+//! given at most [`STREAMS_PER_CLIENT`] requests in flight: a new request goes to the first shard with
+//! room (keeping connections few and full), and a new shard (a new connection) is opened when all are
+//! busy. Over HTTP/1.1 a shard's own pool opens connections as needed; the cap changes nothing there.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +36,11 @@ use super::upstream;
 const POOLS_MAX: usize = 1024;
 /// Idle upstream connections are kept this long (providers close theirs after ~60–120 s).
 const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Requests one client (one HTTP/2 connection) carries at once: the floor RFC 9113 recommends
+/// servers allow (100), so no provider makes a request wait for a stream.
+pub const STREAMS_PER_CLIENT: usize = 100;
+/// Clients per destination; beyond this, requests share the least busy one (and may queue there).
+const SHARDS_MAX: usize = 256;
 
 type UpstreamClient = Client<HttpsConnector<OrigDstConnector>, Body>;
 
@@ -61,7 +75,94 @@ pub enum ForwardError {
 
 pub struct Upstreams {
     tls: Arc<ClientConfig>,
-    pools: Mutex<LruCache<SocketAddr, UpstreamClient>>,
+    pools: Mutex<LruCache<SocketAddr, Arc<Shards>>>,
+}
+
+/// The clients of one destination, each with its count of requests in flight.
+struct Shards {
+    dst: SocketAddr,
+    tls: Arc<ClientConfig>,
+    clients: Mutex<Vec<(UpstreamClient, Arc<AtomicUsize>)>>,
+}
+
+impl Shards {
+    /// A client with room for one more request, and the slot that frees it again.
+    fn pick(&self) -> (UpstreamClient, Slot) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let room = clients
+            .iter()
+            .find(|(_, n)| n.load(Ordering::Relaxed) < STREAMS_PER_CLIENT);
+        let (client, n) = match room {
+            Some((c, n)) => (c.clone(), n.clone()),
+            None if clients.len() < SHARDS_MAX => {
+                let c = (self.build(), Arc::new(AtomicUsize::new(0)));
+                clients.push((c.0.clone(), c.1.clone()));
+                c
+            }
+            None => {
+                let least = clients
+                    .iter()
+                    .min_by_key(|(_, n)| n.load(Ordering::Relaxed))
+                    .map(|(c, n)| (c.clone(), n.clone()));
+                match least {
+                    Some(c) => c,
+                    None => (self.build(), Arc::new(AtomicUsize::new(0))),
+                }
+            }
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        (client, Slot(n))
+    }
+
+    fn build(&self) -> UpstreamClient {
+        // hyper-rustls sets ALPN itself from enable_http1/2 and refuses a config that already has it.
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols.clear();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(OrigDstConnector { dst: self.dst });
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(https)
+    }
+}
+
+/// One request in flight on a shard, until its response body is done or dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The provider's response body, holding its request's [`Slot`].
+pub struct UpstreamBody {
+    inner: Incoming,
+    _slot: Slot,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstreams {
@@ -73,25 +174,18 @@ impl Upstreams {
         }
     }
 
-    fn client(&self, dst: SocketAddr) -> UpstreamClient {
+    fn shards(&self, dst: SocketAddr) -> Arc<Shards> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = pools.get(&dst) {
             return c.clone();
         }
-        // hyper-rustls sets ALPN itself from enable_http1/2 and refuses a config that already has it.
-        let mut tls = (*self.tls).clone();
-        tls.alpn_protocols.clear();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(OrigDstConnector { dst });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(https);
-        pools.put(dst, client.clone());
-        client
+        let shards = Arc::new(Shards {
+            dst,
+            tls: self.tls.clone(),
+            clients: Mutex::new(Vec::new()),
+        });
+        pools.put(dst, shards.clone());
+        shards
     }
 
     /// Sends `req` (origin-form path) to `dst` as `https://sni`.
@@ -100,7 +194,7 @@ impl Upstreams {
         dst: SocketAddr,
         sni: &str,
         mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<UpstreamBody>, ForwardError> {
         let pq = req
             .uri()
             .path_and_query()
@@ -119,10 +213,12 @@ impl Upstreams {
         // The pool decides h1/h2 per connection; the client's version says nothing about the provider's.
         *req.version_mut() = http::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
-        self.client(dst)
+        let (client, slot) = self.shards(dst).pick();
+        let resp = client
             .request(req)
             .await
-            .map_err(|e| ForwardError::Upstream(error_chain(&e)))
+            .map_err(|e| ForwardError::Upstream(error_chain(&e)))?;
+        Ok(resp.map(|inner| UpstreamBody { inner, _slot: slot }))
     }
 }
 
