@@ -80,6 +80,9 @@ pub async fn serve(
 }
 
 async fn handle(stream: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    // A proxy must not add Nagle's delay: a response head and its first body frame are separate
+    // small writes, and with Nagle on the second waits for the client's (delayed, ~40 ms) ACK.
+    let _ = stream.set_nodelay(true);
     let inbound = match Inbound::identify(stream, peer, &*ctx.redirects, &ctx.tags) {
         Ok(i) => i,
         Err(e) => {
@@ -108,6 +111,12 @@ pub async fn dispatch(mut inbound: Inbound, ctx: Arc<ProxyContext>) {
             {
                 tracing::debug!("intercepted connection ended: {e}");
             }
+        }
+        route::Route::Refuse { why } => {
+            tracing::info!(
+                why,
+                "closing a redirected connection whose destination cannot be told"
+            );
         }
         route::Route::Passthrough { why } => {
             tracing::debug!(why, "passing through");

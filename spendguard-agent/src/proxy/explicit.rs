@@ -36,6 +36,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>, opts: Arc<Expl
     {
         let ctx = ctx.clone();
         let opts = opts.clone();
+        // No Nagle delay on a proxy's writes (see proxy::handle).
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             if let Err(e) = handle(stream, peer, ctx, &opts).await {
                 tracing::debug!(%peer, "explicit proxy: {e}");
