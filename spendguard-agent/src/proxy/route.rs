@@ -20,7 +20,14 @@ pub enum Route {
     Intercept { sni: String },
     /// Relay untouched; `why` is for logs.
     Passthrough { why: &'static str },
+    /// Close the connection: it starts like TLS, but we cannot tell where it goes (a ClientHello
+    /// too slow, too large or unparseable). Passing it through would let a tagged workload reach a
+    /// provider unmetered just by stalling its handshake, so it fails closed.
+    Refuse { why: &'static str },
 }
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Hosts whose TLS is terminated: exact names, or `*.suffix` for any name under the suffix.
 #[derive(Debug, Clone)]
@@ -82,6 +89,8 @@ pub enum Decision {
 pub struct HelloPeek {
     acceptor: rustls::server::Acceptor,
     fed: usize,
+    /// The first byte fed opens a TLS handshake record.
+    tls: bool,
     done: Option<Route>,
 }
 
@@ -96,6 +105,7 @@ impl HelloPeek {
         HelloPeek {
             acceptor: rustls::server::Acceptor::default(),
             fed: 0,
+            tls: false,
             done: None,
         }
     }
@@ -113,6 +123,18 @@ impl HelloPeek {
     }
 
     fn feed_inner(&mut self, more: &[u8], hosts: &HostList) -> Decision {
+        if self.fed == 0 {
+            if let Some(b) = more.first() {
+                self.tls = *b == TLS_HANDSHAKE;
+            }
+        }
+        let unparseable = if self.tls {
+            Route::Refuse {
+                why: "TLS ClientHello that cannot be parsed",
+            }
+        } else {
+            Route::Passthrough { why: "not TLS" }
+        };
         let room = MAX_CLIENT_HELLO.saturating_sub(self.fed);
         let mut rd = &more[..more.len().min(room)];
         self.fed += rd.len();
@@ -122,7 +144,7 @@ impl HelloPeek {
             // everything at once, a ClientHello spanning several records would overflow its buffer.
             match self.acceptor.read_tls(&mut rd) {
                 Ok(n) if n > 0 => {}
-                _ => return Decision::Done(Route::Passthrough { why: "not TLS" }),
+                _ => return Decision::Done(unparseable),
             }
             match self.acceptor.accept() {
                 Ok(None) => {}
@@ -137,11 +159,11 @@ impl HelloPeek {
                         None => Route::Passthrough { why: "no SNI" },
                     })
                 }
-                Err(_) => return Decision::Done(Route::Passthrough { why: "not TLS" }),
+                Err(_) => return Decision::Done(unparseable),
             }
         }
         if self.fed >= MAX_CLIENT_HELLO {
-            Decision::Done(Route::Passthrough {
+            Decision::Done(Route::Refuse {
                 why: "ClientHello too large",
             })
         } else {
@@ -167,8 +189,9 @@ pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostLis
             return route;
         }
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            // Fail closed: relaying a stalled handshake would let it reach the provider unmetered.
             Err(_) => {
-                return Route::Passthrough {
+                return Route::Refuse {
                     why: "no ClientHello in time",
                 }
             }
@@ -256,10 +279,13 @@ mod tests {
         let hosts = providers();
         assert_eq!(classify_bytes(b"GET / HTTP/1.1\r\n", &hosts), not_tls);
         assert_eq!(classify_bytes(b"SSH-2.0-OpenSSH_9.6\r\n", &hosts), not_tls);
-        // A handshake record that does not hold a ClientHello.
+        // A handshake record that does not hold a ClientHello: TLS we cannot route, so closed
+        // (relayed, it could reach a provider unmetered).
         assert_eq!(
             classify_bytes(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0], &hosts),
-            not_tls
+            Decision::Done(Route::Refuse {
+                why: "TLS ClientHello that cannot be parsed"
+            })
         );
         assert_eq!(classify_bytes(b"", &hosts), Decision::NeedMore);
     }
@@ -288,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn client_hello_larger_than_the_limit_is_passed_through() {
+    fn client_hello_larger_than_the_limit_is_refused() {
         // A ClientHello announcing 65,520 bytes in 16 KiB records: with the record headers it does
         // not fit in MAX_CLIENT_HELLO bytes of the wire (rustls's own 64 KiB handshake buffer may
         // say so first), however the bytes are read.
@@ -305,7 +331,7 @@ mod tests {
         assert_eq!(classify_bytes(&wire[..60_000], &hosts), Decision::NeedMore);
         let whole = classify_bytes(&wire, &hosts);
         assert!(
-            matches!(whole, Decision::Done(Route::Passthrough { .. })),
+            matches!(whole, Decision::Done(Route::Refuse { .. })),
             "{whole:?}"
         );
         let mut peek = HelloPeek::new();
