@@ -193,6 +193,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
+    let settles = TaskTracker::new();
     let stage: Arc<dyn Stage> = if cfg.metering {
         Arc::new(Metering {
             ledger: ledger.clone(),
@@ -200,6 +201,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             output_cap: cfg.output_cap,
             azure_deployments: cfg.azure_deployments.clone(),
             metrics: metrics.clone(),
+            settles: settles.clone(),
         })
     } else {
         tracing::warn!("METERING IS OFF (metering = false / SPENDGUARD_METERING=off): provider traffic is intercepted but neither priced nor limited");
@@ -255,11 +257,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "drain timeout: closing the remaining connections"
         );
     }
+    // Every finished request's charge is written, and unused budget leases are handed back, so
+    // the next start has nothing to recover but requests still open at the drain timeout.
+    settles.close();
+    if tokio::time::timeout(SETTLE_WAIT, settles.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = settles.len(),
+            "settles still pending after {SETTLE_WAIT:?}: their reservations are charged in full at the next start"
+        );
+    }
+    match ledger.release_leases().await {
+        Ok(returned) => tracing::info!(%returned, "budget leases handed back"),
+        Err(e) => tracing::warn!(
+            "could not hand back budget leases: {e}; the next start charges their unused part"
+        ),
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     // The pinned redirect stays in force: tagged clients are refused until the agent is back.
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a graceful stop waits for the settles of drained requests.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Below this many descriptors the agent warns: every proxied connection holds one or two (client
 /// and upstream), and idle keep-alive clients are normal.

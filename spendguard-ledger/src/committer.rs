@@ -61,6 +61,8 @@ pub(crate) enum Op {
     Renew { agent: AgentName },
     /// Answered once everything queued before it is on disk.
     Flush { reply: Reply<()> },
+    /// Stop leasing; hand back every unused slice (a graceful stop).
+    ReleaseLeases { reply: Reply<MicroUsd> },
 }
 
 impl Op {
@@ -75,6 +77,7 @@ impl Op {
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Renew { .. } => Ok(()),
             Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
+            Op::ReleaseLeases { reply } => reply.send(Err(e.clone())).map_err(drop),
         };
     }
 }
@@ -89,6 +92,7 @@ enum Pending {
     Denial(Reply<Denial>, Result<Denial, LedgerError>),
     Limits(Reply<Limits>, Result<Limits, LedgerError>),
     Unit(Reply<()>, Result<(), LedgerError>),
+    Amount(Reply<MicroUsd>, Result<MicroUsd, LedgerError>),
     /// Nobody waits (a lease renewal).
     Nothing,
 }
@@ -130,6 +134,10 @@ impl Pending {
                 None
             }
             Pending::Unit(reply, r) => {
+                let _ = reply.send(pick(commit, r));
+                None
+            }
+            Pending::Amount(reply, r) => {
                 let _ = reply.send(pick(commit, r));
                 None
             }
@@ -282,6 +290,7 @@ fn apply(st: &mut State, op: Op, now: chrono::DateTime<chrono::Utc>, fx: &mut Ef
             Pending::Nothing
         }
         Op::Flush { reply } => Pending::Unit(reply, Ok(())),
+        Op::ReleaseLeases { reply } => Pending::Amount(reply, Ok(st.release_leases(fx))),
         Op::Settle { id, actual, reply } => {
             Pending::Settle(reply, st.settle(id, actual, SettleKind::Usage, now, fx))
         }

@@ -404,6 +404,23 @@ impl State {
         self.charge(id, res, actual, kind, false, now, fx)
     }
 
+    /// Stops leasing and hands back every unused slice; returns the total handed back.
+    pub(crate) fn release_leases(&mut self, fx: &mut Effects) -> MicroUsd {
+        self.lease_max = 0;
+        let before: u64 = self.leases.values().map(Lease::available).sum::<u64>()
+            + self.pending_grants.iter().map(|g| g.amount).sum::<u64>();
+        let roots: std::collections::BTreeSet<AgentName> = self
+            .leases
+            .keys()
+            .chain(self.pending_grants.iter().map(|g| &g.agent))
+            .cloned()
+            .collect();
+        for agent in roots {
+            self.reclaim_leases(&agent, fx);
+        }
+        MicroUsd(before)
+    }
+
     /// Makes the capacity of this batch's grants carvable (its commit succeeded).
     pub(crate) fn apply_grants(&mut self) {
         for g in std::mem::take(&mut self.pending_grants) {

@@ -310,6 +310,13 @@ impl Ledger {
         self.call(|reply| Op::Flush { reply }).await?
     }
 
+    /// Stops leasing and hands back every unused slice, durably; returns how much. Call it on a
+    /// graceful stop, after in-flight requests were settled: the next start then charges only
+    /// what is still open. Requests after this are reserved exactly.
+    pub async fn release_leases(&self) -> Result<MicroUsd, LedgerError> {
+        self.call(|reply| Op::ReleaseLeases { reply }).await?
+    }
+
     /// The unused part of the agent's own budget lease: what a crash now would charge on top of
     /// its open requests' worst cases. Zero without a lease.
     pub fn lease_unused(&self, agent: &AgentName) -> MicroUsd {

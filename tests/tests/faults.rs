@@ -664,12 +664,10 @@ fn slowloris_clients_do_not_starve_others_and_are_closed_by_the_agents_timeouts(
     assert!(e.w.agent_alive());
 }
 
-/// BUG (route.rs): a connection whose ClientHello does not arrive within CLIENT_HELLO_TIMEOUT (5 s) is
-/// *passed through* to its original destination — for a provider host that is the provider itself, so
-/// a tagged workload that waits 5 s before its ClientHello (or sends it slowly) talks to the provider
-/// directly, unmetered and unlimited. Un-ignore when route.rs fails such connections closed.
+/// A connection whose ClientHello does not arrive within CLIENT_HELLO_TIMEOUT (5 s) used to be passed
+/// through to its original destination — for a provider host, the provider itself: a tagged workload
+/// that waited 5 s before its ClientHello talked to the provider unmetered. route.rs now closes it.
 #[test]
-#[ignore = "BUG: a slow ClientHello is passed through to the provider unmetered (proxy/route.rs)"]
 fn slow_client_hello_is_closed_not_passed_through_to_the_provider() {
     if !privileged() {
         return;
@@ -802,13 +800,10 @@ fn agent_restarts_under_load_exact_reservations() {
     restarts_under_load("acme.busy", Some("0"));
 }
 
-/// BUG: a graceful stop (SIGTERM) under load can leave reservations open, which the next start then
-/// charges at their worst case as if the agent had crashed: the settle of a response that just ended
-/// is a `tokio::spawn` (metering/watch.rs) that nothing waits for, so the agent may exit before it
-/// reaches the ledger (seen: one of ~1,000 requests, in 2 of 5 runs). With budget leases the unused
-/// slice is charged too (~$1 per agent per restart, every run). Un-ignore when fixed.
+/// A graceful stop (SIGTERM) under load leaves nothing for crash recovery: the agent waits for the
+/// settles of drained requests (they used to be fire-and-forget tasks, and about one in a thousand
+/// was lost at exit and charged at its worst case) and hands back unused budget lease slices.
 #[test]
-#[ignore = "BUG: SIGTERM can exit before the last settles reach the ledger (metering/watch.rs)"]
 fn graceful_stop_under_load_leaves_nothing_for_crash_recovery() {
     if !privileged() {
         return;

@@ -371,7 +371,11 @@ fn agent_killed_mid_stream_keeps_the_charge_and_serves_again() {
     if !privileged() {
         return;
     }
-    let e = Env::new("acme.crash");
+    // Exact reservations: the charge after a crash is exactly the in-flight worst case. (With
+    // budget leases it is that plus the unused slice: faults.rs checks that bound.)
+    let e = Env::with("acme.crash", |w| {
+        w.set_agent_env("SPENDGUARD_LEASE_USD", "0")
+    });
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"long story"}],"max_tokens":500}"#;
     let quote = chat_quote(body);
 

@@ -28,6 +28,8 @@ pub struct Metering {
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
     pub metrics: Arc<Metrics>,
+    /// Where settles run; the agent waits for it on a graceful stop.
+    pub settles: tokio_util::task::TaskTracker,
 }
 
 impl Stage for Metering {
@@ -228,7 +230,8 @@ impl Metering {
             request,
             watch: Box::new(
                 MeterWatch::new(quote, reservation, self.ledger.clone())
-                    .with_metrics(self.metrics.clone()),
+                    .with_metrics(self.metrics.clone())
+                    .with_settles(self.settles.clone()),
             ),
         }
     }

@@ -24,6 +24,9 @@ pub struct MeterWatch {
     pub got_head: bool,
     /// Spend and remaining budgets are recorded here after the settle.
     pub metrics: Option<Arc<Metrics>>,
+    /// Settles run here, so a graceful stop can wait for them (else the next start would charge
+    /// a finished request at its worst case).
+    pub settles: Option<tokio_util::task::TaskTracker>,
 }
 
 impl MeterWatch {
@@ -36,7 +39,13 @@ impl MeterWatch {
             usage: None,
             got_head: false,
             metrics: None,
+            settles: None,
         }
+    }
+
+    pub fn with_settles(mut self, settles: tokio_util::task::TaskTracker) -> MeterWatch {
+        self.settles = Some(settles);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> MeterWatch {
@@ -126,7 +135,7 @@ impl ResponseWatch for MeterWatch {
         let id = self.reservation.id;
         let metrics = self.metrics.clone();
         let model = std::mem::take(&mut self.quote.model);
-        tokio::spawn(async move {
+        let settle = async move {
             match ledger.settle(id, cost).await {
                 Ok(s) => {
                     if let Some(m) = metrics {
@@ -140,7 +149,11 @@ impl ResponseWatch for MeterWatch {
                     tracing::error!("settling reservation {id} failed: {e}; it stays reserved")
                 }
             }
-        });
+        };
+        match &self.settles {
+            Some(t) => drop(t.spawn(settle)),
+            None => drop(tokio::spawn(settle)),
+        }
     }
 }
 

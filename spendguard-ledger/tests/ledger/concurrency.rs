@@ -162,3 +162,34 @@ async fn leased_reservations_survive_a_crash_as_charges() {
         "the recovered slice is in the audit log: {audit:#?}"
     );
 }
+
+/// A graceful stop hands the unused slices back: the next start charges only what is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_leases_leave_only_open_requests_to_recover() {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = usd(1);
+    let ledger = fx.open();
+    let agent = name("acme.bot");
+    let a = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+    let b = ledger.reserve(req(&agent, cents(20))).await.unwrap();
+    let c = ledger.reserve(req(&agent, cents(30))).await.unwrap();
+    ledger.settle(a.id, cents(1)).await.unwrap();
+    ledger.settle(b.id, cents(2)).await.unwrap();
+    let returned = ledger.release_leases().await.unwrap();
+    assert_eq!(
+        returned,
+        MicroUsd(usd(1).0 - cents(50).0),
+        "slice minus carves"
+    );
+    assert_eq!(ledger.lease_unused(&agent), MicroUsd::ZERO);
+    // After the release, requests are reserved exactly (no new slice).
+    let d = ledger.reserve(req(&agent, cents(5))).await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.lease_unused(&agent), MicroUsd::ZERO);
+    assert_eq!(ledger.status(&agent).reserved, cents(35));
+    drop((c, d));
+    drop(ledger);
+    let ledger = fx.open();
+    // 1 + 2 settled, 30 + 5 open at their worst case; nothing for the slice.
+    assert_eq!(ledger.status(&agent).spent.total, cents(38));
+}
