@@ -23,7 +23,7 @@ apt_packages() {
   # iproute2: test namespaces/veth; python3-venv for the SDK tests' venv on Debian's python;
   # bpftool: inspection only, handy for operators.
   local missing=()
-  for p in iproute2 bpftool util-linux procps curl; do
+  for p in iproute2 bpftool util-linux procps curl fonts-dejavu-core linux-perf; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -36,6 +36,16 @@ enum Task {
         /// Skip the LiteLLM column and its install.
         #[arg(long)]
         no_litellm: bool,
+        /// Only these modes (comma-separated: direct, transparent, explicit, litellm).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Only these phases (comma-separated: rate, max, newconn, streams, overspend, ledger).
+        #[arg(long, value_delimiter = ',')]
+        phases: Vec<String>,
+        /// Record the agent with `perf record -g` during the load phases and write
+        /// target/bench/agent.perf.txt (folded stacks) and agent-flamegraph.svg.
+        #[arg(long)]
+        perf: bool,
     },
 }
 
@@ -62,7 +72,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
-        Task::Bench { quick, no_litellm } => bench::run(&root, quick, !no_litellm),
+        Task::Bench {
+            quick,
+            no_litellm,
+            only,
+            phases,
+            perf,
+        } => bench::run(
+            &root,
+            bench::Select {
+                quick,
+                litellm: !no_litellm,
+                only,
+                phases,
+                perf,
+            },
+        ),
         Task::Test { args } => {
             if !nix_is_root() {
                 eprintln!("SPENDGUARD-SKIP: cargo xtask test is not running as root; privileged tests will skip");

@@ -7,6 +7,7 @@
 //! (`sg-load`), the agent and LiteLLM run there too. Every step is bounded in requests and time.
 
 mod litellm;
+mod perf;
 mod report;
 
 use std::io::BufRead as _;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
-use spendguard_tests::{place, Place, World, UPSTREAM_A, UPSTREAM_B};
+use spendguard_tests::{place, Place, World, UPSTREAM_A};
 
 pub use report::Results;
 
@@ -220,10 +221,30 @@ fn raise_nofile() {
     }
 }
 
-pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
+/// What to run: everything by default; `--only`/`--phases` narrow a run down for profiling.
+pub struct Select {
+    pub quick: bool,
+    pub litellm: bool,
+    pub only: Vec<String>,
+    pub phases: Vec<String>,
+    pub perf: bool,
+}
+
+impl Select {
+    fn mode(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == name)
+    }
+    fn phase(&self, name: &str) -> bool {
+        self.phases.is_empty() || self.phases.iter().any(|p| p == name)
+    }
+}
+
+pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
     if !spendguard_tests::privileged() {
         bail!("cargo xtask bench needs root, BTF and cgroup v2 (see above)");
     }
+    let quick = sel.quick;
+    let with_litellm = sel.litellm && sel.mode("litellm");
     let plan = Plan::new(quick);
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(out_dir.join("tmp"))?;
@@ -274,11 +295,7 @@ pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
         let mut fake_cmd = Command::new(root.join("target/release/sg-fastfake"));
         fake_cmd
             .args(["--listen", &format!("{UPSTREAM_A}:443")])
-            // HTTP/1.1-only listener for the open-streams phase (see the note in the report).
-            .args(["--listen-h1", &format!("{UPSTREAM_B}:443")])
-            .args([
-                "--host", HOST, "--host", UPSTREAM_A, "--host", UPSTREAM_B, "--ca-out",
-            ])
+            .args(["--host", HOST, "--host", UPSTREAM_A, "--ca-out"])
             .arg(&fake_ca)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -354,6 +371,7 @@ pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
                 ],
             },
         ];
+        modes.retain(|m| sel.mode(m.name));
         let _litellm = if with_litellm {
             match litellm::start(root, &w, &plain_cg.path, &fake_ca, None) {
                 Ok((g, m)) => {
@@ -370,40 +388,57 @@ pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
             None
         };
 
-        run_modes(&bench, &modes, &plan, agent_pid, &mut res)?;
-        res.rss_after_load_kb = rss_kb(agent_pid);
-
-        eprintln!(
-            "bench: {} open SSE streams through transparent mode",
-            plan.streams
-        );
-        // Through an HTTP/1.1-only upstream: over h2 the agent multiplexes every stream onto one
-        // upstream connection and stalls at the server's SETTINGS_MAX_CONCURRENT_STREAMS (hyper: 200).
-        let streams_mode = Mode {
-            name: "transparent",
-            cgroup: bench_cg.path.clone(),
-            args: vec!["--target".into(), format!("{UPSTREAM_B}:443")],
+        let perf = if sel.perf {
+            Some(perf::Recording::start(&out_dir, agent_pid)?)
+        } else {
+            None
         };
-        res.notes.push("open-streams phase uses an HTTP/1.1-only fake upstream (10.77.3.2): with the h2 upstream the agent multiplexes all streams onto one upstream connection and only 200 of 1,000 opened (hyper's default SETTINGS_MAX_CONCURRENT_STREAMS) — a real finding to fix in the agent's upstream pool".into());
-        match bench.streams(&streams_mode, plan.streams, plan.hold_secs, || {
-            rss_kb(agent_pid)
-        }) {
-            Ok((opened, rss, v)) => {
-                res.streams_opened = opened;
-                res.rss_streams_kb = rss;
-                if opened < plan.streams {
-                    res.notes.push(format!(
-                        "streams: only {opened}/{} opened: {v}",
-                        plan.streams
-                    ));
-                }
+        run_modes(&bench, &modes, &plan, &sel, agent_pid, &mut res)?;
+        res.rss_after_load_kb = rss_kb(agent_pid);
+        if let Some(p) = perf {
+            match p.finish() {
+                Ok(svg) => res.notes.push(format!("agent profile: {}", svg.display())),
+                Err(e) => res.notes.push(format!("perf profile failed: {e:#}")),
             }
-            Err(e) => res.notes.push(format!("streams phase failed: {e:#}")),
         }
-        std::thread::sleep(Duration::from_secs(1));
-        res.rss_end_kb = rss_kb(agent_pid);
+        // The agent's own view of the run: added latency and ledger commit histograms.
+        match w.node.enter(|| metrics_text("127.0.0.1:9464")) {
+            Ok(text) => std::fs::write(out_dir.join("agent-metrics.txt"), text)?,
+            Err(e) => res.notes.push(format!("agent metrics not read: {e:#}")),
+        }
 
-        {
+        if sel.phase("streams") && sel.mode("transparent") {
+            eprintln!(
+                "bench: {} open SSE streams through transparent mode",
+                plan.streams
+            );
+            // Through the HTTP/2 upstream: the agent spreads the streams over as many upstream
+            // connections as the server's stream limit needs (forward.rs, STREAMS_PER_CLIENT).
+            let streams_mode = Mode {
+                name: "transparent",
+                cgroup: bench_cg.path.clone(),
+                args: vec!["--target".into(), format!("{UPSTREAM_A}:443")],
+            };
+            match bench.streams(&streams_mode, plan.streams, plan.hold_secs, || {
+                rss_kb(agent_pid)
+            }) {
+                Ok((opened, rss, v)) => {
+                    res.streams_opened = opened;
+                    res.rss_streams_kb = rss;
+                    if opened < plan.streams {
+                        res.notes.push(format!(
+                            "streams: only {opened}/{} opened: {v}",
+                            plan.streams
+                        ));
+                    }
+                }
+                Err(e) => res.notes.push(format!("streams phase failed: {e:#}")),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            res.rss_end_kb = rss_kb(agent_pid);
+        }
+
+        if sel.phase("overspend") {
             let lite_ok = _litellm.is_some();
             drop(_litellm);
             match litellm::overspend(&bench, &plain_cg.path, &fake_ca, lite_ok) {
@@ -415,21 +450,23 @@ pub fn run(root: &Path, quick: bool, with_litellm: bool) -> anyhow::Result<()> {
         // bench_cg, plain_cg, fake_cg, then w drop here: namespaces, cgroups, pin dir, agent.
     }
 
-    eprintln!(
+    if sel.phase("ledger") {
+        eprintln!(
         "bench: ledger durable reservations/s (cargo bench -p spendguard-ledger --bench reserve)"
     );
-    let out = cargo(root)
-        .args([
-            "bench",
-            "-q",
-            "-p",
-            "spendguard-ledger",
-            "--bench",
-            "reserve",
-        ])
-        .env("TMPDIR", out_dir.join("tmp"))
-        .output()?;
-    res.ledger = String::from_utf8_lossy(&out.stdout).to_string();
+        let out = cargo(root)
+            .args([
+                "bench",
+                "-q",
+                "-p",
+                "spendguard-ledger",
+                "--bench",
+                "reserve",
+            ])
+            .env("TMPDIR", out_dir.join("tmp"))
+            .output()?;
+        res.ledger = String::from_utf8_lossy(&out.stdout).to_string();
+    }
 
     res.chart(&out_dir);
     let md = res.markdown();
@@ -447,6 +484,7 @@ fn run_modes(
     bench: &Bench<'_>,
     modes: &[Mode],
     plan: &Plan,
+    sel: &Select,
     agent_pid: u32,
     res: &mut Results,
 ) -> anyhow::Result<()> {
@@ -457,7 +495,12 @@ fn run_modes(
             res.notes.push(format!("{} warm-up failed: {e:#}", m.name));
         }
     }
-    for (rate, conns) in [(100.0, 8usize), (1000.0, 32)] {
+    let rates: &[(f64, usize)] = if sel.phase("rate") {
+        &[(100.0, 8), (1000.0, 32)]
+    } else {
+        &[]
+    };
+    for &(rate, conns) in rates {
         for m in modes {
             eprintln!("bench: {} at {rate} RPS", m.name);
             let v = bench.load(
@@ -480,7 +523,7 @@ fn run_modes(
             }
         }
     }
-    for m in modes {
+    for m in modes.iter().filter(|_| sel.phase("max")) {
         eprintln!("bench: {} max RPS ({} conns)", m.name, plan.max_conns);
         let c0 = cpu_secs(agent_pid);
         let v = bench.load(
@@ -512,7 +555,7 @@ fn run_modes(
         }
         res.put(m.name, "max", v);
     }
-    for m in modes {
+    for m in modes.iter().filter(|_| sel.phase("newconn")) {
         eprintln!("bench: {} new TLS connection x{}", m.name, plan.newconn);
         let v = bench.load(
             m,
@@ -527,4 +570,15 @@ fn run_modes(
         }
     }
     Ok(())
+}
+
+/// GET /metrics from the agent (plain HTTP on loopback of the current network namespace).
+fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
