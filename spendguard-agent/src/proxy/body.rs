@@ -69,10 +69,23 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = match self.watch.as_mut() {
+                        let mut out = match self.watch.as_mut() {
                             Some(w) => w.on_data(data),
                             None => data,
                         };
+                        // A body of known length is over with its last byte, and hyper stops
+                        // polling once it has sent that many: end here, or the watch would only
+                        // learn of the end from the drop, as if the client had gone away.
+                        if self.inner.is_end_stream() {
+                            self.eof_flushed = true;
+                            let rest = self.watch.as_mut().map(|w| w.on_eof()).unwrap_or_default();
+                            if !rest.is_empty() {
+                                let mut joined = bytes::BytesMut::from(&out[..]);
+                                joined.extend_from_slice(&rest);
+                                out = joined.freeze();
+                            }
+                            self.end(BodyEnd::Complete, None);
+                        }
                         if out.is_empty() {
                             continue; // held back by the watch; poll for more
                         }
@@ -109,5 +122,65 @@ impl<B> Drop for Watched<B> {
         if let Some(w) = self.watch.take() {
             w.on_end(BodyEnd::Aborted, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+    use crate::proxy::stage::BodyEnd;
+
+    struct Record(Arc<Mutex<Vec<BodyEnd>>>);
+    impl ResponseWatch for Record {
+        fn on_eof(&mut self) -> Bytes {
+            Bytes::from_static(b"!")
+        }
+        fn on_end(self: Box<Self>, end: BodyEnd, _: Option<&str>) {
+            self.0.lock().unwrap().push(end);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_ends_complete_with_its_last_byte() {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let mut body = Watched::new(
+            http_body_util::Full::new(Bytes::from_static(b"{}")),
+            Box::new(Record(ends.clone())),
+        );
+        // hyper stops after the last byte of a Content-Length body and drops it.
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"{}!"));
+        drop(body);
+        assert_eq!(*ends.lock().unwrap(), vec![BodyEnd::Complete]);
+    }
+
+    /// One SSE event, then nothing more yet (a stream in progress).
+    struct Open(Option<Bytes>);
+    impl HttpBody for Open {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_ends_aborted() {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let open = Open(Some(Bytes::from_static(b"data: 1\n\n")));
+        let mut body = Watched::new(open, Box::new(Record(ends.clone())));
+        let _ = body.frame().await;
+        drop(body);
+        assert_eq!(*ends.lock().unwrap(), vec![BodyEnd::Aborted]);
     }
 }
