@@ -338,12 +338,19 @@ async fn serve(
                 let sock = sock.clone();
                 async move { Ok::<_, Infallible>(handle(req, state, sni, sock).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let mut server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // What many providers allow per connection: a proxy must open more connections
+            // rather than queue streams behind it.
+            server
+                .http2()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+            let _ = server.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS of the fake provider's HTTP/2 connections.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
 // ---------------------------------------------------------------------------------------------
 // Request handling

@@ -1007,3 +1007,41 @@ fn restarts_under_load(agent: &str, lease_usd: Option<&str>) {
     }
     assert!(e.w.agent_alive());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. many open streams toward an HTTP/2 provider
+// ---------------------------------------------------------------------------------------------
+
+/// 250 SSE streams at once toward a provider that allows 100 streams per HTTP/2 connection: every
+/// stream gets its first event while all are open (the agent used to multiplex them onto one
+/// upstream connection, where streams beyond the server's limit waited for others to end).
+#[test]
+fn many_open_streams_spread_over_upstream_connections() {
+    if !privileged() {
+        return;
+    }
+    let e = Metered::new("acme.streams");
+    let (addr, ca) = swarm_target(&e);
+    // One request first, so the agent has learnt that this provider speaks HTTP/2 (before that,
+    // a burst on a cold pool opens a connection per request: the protocol is only known after
+    // the handshake).
+    let warm = Swarm::start(e.at(), &["streams", &addr, OPENAI, &ca, "1", "200"])
+        .finish(Duration::from_secs(20));
+    assert_eq!(warm["opened"], 1, "{warm}");
+    let before = e.fake.connections();
+    let mut s = Swarm::start(e.at(), &["streams", &addr, OPENAI, &ca, "250", "200"]);
+    let done = s.finish(Duration::from_secs(40));
+    eprintln!("streams: {done}");
+    assert_eq!(
+        done["opened"], 250,
+        "every stream had its first event: {done}"
+    );
+    assert_eq!(done["errors"], serde_json::json!({}), "{done}");
+    let upstream = e.fake.connections() - before;
+    let per_conn = spendguard_tests::fake_provider::MAX_STREAMS_PER_CONNECTION as usize;
+    // The warm connection carries the first 100; each further shard opens one.
+    assert!(
+        (250_usize.div_ceil(per_conn) - 1..=4).contains(&upstream),
+        "250 streams over few, full upstream connections, saw {upstream} new"
+    );
+}

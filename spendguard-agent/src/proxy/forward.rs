@@ -83,6 +83,10 @@ struct Shards {
     dst: SocketAddr,
     tls: Arc<ClientConfig>,
     clients: Mutex<Vec<(UpstreamClient, Arc<AtomicUsize>)>>,
+    /// The destination answered over HTTP/2: shards built from now on speak only h2, so a burst
+    /// of requests on a new shard shares its one connection instead of each opening its own (a
+    /// pool that does not know the protocol before connecting cannot coalesce).
+    h2: std::sync::atomic::AtomicBool,
 }
 
 impl Shards {
@@ -118,15 +122,25 @@ impl Shards {
         // hyper-rustls sets ALPN itself from enable_http1/2 and refuses a config that already has it.
         let mut tls = (*self.tls).clone();
         tls.alpn_protocols.clear();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(OrigDstConnector { dst: self.dst });
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(https)
+        let connector = OrigDstConnector { dst: self.dst };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(POOL_IDLE);
+        if self.h2.load(Ordering::Relaxed) {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http2()
+                .wrap_connector(connector);
+            builder.http2_only(true).build(https)
+        } else {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(connector);
+            builder.build(https)
+        }
     }
 }
 
@@ -183,6 +197,7 @@ impl Upstreams {
             dst,
             tls: self.tls.clone(),
             clients: Mutex::new(Vec::new()),
+            h2: std::sync::atomic::AtomicBool::new(false),
         });
         pools.put(dst, shards.clone());
         shards
@@ -213,11 +228,15 @@ impl Upstreams {
         // The pool decides h1/h2 per connection; the client's version says nothing about the provider's.
         *req.version_mut() = http::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
-        let (client, slot) = self.shards(dst).pick();
+        let shards = self.shards(dst);
+        let (client, slot) = shards.pick();
         let resp = client
             .request(req)
             .await
             .map_err(|e| ForwardError::Upstream(error_chain(&e)))?;
+        if resp.version() == http::Version::HTTP_2 {
+            shards.h2.store(true, Ordering::Relaxed);
+        }
         Ok(resp.map(|inner| UpstreamBody { inner, _slot: slot }))
     }
 }

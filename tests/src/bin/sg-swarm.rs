@@ -11,6 +11,9 @@
 //!                                          request head one byte a second. done: when each was closed
 //!   sg-swarm delayed-hello ADDR SNI CA MS  wait MS before the ClientHello, then TLS trusting CA and
 //!                                          one chat request; done: what happened
+//!   sg-swarm streams ADDR SNI CA N MS      N streamed chat requests at once, each on its own connection,
+//!                                          the provider sending an event every MS ms; done: how many
+//!                                          had their first event while all N were open (10 s bound)
 //!   sg-swarm load   ADDR SNI CA C S BODY   C clients, each a loop of one request per new connection
 //!                                          (POST BODY to /v1/chat/completions, 15 s bound each) for
 //!                                          S seconds; done: one record per request
@@ -79,6 +82,7 @@ fn main() {
             rt.block_on(slow(t, num(4) as usize, &stage, num(6)))
         }
         "delayed-hello" => rt.block_on(delayed_hello(t, num(4))),
+        "streams" => rt.block_on(streams(t, num(4) as usize, num(5))),
         "load" => {
             let body = args.get(6).cloned().unwrap_or_else(|| usage());
             rt.block_on(load(t, num(4) as usize, num(5), body))
@@ -448,6 +452,88 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+// ---------------------------------------------------------------------------------------------
+// streams
+// ---------------------------------------------------------------------------------------------
+
+/// How long `streams` waits for every stream's first event.
+const STREAMS_BOUND: Duration = Duration::from_secs(10);
+
+/// N concurrent SSE streams, held open (the provider sends an event every `ms`) until every one has
+/// its first event or [`STREAMS_BOUND`] passes: a proxy that queues requests behind others' streams
+/// shows up as streams without a first event.
+async fn streams(t: Target, n: usize, ms: u64) -> Value {
+    let t = Arc::new(t);
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (t, first_tx) = (t.clone(), first_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let tcp = t.tcp().await.map_err(|e| e.to_string())?;
+            let tls = t.tls(tcp).await.map_err(|e| e.to_string())?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+            let req = hyper::Request::post("/v1/chat/completions")
+                .header("host", t.sni.as_str())
+                .header("content-type", "application/json")
+                .header("x-fake-chunks", "600")
+                .header("x-fake-chunk-delay-ms", ms.to_string())
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .map_err(|e| e.to_string())?;
+            let resp = send.send_request(req).await.map_err(|e| chain(&e))?;
+            if resp.status() != 200 {
+                return Err(format!("status {}", resp.status()));
+            }
+            let mut body = resp.into_body();
+            // The first event, then hold the stream open (reading) until the task is aborted.
+            let mut first = true;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| chain(&e))?;
+                if first && frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    first = false;
+                    let _ = first_tx.send(started.elapsed().as_millis() as u64);
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    drop(first_tx);
+    let mut firsts = Vec::new();
+    let deadline = tokio::time::Instant::now() + STREAMS_BOUND;
+    while firsts.len() < n {
+        match tokio::time::timeout_at(deadline, first_rx.recv()).await {
+            Ok(Some(ms)) => firsts.push(ms),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Every stream is still open here (600 events take far longer than the bound).
+    let mut errors = Vec::new();
+    for task in &tasks {
+        if task.is_finished() {
+            errors.push("ended early".to_string());
+        }
+    }
+    for task in tasks {
+        task.abort();
+        if let Ok(Err(e)) = task.await {
+            errors.push(e);
+        }
+    }
+    firsts.sort_unstable();
+    json!({
+        "event": "done",
+        "requested": n,
+        "opened": firsts.len(),
+        "first_event_ms_max": firsts.last(),
+        "errors": tally(&errors),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
