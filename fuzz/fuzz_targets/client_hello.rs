@@ -1,6 +1,7 @@
 //! The ClientHello peek (proxy::route): arbitrary first bytes never panic, the answer does not depend
 //! on how the bytes are split into reads, only a provider SNI is intercepted, a first byte that is not
-//! a TLS record type is passed through at once, and nothing waits past MAX_CLIENT_HELLO bytes.
+//! a TLS record type is passed through at once, only what starts like TLS is refused, and nothing
+//! waits past MAX_CLIENT_HELLO bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
