@@ -24,6 +24,9 @@ use crate::types::{AuditContext, Denial, DenyReason, Reservation, ReserveRequest
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
 
+/// How often a lingering batch looks for more operations.
+const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(250);
+
 #[derive(Debug)]
 pub(crate) enum Op {
     Reserve {
@@ -66,6 +69,12 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Someone waits for this answer before a request can go out (or an operator waits for it).
+    /// Settles and lease renewals are not: the client already has its response.
+    fn urgent(&self) -> bool {
+        !matches!(self, Op::Settle { .. } | Op::Renew { .. })
+    }
+
     fn fail(self, e: &LedgerError) {
         // A caller that went away does not need the answer.
         let _ = match self {
@@ -158,6 +167,8 @@ pub(crate) struct Committer {
     pub broken: bool,
     /// Reservations committed for callers that had gone away: released in the next batch.
     pub orphans: Vec<u64>,
+    /// How long a batch of only settles and renewals waits for more before its commit.
+    pub linger: std::time::Duration,
 }
 
 impl Committer {
@@ -172,6 +183,9 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
+                if !batch.iter().any(Op::urgent) {
+                    self.linger(&mut batch);
+                }
                 self.process(&mut batch);
                 if self.orphans.is_empty() || self.broken {
                     break;
@@ -180,6 +194,28 @@ impl Committer {
         }
         self.store.close();
         tracing::debug!(path = %self.store.path().display(), "ledger committer stopped");
+    }
+
+    /// Lets a batch of settles wait up to `linger` for company, so one commit (and one fsync)
+    /// carries many: at 1,000 requests/s a commit per settle was ~40% of the agent's CPU. It
+    /// stops waiting as soon as an urgent operation (a reservation, a limit change) arrives.
+    fn linger(&mut self, batch: &mut Vec<Op>) {
+        let until = std::time::Instant::now() + self.linger;
+        while batch.len() < self.max_batch && std::time::Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(op) => {
+                    let urgent = op.urgent();
+                    batch.push(op);
+                    if urgent {
+                        return;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    std::thread::sleep(LINGER_POLL);
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
