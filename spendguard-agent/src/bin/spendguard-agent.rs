@@ -29,7 +29,22 @@ enum Command {
     Config,
 }
 
+/// glibc malloc arenas the agent may use. Its default (8 per core) gives every tokio worker and
+/// blocking thread an arena of its own, each keeping the high-water mark of a load burst; two
+/// keep memory use flat at no measurable cost (bench: RSS with 1,000 open streams).
+const MALLOC_ARENAS: libc::c_int = 2;
+
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator parameters, and it runs before any other thread.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
