@@ -70,6 +70,19 @@ impl Model {
             .sum()
     }
 
+    /// A crash also charges the unused part of each agent's lease (renewals queued by the last
+    /// carves land first).
+    async fn crash(&mut self, ledger: &Ledger, now: DateTime<Utc>) {
+        ledger.flush().await.unwrap();
+        for (i, a) in AGENTS.iter().enumerate() {
+            let unused = ledger.lease_unused(&name(a)).0;
+            if unused > 0 {
+                self.charges.push((now, i, unused));
+                self.open_at_crash_sum += unused;
+            }
+        }
+    }
+
     fn fits(&self, agent: usize, amount: u64, now: DateTime<Utc>) -> bool {
         limits().into_iter().all(|(level, kind, dollars)| {
             if !within(agent, level) {
@@ -178,16 +191,7 @@ fn run(steps: Vec<Step>, lease_max: MicroUsd) {
                     model.settled_sum += actual;
                 }
                 Step::Crash => {
-                    // A crash also charges the unused part of each agent's lease (renewals
-                    // queued by the last carves land first).
-                    ledger.flush().await.unwrap();
-                    for (i, a) in AGENTS.iter().enumerate() {
-                        let unused = ledger.lease_unused(&name(a)).0;
-                        if unused > 0 {
-                            model.charges.push((now, i, unused));
-                            model.open_at_crash_sum += unused;
-                        }
-                    }
+                    model.crash(&ledger, now).await;
                     drop(ledger);
                     for (id, (agent, amount)) in std::mem::take(&mut model.open) {
                         model.charges.push((now, agent, amount));
@@ -215,14 +219,7 @@ fn run(steps: Vec<Step>, lease_max: MicroUsd) {
         }
         // Final crash: nothing left open is lost.
         let now = fx.clock.now();
-        ledger.flush().await.unwrap();
-        for (i, a) in AGENTS.iter().enumerate() {
-            let unused = ledger.lease_unused(&name(a)).0;
-            if unused > 0 {
-                model.charges.push((now, i, unused));
-                model.open_at_crash_sum += unused;
-            }
-        }
+        model.crash(&ledger, now).await;
         drop(ledger);
         for (_, (agent, amount)) in std::mem::take(&mut model.open) {
             model.charges.push((now, agent, amount));
