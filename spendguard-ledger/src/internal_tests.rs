@@ -16,6 +16,8 @@ use crate::*;
 struct Flaky {
     inner: FileBackend,
     fail: Arc<AtomicBool>,
+    /// While set, `sync_data` waits: a commit stuck on a slow disk.
+    hold: Arc<AtomicBool>,
 }
 
 impl Flaky {
@@ -40,6 +42,9 @@ impl StorageBackend for Flaky {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         self.check()?;
         self.inner.sync_data()
     }
@@ -71,6 +76,10 @@ impl StorageBackend for Flaky {
 }
 
 fn flaky_ledger(path: PathBuf, fail: Arc<AtomicBool>) -> Ledger {
+    slow_ledger(path, fail, Arc::new(AtomicBool::new(false)))
+}
+
+fn slow_ledger(path: PathBuf, fail: Arc<AtomicBool>, hold: Arc<AtomicBool>) -> Ledger {
     let p = path.clone();
     let opener = Box::new(move || {
         let file = OpenOptions::new()
@@ -82,6 +91,7 @@ fn flaky_ledger(path: PathBuf, fail: Arc<AtomicBool>) -> Ledger {
         redb::Database::builder().create_with_backend(Flaky {
             inner: FileBackend::new(file)?,
             fail: fail.clone(),
+            hold: hold.clone(),
         })
     });
     Ledger::open_with(path, opener, LedgerOptions::default()).unwrap()
@@ -200,6 +210,64 @@ async fn a_reservation_whose_caller_went_away_is_released() {
         MicroUsd::ZERO,
         "nothing to recover"
     );
+}
+
+/// `status` reads memory, which a batch updates before its commit; `audit` reads the disk. On a
+/// slow disk the two disagree for a commit's time (a test read the audit log right after `status`
+/// showed nothing reserved, and found the last request still open); `audit_synced` waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_synced_shows_every_settle_status_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Arc::new(AtomicBool::new(false));
+    let ledger = slow_ledger(
+        dir.path().join("l.redb"),
+        Arc::new(AtomicBool::new(false)),
+        hold.clone(),
+    );
+    let agent: AgentName = "acme".parse().unwrap();
+    let r = ledger.reserve(req(&agent, 3)).await.unwrap();
+    /// Lets the committer go however this test ends (else dropping the ledger waits forever).
+    struct Release(Arc<AtomicBool>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _release = Release(hold.clone());
+    hold.store(true, Ordering::SeqCst);
+    let settling = {
+        let l = ledger.clone();
+        tokio::spawn(async move { l.settle(r.id, MicroUsd::from_usd(1)).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ledger.status(&agent).reserved != MicroUsd::ZERO {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the settle never reached memory"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let open = |events: &[AuditEvent]| events.iter().filter(|e| e.final_cost.is_none()).count();
+    let on_disk = ledger.audit(&AuditFilter::default()).unwrap();
+    assert_eq!(
+        open(&on_disk),
+        1,
+        "the commit is held: the disk still has it open"
+    );
+    let synced = {
+        let l = ledger.clone();
+        tokio::spawn(async move { l.audit_synced(AuditFilter::default()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !synced.is_finished(),
+        "audit_synced answered before the commit"
+    );
+    hold.store(false, Ordering::SeqCst);
+    let events = synced.await.unwrap().unwrap();
+    assert_eq!(open(&events), 0, "{events:?}");
+    assert_eq!(events[0].final_cost, Some(MicroUsd::from_usd(1)));
+    settling.await.unwrap().unwrap();
 }
 
 #[test]

@@ -355,9 +355,24 @@ impl Ledger {
     }
 
     /// Audit events, oldest first (the newest `filter.limit` of those matching). Reads the
-    /// database: blocking, but short.
+    /// database: blocking, but short. What it reads may lag [`Ledger::status`] by the group
+    /// commit in progress (memory is updated first); [`Ledger::audit_synced`] waits for it.
     pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, LedgerError> {
         self.shared.reader.audit(filter)
+    }
+
+    /// [`Ledger::audit`] that reads its writes: it first waits until everything queued is on
+    /// disk, so every settle `status` already counts shows in the log; then it reads off the
+    /// async runtime's workers. If that wait fails (the disk is failing), it reads what is on
+    /// disk.
+    pub async fn audit_synced(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, LedgerError> {
+        if let Err(e) = self.flush().await {
+            tracing::debug!("audit: ledger flush failed ({e}); reading what is on disk");
+        }
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || ledger.audit(&filter))
+            .await
+            .map_err(|_| LedgerError::Closed)?
     }
 
     /// A bounded queue of notifications for the webhook notifier. When it is full, further

@@ -227,7 +227,7 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
                 Ok(a) => a,
                 Err(e) => return err(&e),
             };
-            match ctx.ledger.audit(&AuditFilter { agent, since, limit }) {
+            match ctx.ledger.audit_synced(AuditFilter { agent, since, limit }).await {
                 Ok(events) => Response::Audit { events: serde_json::to_value(events).unwrap_or_default() },
                 Err(e) => err(&e),
             }
