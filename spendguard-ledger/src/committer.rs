@@ -31,7 +31,7 @@ const LINGER_POLL: std::time::Duration = std::time::Duration::from_micros(250);
 pub(crate) enum Op {
     Reserve {
         req: ReserveRequest,
-        reply: oneshot::Sender<Result<Reservation, ReserveError>>,
+        reply: oneshot::Sender<Result<Granted, ReserveError>>,
     },
     Settle {
         id: u64,
@@ -66,13 +66,15 @@ pub(crate) enum Op {
     Flush { reply: Reply<()> },
     /// Stop leasing; hand back every unused slice (a graceful stop).
     ReleaseLeases { reply: Reply<MicroUsd> },
+    /// A reservation was orphaned (see [`Granted`]): run a batch to release it.
+    Wake,
 }
 
 impl Op {
     /// Someone waits for this answer before a request can go out (or an operator waits for it).
     /// Settles and lease renewals are not: the client already has its response.
     fn urgent(&self) -> bool {
-        !matches!(self, Op::Settle { .. } | Op::Renew { .. })
+        !matches!(self, Op::Settle { .. } | Op::Renew { .. } | Op::Wake)
     }
 
     fn fail(self, e: &LedgerError) {
@@ -84,18 +86,66 @@ impl Op {
             Op::SetLimits { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::SetPaused { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
-            Op::Renew { .. } => Ok(()),
+            Op::Renew { .. } | Op::Wake => Ok(()),
             Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
             Op::ReleaseLeases { reply } => reply.send(Err(e.clone())).map_err(drop),
         };
     }
 }
 
+/// Reservations committed for callers that went away, released (as `Cancelled`: nothing can
+/// have been forwarded) in the committer's next batch.
+pub(crate) type Orphans = Arc<Mutex<Vec<u64>>>;
+
+/// A committed reservation on its way to its caller. A caller can go away at any moment (hyper
+/// drops a request's future when its client disconnects): before the answer is sent (the send
+/// fails and hands this back), or after it was sent but before it was read (it is dropped with
+/// the channel). Either way this is dropped untaken, and the drop queues the reservation for
+/// release; without it, the reservation stayed open until the next start charged it in full.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    reservation: Option<Reservation>,
+    orphans: Orphans,
+    wake: mpsc::WeakSender<Op>,
+}
+
+impl Granted {
+    /// The reservation was never committed (its batch failed): dropping must not release it.
+    fn forget(mut self) {
+        self.reservation = None;
+    }
+
+    pub fn take(mut self) -> Reservation {
+        // Always `Some` until taken or dropped, and both consume `self`.
+        self.reservation
+            .take()
+            .unwrap_or_else(|| unreachable!("a Granted is taken once"))
+    }
+}
+
+impl Drop for Granted {
+    fn drop(&mut self) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        self.orphans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(r.id);
+        // Nobody may queue anything for a while: make the committer run a batch now. A full
+        // queue means a batch is coming anyway; a closed one, that the process is stopping
+        // (the next start charges the reservation: never a lost charge).
+        if let Some(tx) = self.wake.upgrade() {
+            let _ = tx.try_send(Op::Wake);
+        }
+    }
+}
+
 /// An answer decided in memory, sent once the batch's commit is known.
 enum Pending {
     Reserve(
-        oneshot::Sender<Result<Reservation, ReserveError>>,
-        Result<Reservation, ReserveError>,
+        oneshot::Sender<Result<Granted, ReserveError>>,
+        Result<Granted, ReserveError>,
     ),
     Settle(Reply<Settled>, Result<Settled, LedgerError>),
     Denial(Reply<Denial>, Result<Denial, LedgerError>),
@@ -107,8 +157,8 @@ enum Pending {
 }
 
 impl Pending {
-    /// Answers the caller. Returns the id of a committed reservation nobody is waiting for.
-    fn finish(self, commit: Result<(), &LedgerError>) -> Option<u64> {
+    /// Answers the caller.
+    fn finish(self, commit: Result<(), &LedgerError>) {
         fn pick<T>(
             commit: Result<(), &LedgerError>,
             r: Result<T, LedgerError>,
@@ -122,35 +172,33 @@ impl Pending {
             Pending::Reserve(reply, r) => {
                 let r = match commit {
                     Ok(()) => r,
-                    Err(e) => Err(ReserveError::Ledger(e.clone())),
+                    Err(e) => {
+                        // Not committed: nothing to release.
+                        if let Ok(g) = r {
+                            g.forget();
+                        }
+                        Err(ReserveError::Ledger(e.clone()))
+                    }
                 };
-                match reply.send(r) {
-                    Ok(()) => None,
-                    Err(Ok(res)) => Some(res.id),
-                    Err(Err(_)) => None,
-                }
+                // A caller that went away drops the answer, and the reservation with it.
+                let _ = reply.send(r);
             }
             Pending::Settle(reply, r) => {
                 let _ = reply.send(pick(commit, r));
-                None
             }
             Pending::Denial(reply, r) => {
                 let _ = reply.send(pick(commit, r));
-                None
             }
             Pending::Limits(reply, r) => {
                 let _ = reply.send(pick(commit, r));
-                None
             }
             Pending::Unit(reply, r) => {
                 let _ = reply.send(pick(commit, r));
-                None
             }
             Pending::Amount(reply, r) => {
                 let _ = reply.send(pick(commit, r));
-                None
             }
-            Pending::Nothing => None,
+            Pending::Nothing => {}
         }
     }
 }
@@ -166,7 +214,10 @@ pub(crate) struct Committer {
     /// The last commit failed and the mirror could not be rebuilt yet.
     pub broken: bool,
     /// Reservations committed for callers that had gone away: released in the next batch.
-    pub orphans: Vec<u64>,
+    pub orphans: Orphans,
+    /// Handed to every [`Granted`], so a drop can wake this thread (weak: it must not keep the
+    /// queue open once every `Ledger` handle is gone).
+    pub wake: mpsc::WeakSender<Op>,
     /// How long a batch of only settles and renewals waits for more before its commit.
     pub linger: std::time::Duration,
 }
@@ -187,7 +238,7 @@ impl Committer {
                     self.linger(&mut batch);
                 }
                 self.process(&mut batch);
-                if self.orphans.is_empty() || self.broken {
+                if self.orphans_waiting() == 0 || self.broken {
                     break;
                 }
             }
@@ -216,6 +267,17 @@ impl Committer {
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
+    }
+
+    fn orphans_waiting(&self) -> usize {
+        self.orphans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn take_orphans(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.orphans.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -248,7 +310,7 @@ impl Committer {
             }
         }
         let now = self.clock.now();
-        let orphans = std::mem::take(&mut self.orphans);
+        let orphans = self.take_orphans();
         let mut fx = Effects::default();
         let mut pending = Vec::with_capacity(batch.len());
         let write_set = {
@@ -265,8 +327,13 @@ impl Committer {
                     );
                 }
             }
+            let grant = |reservation| Granted {
+                reservation: Some(reservation),
+                orphans: self.orphans.clone(),
+                wake: self.wake.clone(),
+            };
             for op in batch.drain(..) {
-                pending.push(apply(&mut st, op, now, &mut fx));
+                pending.push(apply(&mut st, op, now, &mut fx, &grant));
             }
             if fx.is_empty() {
                 None
@@ -286,9 +353,7 @@ impl Committer {
                 // Before the answers, so a caller sees the notifications its call caused.
                 self.notifier.send(fx.notifications);
                 for p in pending {
-                    if let Some(id) = p.finish(Ok(())) {
-                        self.orphans.push(id);
-                    }
+                    p.finish(Ok(()));
                 }
             }
             Err(e) => {
@@ -300,7 +365,11 @@ impl Committer {
                 if let Err(e2) = self.rebuild() {
                     tracing::error!(error = %e2, "cannot reopen the ledger after a failed commit");
                 }
-                self.orphans = orphans;
+                // Released with a later batch (they are still open on disk).
+                self.orphans
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(orphans);
                 for p in pending {
                     p.finish(Err(&e));
                 }
@@ -309,18 +378,27 @@ impl Committer {
     }
 }
 
-fn apply(st: &mut State, op: Op, now: chrono::DateTime<chrono::Utc>, fx: &mut Effects) -> Pending {
+fn apply(
+    st: &mut State,
+    op: Op,
+    now: chrono::DateTime<chrono::Utc>,
+    fx: &mut Effects,
+    grant: &impl Fn(Reservation) -> Granted,
+) -> Pending {
     match op {
         Op::Reserve { req, reply } => {
             // Capacity may have been granted since the caller found none.
             if let Some(c) = st.try_carve(&req, now) {
-                return Pending::Reserve(reply, Ok(c.reservation));
+                return Pending::Reserve(reply, Ok(grant(c.reservation)));
             }
             Pending::Reserve(
                 reply,
-                st.reserve(req, now, fx).map_err(ReserveError::Denied),
+                st.reserve(req, now, fx)
+                    .map(grant)
+                    .map_err(ReserveError::Denied),
             )
         }
+        Op::Wake => Pending::Nothing,
         Op::Renew { agent } => {
             st.renew_lease(&agent, now, fx);
             Pending::Nothing

@@ -270,6 +270,48 @@ async fn audit_synced_shows_every_settle_status_counts() {
     settling.await.unwrap().unwrap();
 }
 
+/// The other moment a caller can go away: after the committer sent the answer, before the
+/// caller read it (hyper dropped the request's future in between). The answer is dropped with
+/// the channel, and the reservation used to stay open until the next start charged it in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_answered_but_never_read_is_released() {
+    use std::future::Future;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
+    let agent: AgentName = "acme".parse().unwrap();
+    let mut fut = Box::pin(ledger.reserve(req(&agent, 5)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(fut.as_mut().poll(&mut cx).is_pending(), "queued");
+    // Answered in order: once the flush is answered, the reservation's answer was sent.
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.status(&agent).reserved, MicroUsd::from_usd(5));
+    drop(fut);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ledger.status(&agent).reserved != MicroUsd::ZERO {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unread reservation is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    ledger.flush().await.unwrap();
+    let events = ledger.audit(&AuditFilter::default()).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].final_cost,
+        Some(MicroUsd::ZERO),
+        "released, not charged"
+    );
+    assert_eq!(ledger.status(&agent).spent.total, MicroUsd::ZERO);
+    drop(ledger);
+    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
+    assert_eq!(
+        ledger.status(&agent).spent.total,
+        MicroUsd::ZERO,
+        "nothing to recover"
+    );
+}
+
 #[test]
 fn the_handle_is_cheap_to_share() {
     fn assert_shareable<T: Send + Sync + Clone + 'static>() {}

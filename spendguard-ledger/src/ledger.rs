@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::AgentName;
 use crate::clock::{Clock, SystemClock};
-use crate::committer::{Committer, Op};
+use crate::committer::{Committer, Granted, Op};
 use crate::error::{LedgerError, ReserveError};
 use crate::limits::{Limits, LimitsPatch};
 use crate::money::MicroUsd;
@@ -169,7 +169,8 @@ impl Ledger {
             audit_retention: options.audit_retention,
             max_batch: options.max_batch.max(1),
             broken: false,
-            orphans: Vec::new(),
+            orphans: Arc::default(),
+            wake: tx.downgrade(),
             linger: options.settle_linger,
         };
         let handle = std::thread::Builder::new()
@@ -237,7 +238,7 @@ impl Ledger {
             return Ok(c.reservation);
         }
         match self.call(|reply| Op::Reserve { req, reply }).await {
-            Ok(r) => r,
+            Ok(r) => r.map(Granted::take),
             Err(e) => Err(ReserveError::Ledger(e)),
         }
     }
