@@ -111,6 +111,12 @@ pub enum LedgerError {
 }
 
 impl LedgerError {
+    /// The disk failed (full, I/O error, cannot reopen): the same operation may succeed once the
+    /// operator fixes it. Nothing of a failed batch was applied, so retrying is safe.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LedgerError::Storage { .. } | LedgerError::Open { .. })
+    }
+
     pub(crate) fn storage<'a>(
         path: &'a std::path::Path,
         action: &'static str,

@@ -137,6 +137,7 @@ async fn failed_commit_refuses_the_batch_and_rolls_back() {
     for t in tasks {
         match t.await.unwrap() {
             Err(ReserveError::Ledger(e)) => {
+                assert!(e.is_transient(), "a full disk is worth retrying: {e}");
                 let msg = e.to_string();
                 assert!(msg.contains("ledger.redb") && msg.contains("disk"), "{msg}");
             }

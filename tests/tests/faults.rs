@@ -302,7 +302,7 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         // (a budget lease would let requests carve from an already durable slice, correctly).
         w.set_agent_env("SPENDGUARD_LEASE_USD", "0");
     });
-    let (c, w) = (small_cost(), worst(SMALL));
+    let c = small_cost();
     for _ in 0..2 {
         let r = small_request(&e, &[]);
         assert_eq!(r.status, 200, "before the disk fills: {r:?}");
@@ -314,8 +314,10 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         "filled the state disk with {filled} bytes; {} bytes free",
         fs.free_bytes()
     );
-    // redb may still commit a few transactions into pages its file already owns; once a commit
-    // fails, every request must be refused (503, not sent) for as long as the disk stays full.
+    // A request goes out only with a durable reservation: refused (503, not sent) when its commit
+    // fails. redb can still commit some transactions into pages its file already owns (freed
+    // again by the settles it retries), so a few may still be reserved and go out; the audit
+    // below checks each of those has its event.
     let mut codes = Vec::new();
     for _ in 0..30 {
         let seen = e.fake.request_count();
@@ -338,11 +340,9 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         }
     }
     eprintln!("requests with the state disk full: {codes:?}");
-    let first_refused = codes.iter().position(|c| *c == 503);
     assert!(
-        first_refused.is_some_and(|i| codes[i..].iter().all(|c| *c == 503)),
-        "once the ledger cannot write, every request must be refused while the disk is full: \
-         {codes:?}"
+        codes.ends_with(&[503; 5]),
+        "with the state disk full the ledger must refuse requests: {codes:?}"
     );
     assert!(e.w.agent_alive(), "the agent died on a full disk");
     let log = e.w.agent_log();
@@ -374,8 +374,9 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         2 + codes.iter().filter(|c| **c == 200).count() + 3,
         "the provider saw exactly the allowed requests"
     );
-    // Every forwarded request is in the ledger once: settled at its real cost, or (if its settle
-    // hit the full disk) still reserved at its worst case — never lost, never twice.
+    // Every forwarded request is in the ledger once, at its real cost: a settle that hit the full
+    // disk kept its reservation and was retried until the disk had room — never lost, never
+    // twice, and not left for the next start to charge at the worst case.
     let spent = e.settled_spend(agent);
     let reserved = e.reserved(agent);
     let events = e.audit(agent);
@@ -388,26 +389,24 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         forwarded,
         "one event per forwarded request: {events:?}"
     );
-    let settled: Vec<&&Value> = allowed
-        .iter()
-        .filter(|ev| ev["cost_usd"].is_number())
-        .collect();
-    let open = (allowed.len() - settled.len()) as u64;
     assert!(
-        settled.iter().all(|ev| usd(&ev["cost_usd"]) == c),
-        "settled at the real cost: {events:?}"
+        allowed
+            .iter()
+            .all(|ev| ev["cost_usd"].is_number() && usd(&ev["cost_usd"]) == c),
+        "every request settled at its real cost once the disk had room: {events:?}"
     );
-    assert_eq!(
-        (spent, reserved),
-        (settled.len() as u64 * c, open * w),
-        "status and audit agree ({open} settles failed on the full disk and stay reserved)"
-    );
-    eprintln!(
-        "after recovery: {} settled, {open} still reserved",
-        settled.len()
-    );
+    assert_eq!((spent, reserved), (forwarded as u64 * c, 0));
+    let log = e.w.agent_log();
+    let retried = log.matches("it stays reserved, retrying").count();
+    eprintln!("after recovery: {forwarded} settled, {retried} of them after retries");
+    if retried > 0 {
+        assert!(
+            log.contains("settled after the ledger could write again"),
+            "settles were retried, none reported its success"
+        );
+    }
 
-    // Nothing is corrupt: a restart reopens the same ledger; what stayed reserved is charged.
+    // Nothing is corrupt: a restart reopens the same ledger, with nothing left to recover.
     let st = e.w.stop_agent();
     assert!(st.success(), "clean stop: {st}");
     e.w.start_agent();
@@ -417,19 +416,12 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
         .filter(|ev| ev["decision"] == "allowed")
         .collect();
     assert_eq!(allowed.len(), forwarded, "{events:?}");
-    let recovered = allowed.iter().filter(|ev| ev["recovered"] == true).count() as u64;
-    assert_eq!(
-        recovered, open,
-        "exactly the open reservations were recovered: {events:?}"
+    assert!(
+        allowed.iter().all(|ev| ev["recovered"] == false),
+        "{events:?}"
     );
-    let sum: u64 = allowed.iter().map(|ev| usd(&ev["cost_usd"])).sum();
     assert_eq!(e.reserved(agent), 0);
-    assert_eq!(
-        e.spent_total(agent),
-        sum,
-        "after a restart the spend is every forwarded request's charge"
-    );
-    assert_eq!(sum, (forwarded as u64 - open) * c + open * w);
+    assert_eq!(e.spent_total(agent), forwarded as u64 * c);
     let r = small_request(&e, &[]);
     assert_eq!(r.status, 200, "{r:?}");
 }

@@ -11,6 +11,10 @@ use spendguard_pricing::{MicroUsd, Usage};
 use crate::metrics::Metrics;
 use crate::proxy::stage::{BodyEnd, ResponseWatch};
 
+/// Backoff of a settle that met a failing disk: first wait, and the most it grows to.
+const SETTLE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const SETTLE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub const HDR_AGENT: &str = "x-spendguard-agent";
 pub const HDR_REMAINING: &str = "x-spendguard-remaining-usd";
 pub const HDR_RESERVED: &str = "x-spendguard-reserved-usd";
@@ -136,17 +140,46 @@ impl ResponseWatch for MeterWatch {
         let metrics = self.metrics.clone();
         let model = std::mem::take(&mut self.quote.model);
         let settle = async move {
-            match ledger.settle(id, cost).await {
-                Ok(s) => {
-                    if let Some(m) = metrics {
-                        let status = ledger.status(&s.agent);
-                        m.metering
-                            .settled(s.agent.as_str(), &model, s.charged, &status);
+            let mut delay = SETTLE_RETRY_FIRST;
+            let mut failures = 0u32;
+            loop {
+                match ledger.settle(id, cost).await {
+                    Ok(s) => {
+                        if failures > 0 {
+                            tracing::info!(
+                                reservation = id,
+                                attempts = failures + 1,
+                                "settled after the ledger could write again"
+                            );
+                        }
+                        if let Some(m) = metrics {
+                            let status = ledger.status(&s.agent);
+                            m.metering
+                                .settled(s.agent.as_str(), &model, s.charged, &status);
+                        }
+                        return;
                     }
-                }
-                // The reservation stays open and is charged in full at the next start.
-                Err(e) => {
-                    tracing::error!("settling reservation {id} failed: {e}; it stays reserved")
+                    // The disk is full or failing: the reservation stays held (the budget is
+                    // never short of it) and the real cost lands once the disk is back, instead
+                    // of the worst case at the next start. A stop ends the retries: then the
+                    // next start charges the reservation in full.
+                    Err(e) if e.is_transient() => {
+                        if failures == 0 {
+                            tracing::warn!(
+                                "settling reservation {id} failed: {e}; it stays reserved, retrying"
+                            );
+                        }
+                        failures += 1;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(SETTLE_RETRY_MAX);
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "settling reservation {id} failed: {e}; it stays reserved until the \
+                             next start charges it in full"
+                        );
+                        return;
+                    }
                 }
             }
         };
