@@ -331,6 +331,10 @@ fn full_state_disk_fails_closed_and_recovers_without_losing_a_charge() {
                     "a request refused for want of a ledger reached the provider"
                 );
                 assert!(r.body.contains("spendguard_unavailable"), "{r:?}");
+                assert!(
+                    r.body.contains("cannot write") && !r.body.contains("ledger.redb"),
+                    "the workload is told why, without the node's paths: {r:?}"
+                );
             }
             _ => panic!("with the state disk full: neither forwarded nor refused: {r:?}"),
         }

@@ -200,8 +200,17 @@ impl Metering {
             }
             Err(ReserveError::Ledger(e)) => {
                 tracing::error!(%agent, "ledger unavailable, request refused: {e}");
-                let msg =
-                    format!("SpendGuard cannot record this request's cost ({e}); it was not sent");
+                // The workload learns what happened, not the node's paths: the operator has
+                // the full error (database path, cause, what to check) in the log line above.
+                let what = if e.is_transient() {
+                    "its ledger cannot write to the node's disk"
+                } else {
+                    "its ledger is unavailable"
+                };
+                let msg = format!(
+                    "SpendGuard cannot record this request's cost ({what}); it was not sent. \
+                     The node's spendguard-agent log says why."
+                );
                 return Decision::Respond(json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &ctx.sni,
