@@ -107,7 +107,7 @@ async fn serve_one(stream: UnixStream, ctx: &ControlContext) -> std::io::Result<
         };
         return write_line(&mut wr, &resp).await;
     }
-    let line = read_request_line(rd).await?;
+    let line = read_request_within(rd, REQUEST_READ_TIMEOUT).await?;
     let resp = match parse_request(&line) {
         Ok(req) => handle(req, ctx).await,
         Err(e) => Response::Error {
@@ -115,6 +115,25 @@ async fn serve_one(stream: UnixStream, ctx: &ControlContext) -> std::io::Result<
         },
     };
     write_line(&mut wr, &resp).await
+}
+
+/// How long a control client may take to send its request line (the CLI sends it at once).
+const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`read_request_line`], given up after `limit`: the socket is root-only, but a stuck or buggy
+/// client must not hold a task and a descriptor forever.
+async fn read_request_within<R: AsyncRead + Unpin>(
+    rd: R,
+    limit: std::time::Duration,
+) -> std::io::Result<Vec<u8>> {
+    tokio::time::timeout(limit, read_request_line(rd))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no request line within {limit:?}"),
+            )
+        })?
 }
 
 /// Reads one request line: up to and including the first newline, but never more than one byte
@@ -280,6 +299,17 @@ mod tests {
             parse_request(&line),
             Err(ProtocolError::TooLarge { .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_dropped_after_the_timeout() {
+        // The other end stays open and sends nothing.
+        let (_client, server) = tokio::io::duplex(64);
+        let e = read_request_within(server, REQUEST_READ_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("no request line within 10s"), "{e}");
     }
 
     #[tokio::test]
