@@ -4,7 +4,7 @@
 use std::fs::OpenOptions;
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use redb::backends::FileBackend;
@@ -18,6 +18,8 @@ struct Flaky {
     fail: Arc<AtomicBool>,
     /// While set, `sync_data` waits: a commit stuck on a slow disk.
     hold: Arc<AtomicBool>,
+    /// Counts `sync_data` calls (redb makes a fixed number per durable commit).
+    syncs: Arc<AtomicUsize>,
 }
 
 impl Flaky {
@@ -42,6 +44,7 @@ impl StorageBackend for Flaky {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
         while self.hold.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -80,6 +83,16 @@ fn flaky_ledger(path: PathBuf, fail: Arc<AtomicBool>) -> Ledger {
 }
 
 fn slow_ledger(path: PathBuf, fail: Arc<AtomicBool>, hold: Arc<AtomicBool>) -> Ledger {
+    counted_ledger(path, fail, hold, Arc::default(), LedgerOptions::default())
+}
+
+fn counted_ledger(
+    path: PathBuf,
+    fail: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    syncs: Arc<AtomicUsize>,
+    options: LedgerOptions,
+) -> Ledger {
     let p = path.clone();
     let opener = Box::new(move || {
         let file = OpenOptions::new()
@@ -92,9 +105,10 @@ fn slow_ledger(path: PathBuf, fail: Arc<AtomicBool>, hold: Arc<AtomicBool>) -> L
             inner: FileBackend::new(file)?,
             fail: fail.clone(),
             hold: hold.clone(),
+            syncs: syncs.clone(),
         })
     });
-    Ledger::open_with(path, opener, LedgerOptions::default()).unwrap()
+    Ledger::open_with(path, opener, options).unwrap()
 }
 
 fn req(agent: &AgentName, usd: u64) -> ReserveRequest {
@@ -311,6 +325,79 @@ async fn a_reservation_answered_but_never_read_is_released() {
         MicroUsd::ZERO,
         "nothing to recover"
     );
+}
+
+/// Settles wait up to `settle_linger` for company, so one commit carries many; an urgent
+/// operation (a reservation: a request waits for it) ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_linger_for_company_and_a_reservation_cuts_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncs = Arc::new(AtomicUsize::new(0));
+    // Long, so that a slow CI disk cannot blur the difference between waiting and not.
+    let linger = std::time::Duration::from_millis(1500);
+    let ledger = counted_ledger(
+        dir.path().join("l.redb"),
+        Arc::default(),
+        Arc::default(),
+        syncs.clone(),
+        LedgerOptions {
+            settle_linger: linger,
+            ..LedgerOptions::default()
+        },
+    );
+    let agent: AgentName = "acme".parse().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(ledger.reserve(req(&agent, 1)).await.unwrap().id);
+    }
+    let per_commit = {
+        let before = syncs.load(Ordering::SeqCst);
+        ledger.flush().await.unwrap(); // a batch with nothing to write: no commit
+        let _ = ledger.reserve(req(&agent, 1)).await.unwrap();
+        syncs.load(Ordering::SeqCst) - before
+    };
+    assert!(per_commit >= 1, "a durable commit syncs");
+
+    // Ten settles, 10 ms apart: one commit, about `linger` after the first.
+    let before = syncs.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for id in ids {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(
+            async move { l.settle(id, MicroUsd::ZERO).await },
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        syncs.load(Ordering::SeqCst) - before,
+        per_commit,
+        "one commit for ten settles"
+    );
+    assert!(
+        took >= linger,
+        "the settles did not wait for company: {took:?}"
+    );
+
+    // A reservation during a linger is answered at once, with the lingering settle.
+    let spare = ledger.reserve(req(&agent, 1)).await.unwrap();
+    let settling = {
+        let l = ledger.clone();
+        tokio::spawn(async move { l.settle(spare.id, MicroUsd::ZERO).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let _ = ledger.reserve(req(&agent, 1)).await.unwrap();
+    assert!(
+        started.elapsed() < linger / 2,
+        "a reservation waited for the linger: {:?}",
+        started.elapsed()
+    );
+    settling.await.unwrap().unwrap();
 }
 
 #[test]
