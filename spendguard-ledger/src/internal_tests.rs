@@ -111,6 +111,17 @@ fn counted_ledger(
     Ledger::open_with(path, opener, options).unwrap()
 }
 
+/// Reopens the (closed) ledger at `path`: no reservation of `agent` was left open for crash
+/// recovery to charge.
+fn assert_nothing_to_recover(path: &std::path::Path, agent: &AgentName) {
+    let ledger = Ledger::open(path, LedgerOptions::default()).unwrap();
+    assert_eq!(
+        ledger.status(agent).spent.total,
+        MicroUsd::ZERO,
+        "nothing to recover"
+    );
+}
+
 fn req(agent: &AgentName, usd: u64) -> ReserveRequest {
     ReserveRequest {
         agent: agent.clone(),
@@ -219,12 +230,7 @@ async fn a_reservation_whose_caller_went_away_is_released() {
     assert_eq!(s.reserved, MicroUsd::ZERO);
     assert_eq!(s.spent.total, MicroUsd::ZERO);
     drop(ledger);
-    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
-    assert_eq!(
-        ledger.status(&agent).spent.total,
-        MicroUsd::ZERO,
-        "nothing to recover"
-    );
+    assert_nothing_to_recover(&dir.path().join("l.redb"), &agent);
 }
 
 /// `status` reads memory, which a batch updates before its commit; `audit` reads the disk. On a
@@ -319,12 +325,7 @@ async fn a_reservation_answered_but_never_read_is_released() {
     );
     assert_eq!(ledger.status(&agent).spent.total, MicroUsd::ZERO);
     drop(ledger);
-    let ledger = Ledger::open(dir.path().join("l.redb"), LedgerOptions::default()).unwrap();
-    assert_eq!(
-        ledger.status(&agent).spent.total,
-        MicroUsd::ZERO,
-        "nothing to recover"
-    );
+    assert_nothing_to_recover(&dir.path().join("l.redb"), &agent);
 }
 
 /// Settles wait up to `settle_linger` for company, so one commit carries many; an urgent
