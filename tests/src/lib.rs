@@ -42,6 +42,20 @@ pub fn skip(why: &str) {
     eprintln!("SPENDGUARD-SKIP: {why}");
 }
 
+/// Polls `cond` every 25 ms until it holds (true) or `limit` passes (false).
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Whether this process can run the privileged tests; prints why not.
 pub fn privileged() -> bool {
     if !nix::unistd::geteuid().is_root() {

@@ -15,7 +15,7 @@ use serde_json::Value;
 use spendguard_pricing::Usage;
 use spendguard_tests::loopfs::LoopFs;
 use spendguard_tests::metered::{chat_quote, curl_out, price, CurlOut, Metered};
-use spendguard_tests::{helper_bin, place, privileged, skip, Place, UPSTREAM_A};
+use spendguard_tests::{eventually, helper_bin, place, privileged, skip, Place, UPSTREAM_A};
 
 const OPENAI: &str = "api.openai.com";
 const CHAT: &str = "/v1/chat/completions";
@@ -40,19 +40,6 @@ fn small_cost() -> u64 {
 
 fn worst(body: &str) -> u64 {
     chat_quote(body).worst_case.0
-}
-
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One small chat request from the tagged cgroup.

@@ -15,7 +15,9 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use spendguard_tests::fake_provider::{expected_text, FakeProvider, RecordedRequest, TestCa};
 use spendguard_tests::sdk::{self, run_bounded, Finished};
-use spendguard_tests::{place, privileged, Cgroup, Netns, Place, World, UPSTREAM_A, UPSTREAM_B};
+use spendguard_tests::{
+    eventually, place, privileged, Cgroup, Netns, Place, World, UPSTREAM_A, UPSTREAM_B,
+};
 
 const OPENAI: &str = "api.openai.com";
 const ANTHROPIC: &str = "api.anthropic.com";
@@ -99,20 +101,6 @@ fn at<'a>(cg: &'a Cgroup, ns: &'a Netns) -> Place<'a> {
 fn agent_alive(w: &World) -> bool {
     let mut slot = w.agent.lock().unwrap_or_else(|p| p.into_inner());
     matches!(slot.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-}
-
-/// Waits up to `limit` for `cond`.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
