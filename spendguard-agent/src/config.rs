@@ -32,6 +32,13 @@ pub const ENV_EXPLICIT_RESOLVE: &str = "SPENDGUARD_EXPLICIT_RESOLVE";
 /// Not in the user contract: `off` turns metering off (transport diagnostics).
 pub const ENV_METERING: &str = "SPENDGUARD_METERING";
 pub const ENV_LEASE_USD: &str = "SPENDGUARD_LEASE_USD";
+/// Not in the user contract: seconds between tag reconciles (tests that prove the kernel's mkdir
+/// hook, not the reconcile loop, tags a re-created cgroup set it high).
+pub const ENV_TAG_RECONCILE_SECONDS: &str = "SPENDGUARD_TAG_RECONCILE_SECONDS";
+
+/// How often tagged paths are re-resolved by default (a cgroup re-created under the same path gets
+/// a new id; the kernel's mkdir hook tags it at once, this is the backstop).
+pub const DEFAULT_TAG_RECONCILE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +114,8 @@ pub struct Config {
     pub explicit_listen: Option<SocketAddr>,
     pub explicit_default_agent: Option<crate::identity::AgentName>,
     pub explicit_resolve: Vec<(String, IpAddr)>,
+    #[serde(skip)]
+    pub tag_reconcile_every: std::time::Duration,
 }
 
 /// Budget lease slice by default: takes the durable commit off the request path while a crash
@@ -258,6 +267,10 @@ impl Config {
                     .unwrap_or_default()
                     .into_iter()
                     .collect(),
+            },
+            tag_reconcile_every: match parse_env::<u64>(env, ENV_TAG_RECONCILE_SECONDS)? {
+                Some(0) | None => DEFAULT_TAG_RECONCILE,
+                Some(n) => std::time::Duration::from_secs(n),
             },
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,

@@ -38,6 +38,11 @@ pub const PUBLIC_FILE_MODE: u32 = 0o644;
 pub fn bpf_maps_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("maps")
 }
+/// This build's map set: one directory per map layout, so an agent never adopts maps whose layout
+/// it does not know (see `spendguard_common::MAP_LAYOUT`).
+pub fn bpf_layout_dir(pin_dir: &Path) -> PathBuf {
+    bpf_maps_dir(pin_dir).join(format!("v{}", spendguard_common::MAP_LAYOUT))
+}
 pub fn bpf_links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }

@@ -2,9 +2,14 @@
 //! what a previous run pinned. Also the user-space side of the maps (tags in, original destinations out).
 //!
 //! Lifecycle (bpfman's load → attach → pin → record, rolled back on failure):
-//! - first start: load, attach each program with a link, pin the links under `<pin_dir>/links`;
-//! - restart: load the new programs and swap each into its pinned link (BPF_LINK_UPDATE) — never a
-//!   second attach (both would run) and never unpin-then-attach (a window where tagged traffic escapes);
+//! - load: programs through the verifier, maps opened (or created) under `<pin_dir>/maps/v<layout>`
+//!   — nothing attached yet, so the agent fills the tag map from its tags file first;
+//! - activate, first start: attach each program with a link, pin the links under `<pin_dir>/links`;
+//! - activate, restart or upgrade: swap each new program into its pinned link (BPF_LINK_UPDATE) —
+//!   never a second attach (both would run) and never unpin-then-attach (a window where tagged
+//!   traffic escapes); then unpin map sets of other layouts, which no program uses any more;
+//! - `sg_cgroup_mkdir` (a tracing link, which cannot be updated) is attached anew and pinned over the
+//!   old link: both run for a moment, both only add the same tags;
 //! - agent down: the pinned programs keep rewriting tagged connects to the proxy port, where nothing
 //!   listens: tagged clients fail closed (ECONNREFUSED);
 //! - `spendguard-agent uninstall`: unpin links (the kernel detaches them) and maps.
@@ -18,10 +23,10 @@ use std::sync::Mutex;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::links::{CgroupAttachMode, FdLink};
-use aya::programs::{CgroupSockAddr, SockOps};
+use aya::programs::{CgroupSockAddr, RawTracePoint, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use spendguard_common::{
-    maps, programs, Config as BpfConfig, FlowKey, OrigDst, TagValue, AF_INET, AF_INET6,
+    maps, programs, CgroupPath, Config as BpfConfig, FlowKey, OrigDst, TagValue, AF_INET, AF_INET6,
 };
 
 pub use sys::current_netns_cookie;
@@ -32,7 +37,8 @@ use crate::paths;
 /// The BPF object built by build.rs (empty when the build was skipped with AYA_BUILD_SKIP=1).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/spendguard"));
 
-const PROGRAMS: [&str; 5] = [
+/// The cgroup programs, each in a pinned link that restarts swap a new program into.
+const CGROUP_PROGRAMS: [&str; 5] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
@@ -89,6 +95,8 @@ pub type BpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub struct RedirectOptions {
     pub pin_dir: PathBuf,
     pub attach_cgroup: PathBuf,
+    /// The cgroup v2 mount: tagged paths are watched relative to it.
+    pub cgroup_mount: PathBuf,
     pub proxy_port: u16,
     /// Where pods are sent; `None` refuses tagged connects from pods (fail closed).
     pub redirect_ip4: Option<Ipv4Addr>,
@@ -99,32 +107,138 @@ pub struct RedirectOptions {
 /// How the programs were put in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Installed {
+    /// First start on this boot (or after `uninstall`): attached and pinned.
     Attached,
+    /// Pinned links found (a restart or an upgrade): the new programs were swapped into them.
     Adopted,
+}
+
+/// One map of the layout: what a pinned map must look like to be adopted.
+struct MapSpec {
+    name: &'static str,
+    kind: aya::maps::MapType,
+    key: u32,
+    value: u32,
+    entries: u32,
+}
+
+/// The maps of [`spendguard_common::MAP_LAYOUT`], as the BPF object defines them.
+fn layout() -> [MapSpec; 5] {
+    use aya::maps::MapType;
+    use spendguard_common::{sizes, CgroupPath};
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    [
+        MapSpec {
+            name: maps::TAGGED,
+            kind: MapType::Hash,
+            key: sz(size_of::<u64>()),
+            value: sz(size_of::<TagValue>()),
+            entries: sizes::TAGGED_MAX,
+        },
+        MapSpec {
+            name: maps::CONFIG,
+            kind: MapType::Array,
+            key: sz(size_of::<u32>()),
+            value: sz(size_of::<BpfConfig>()),
+            entries: 1,
+        },
+        MapSpec {
+            name: maps::SOCKETS,
+            kind: MapType::LruHash,
+            key: sz(size_of::<u64>()),
+            value: sz(size_of::<OrigDst>()),
+            entries: sizes::SOCKETS_MAX,
+        },
+        MapSpec {
+            name: maps::REDIRECTS,
+            kind: MapType::LruHash,
+            key: sz(size_of::<FlowKey>()),
+            value: sz(size_of::<OrigDst>()),
+            entries: sizes::REDIRECTS_MAX,
+        },
+        MapSpec {
+            name: maps::PENDING,
+            kind: MapType::Hash,
+            key: sz(size_of::<CgroupPath>()),
+            value: sz(size_of::<TagValue>()),
+            entries: sizes::PENDING_MAX,
+        },
+    ]
+}
+
+/// Why a pinned map cannot be adopted (`None`: it matches the layout).
+fn mismatch(pin: &Path, spec: &MapSpec) -> Option<String> {
+    let info = match aya::maps::MapInfo::from_pin(pin) {
+        Ok(i) => i,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    let kind = info.map_type().ok();
+    if kind != Some(spec.kind)
+        || info.key_size() != spec.key
+        || info.value_size() != spec.value
+        || info.max_entries() != spec.entries
+    {
+        return Some(format!(
+            "{kind:?} key {} value {} entries {}, expected {:?} key {} value {} entries {}",
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            spec.kind,
+            spec.key,
+            spec.value,
+            spec.entries
+        ));
+    }
+    None
 }
 
 /// The loaded programs and the maps user space reads and writes.
 pub struct Redirect {
     tagged: Mutex<BpfHashMap<MapData, u64, TagValue>>,
+    pending: Mutex<BpfHashMap<MapData, CgroupPath, TagValue>>,
     redirects: Mutex<BpfHashMap<MapData, FlowKey, OrigDst>>,
-    pub installed: Installed,
-    // Keeps program fds (and the logger's map) alive for the agent's lifetime.
-    _ebpf: Ebpf,
+    cgroup_mount: PathBuf,
+    /// Keeps program fds (and the logger's map) alive for the agent's lifetime; `activate` needs
+    /// it mutably.
+    ebpf: Mutex<Ebpf>,
 }
 
 impl Redirect {
-    /// Loads, configures and attaches (or adopts) the programs. Returns the redirect and aya-log's
+    /// Loads the programs (the verifier runs here) and opens or creates this layout's maps, and
+    /// writes the config — but attaches nothing: fill the maps (tags) first, then
+    /// [`Redirect::activate`], so the new programs never run on an empty tag map. Returns aya-log's
     /// logger, which the caller must poll so BPF log lines reach `tracing`.
-    pub fn install(opts: &RedirectOptions) -> Result<(Redirect, Option<BpfLogger>), RedirectError> {
+    pub fn load(opts: &RedirectOptions) -> Result<(Redirect, Option<BpfLogger>), RedirectError> {
         if BPF_OBJECT.is_empty() {
             return Err(RedirectError::NotBuilt);
         }
         ensure_bpffs(&opts.pin_dir)?;
-        let maps_dir = paths::bpf_maps_dir(&opts.pin_dir);
+        let maps_dir = paths::bpf_layout_dir(&opts.pin_dir);
         let links_dir = paths::bpf_links_dir(&opts.pin_dir);
         for d in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(d).map_err(|source| RedirectError::PinDir {
                 path: d.clone(),
+                source,
+            })?;
+        }
+        // A pinned set of this layout that does not match it (a damaged pin dir, a build from
+        // another branch): start a fresh set. The programs in force keep their own references to
+        // the old maps until `activate` swaps them out, so tagged traffic stays redirected.
+        let bad: Vec<String> = layout()
+            .iter()
+            .filter_map(|spec| {
+                let pin = maps_dir.join(spec.name);
+                pin.exists()
+                    .then(|| mismatch(&pin, spec).map(|why| format!("{}: {why}", spec.name)))
+                    .flatten()
+            })
+            .collect();
+        if !bad.is_empty() {
+            tracing::warn!(dir = %maps_dir.display(), problems = ?bad, "pinned maps do not match map layout {}; creating a fresh set", spendguard_common::MAP_LAYOUT);
+            unpin_dir(&maps_dir)?;
+            std::fs::create_dir_all(&maps_dir).map_err(|source| RedirectError::PinDir {
+                path: maps_dir.clone(),
                 source,
             })?;
         }
@@ -138,35 +252,81 @@ impl Redirect {
                 None
             }
         };
+        let offsets = match mkdir_offsets() {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!("cannot read this kernel's struct offsets from BTF ({e}): a tagged cgroup that is re-created waits for the agent's reconcile (up to 2 s) instead of being tagged at creation");
+                None
+            }
+        };
+        write_config(&mut ebpf, opts, offsets)?;
+        for name in CGROUP_PROGRAMS {
+            let prog = program(&mut ebpf, name)?;
+            if name == programs::SOCK_OPS {
+                let p: &mut SockOps = prog
+                    .try_into()
+                    .map_err(|source| RedirectError::Program { name, source })?;
+                p.load()
+            } else {
+                let p: &mut CgroupSockAddr = prog
+                    .try_into()
+                    .map_err(|source| RedirectError::Program { name, source })?;
+                p.load()
+            }
+            .map_err(|source| RedirectError::Program { name, source })?;
+        }
+        let mkdir = programs::CGROUP_MKDIR;
+        let p: &mut RawTracePoint =
+            program(&mut ebpf, mkdir)?
+                .try_into()
+                .map_err(|source| RedirectError::Program {
+                    name: mkdir,
+                    source,
+                })?;
+        if let Err(e) = p.load() {
+            tracing::warn!("cannot load {mkdir} ({e}): re-created tagged cgroups wait for the agent's reconcile");
+        }
+        let tagged = take_hash(&mut ebpf, maps::TAGGED)?;
+        let pending = take_hash(&mut ebpf, maps::PENDING)?;
+        let redirects = take_hash(&mut ebpf, maps::REDIRECTS)?;
+        Ok((
+            Redirect {
+                tagged: Mutex::new(tagged),
+                pending: Mutex::new(pending),
+                redirects: Mutex::new(redirects),
+                cgroup_mount: opts.cgroup_mount.clone(),
+                ebpf: Mutex::new(ebpf),
+            },
+            logger,
+        ))
+    }
 
-        write_config(&mut ebpf, opts)?;
-
+    /// Puts the loaded programs in force: swaps each into its pinned link (a restart, an
+    /// upgrade), or attaches and pins it (first start on this boot). Then unpins map sets of
+    /// other layouts, which no program uses any more.
+    pub fn activate(&self, opts: &RedirectOptions) -> Result<Installed, RedirectError> {
+        let links_dir = paths::bpf_links_dir(&opts.pin_dir);
         let cgroup =
             std::fs::File::open(&opts.attach_cgroup).map_err(|source| RedirectError::Cgroup {
                 path: opts.attach_cgroup.clone(),
                 source,
             })?;
-        let adopting = PROGRAMS.iter().all(|p| links_dir.join(p).exists());
-        let partially = !adopting && PROGRAMS.iter().any(|p| links_dir.join(p).exists());
-        if partially {
+        let adopting = CGROUP_PROGRAMS.iter().all(|p| links_dir.join(p).exists());
+        if !adopting && CGROUP_PROGRAMS.iter().any(|p| links_dir.join(p).exists()) {
             // A previous install died half-way: finish it (existing links adopted, missing ones attached).
             tracing::warn!(dir = %links_dir.display(), "found a partial set of pinned links; completing it");
         }
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
         let mut attached_now: Vec<PathBuf> = Vec::new();
         let result = (|| {
-            for name in PROGRAMS {
+            for name in CGROUP_PROGRAMS {
                 let pin = links_dir.join(name);
-                let prog = ebpf.program_mut(name).ok_or(RedirectError::Map {
-                    name,
-                    detail: "program not found in the BPF object".into(),
-                })?;
-                // SockOps and CgroupSockAddr share no trait for load/attach/take_link, hence the macro.
-                macro_rules! load_and_link {
+                let prog = program(&mut ebpf, name)?;
+                // SockOps and CgroupSockAddr share no trait for attach/take_link, hence the macro.
+                macro_rules! link {
                     ($ty:ty) => {{
                         let p: &mut $ty = prog
                             .try_into()
-                            .map_err(|source| RedirectError::Program { name, source })?;
-                        p.load()
                             .map_err(|source| RedirectError::Program { name, source })?;
                         if pin.exists() {
                             swap(
@@ -193,9 +353,9 @@ impl Redirect {
                     }};
                 }
                 if name == programs::SOCK_OPS {
-                    load_and_link!(SockOps);
+                    link!(SockOps);
                 } else {
-                    load_and_link!(CgroupSockAddr);
+                    link!(CgroupSockAddr);
                 }
             }
             Ok(())
@@ -207,22 +367,14 @@ impl Redirect {
             }
             return Err(e);
         }
-
-        let tagged = take_hash(&mut ebpf, maps::TAGGED)?;
-        let redirects = take_hash(&mut ebpf, maps::REDIRECTS)?;
-        Ok((
-            Redirect {
-                tagged: Mutex::new(tagged),
-                redirects: Mutex::new(redirects),
-                installed: if adopting {
-                    Installed::Adopted
-                } else {
-                    Installed::Attached
-                },
-                _ebpf: ebpf,
-            },
-            logger,
-        ))
+        attach_mkdir_hook(&mut ebpf, &links_dir);
+        drop(ebpf);
+        retire_other_layouts(&opts.pin_dir);
+        Ok(if adopting {
+            Installed::Adopted
+        } else {
+            Installed::Attached
+        })
     }
 
     /// The original destination and identity of an accepted connection, removed from the map (each
@@ -234,6 +386,148 @@ impl Redirect {
         let _ = map.remove(&key);
         Some(orig)
     }
+
+    /// The `SG_PENDING` key of a tagged path (`None`: not under the cgroup v2 mount, or too long
+    /// for the mkdir hook).
+    fn pending_key(&self, cgroup: &Path) -> Option<CgroupPath> {
+        let rel = cgroup.strip_prefix(&self.cgroup_mount).ok()?.to_str()?;
+        // What kernfs_path() reports: `/` joined with the components, no trailing slash.
+        let path = format!("/{}", rel.trim_matches('/'));
+        CgroupPath::new(path.as_bytes())
+    }
+}
+
+/// Attaches the mkdir hook with a new link and pins it over the old one (tracing links cannot be
+/// updated in place). The two run side by side for a moment; both only ever add the same tags.
+fn attach_mkdir_hook(ebpf: &mut Ebpf, links_dir: &Path) {
+    let name = programs::CGROUP_MKDIR;
+    let pin = links_dir.join(name);
+    // bpffs refuses dots in names.
+    let fresh = links_dir.join(format!("{name}_new"));
+    let attached = (|| -> Result<(), String> {
+        let prog = ebpf.program_mut(name).ok_or("not in the BPF object")?;
+        let p: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+        p.fd().map_err(|e| format!("not loaded: {e}"))?;
+        let id = p
+            .attach(programs::CGROUP_MKDIR_TRACEPOINT)
+            .map_err(|e| e.to_string())?;
+        let link: FdLink = p.take_link(id).map_err(|e| e.to_string())?.into();
+        let _ = std::fs::remove_file(&fresh);
+        link.pin(&fresh).map_err(|e| e.to_string())?;
+        std::fs::rename(&fresh, &pin).map_err(|e| format!("rename over {}: {e}", pin.display()))
+    })();
+    match attached {
+        Ok(()) => tracing::debug!(link = %pin.display(), "cgroup_mkdir hook in force"),
+        Err(e) => tracing::warn!(
+            "cannot attach the cgroup_mkdir hook ({e}); re-created tagged cgroups wait for the \
+             agent's reconcile (up to 2 s) before they are redirected"
+        ),
+    }
+}
+
+/// Unpins map sets of every layout but this one: release 0.1's maps directly in `maps/`, and
+/// `maps/v<N>` for other N. No program refers to them once `activate` swapped in the new ones.
+fn retire_other_layouts(pin_dir: &Path) {
+    let root = paths::bpf_maps_dir(pin_dir);
+    let ours = paths::bpf_layout_dir(pin_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p == ours {
+            continue;
+        }
+        let res = if p.is_dir() {
+            unpin_dir(&p).and_then(|()| {
+                std::fs::remove_dir(&p).map_err(|source| RedirectError::Unpin {
+                    path: p.clone(),
+                    source,
+                })
+            })
+        } else {
+            std::fs::remove_file(&p).map_err(|source| RedirectError::Unpin {
+                path: p.clone(),
+                source,
+            })
+        };
+        match res {
+            Ok(()) => tracing::info!(pin = %p.display(), "unpinned maps of another layout"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
+/// Unpins every object in `dir` (not recursive).
+fn unpin_dir(dir: &Path) -> Result<(), RedirectError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_file() || !p.is_dir() {
+            std::fs::remove_file(&p).map_err(|source| RedirectError::Unpin { path: p, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::programs::Program, RedirectError> {
+    ebpf.program_mut(name).ok_or(RedirectError::Map {
+        name,
+        detail: "program not found in the BPF object".into(),
+    })
+}
+
+/// The byte offsets `sg_cgroup_mkdir` needs, from this kernel's BTF: aya-ebpf has no CO-RE, and
+/// these structs change between kernels, so they are looked up where the programs run.
+fn mkdir_offsets() -> Result<[u32; 4], String> {
+    let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| e.to_string())?;
+    let off = |strct: &str, member: &str| -> Result<u32, String> {
+        let types = btf
+            .resolve_types_by_name(strct)
+            .map_err(|e| format!("struct {strct}: {e}"))?;
+        for t in types {
+            if let btf_rs::Type::Struct(s) = t {
+                if let Some(bits) = member_offset(&btf, &s, member) {
+                    if bits % 8 != 0 {
+                        return Err(format!("{strct}.{member} is a bitfield"));
+                    }
+                    return Ok(bits / 8);
+                }
+            }
+        }
+        Err(format!("struct {strct} has no member {member}"))
+    };
+    Ok([
+        off("cgroup", "kn")?,
+        off("kernfs_node", "id")?,
+        off("cgroup", "root")?,
+        off("cgroup_root", "hierarchy_id")?,
+    ])
+}
+
+/// Bit offset of `name` in `s`, looking inside anonymous struct/union members too.
+fn member_offset(btf: &btf_rs::Btf, s: &btf_rs::Struct, name: &str) -> Option<u32> {
+    for m in &s.members {
+        let n = btf.resolve_name(m).unwrap_or_default();
+        if n == name {
+            return Some(m.bit_offset());
+        }
+        if n.is_empty() {
+            let inner = match btf.resolve_chained_type(m).ok()? {
+                btf_rs::Type::Struct(i) | btf_rs::Type::Union(i) => i,
+                _ => continue,
+            };
+            if let Some(o) = member_offset(btf, &inner, name) {
+                return Some(m.bit_offset() + o);
+            }
+        }
+    }
+    None
 }
 
 impl TagMap for Redirect {
@@ -246,7 +540,7 @@ impl TagMap for Redirect {
         let mut m = self.tagged.lock().unwrap_or_else(|p| p.into_inner());
         match m.remove(&cgroup_id) {
             Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -255,6 +549,55 @@ impl TagMap for Redirect {
         m.keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())
+    }
+    fn watch(&self, cgroup: &Path) -> Result<bool, String> {
+        let Some(key) = self.pending_key(cgroup) else {
+            return Ok(false);
+        };
+        let mut m = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(key, TagValue::default(), 0)
+            .map(|()| true)
+            .map_err(|e| e.to_string())
+    }
+    fn unwatch(&self, cgroup: &Path) -> Result<(), String> {
+        let Some(key) = self.pending_key(cgroup) else {
+            return Ok(());
+        };
+        let mut m = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match m.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn watched(&self) -> Result<Vec<PathBuf>, String> {
+        let m = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = m
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| {
+                let end = k
+                    .bytes
+                    .iter()
+                    .position(|b| *b == 0)
+                    .unwrap_or(k.bytes.len());
+                let rel = std::str::from_utf8(&k.bytes[..end]).ok()?;
+                Some(self.cgroup_mount.join(rel.trim_start_matches('/')))
+            })
+            .collect())
+    }
+}
+
+/// A delete of a key that is not there: aya reports the kernel's ENOENT as a syscall error, not as
+/// `KeyNotFound` (it is what made a start after `uninstall` and a re-created cgroup fail).
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
@@ -298,7 +641,11 @@ pub fn orig_dst_addr(o: &OrigDst) -> SocketAddr {
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, opts: &RedirectOptions) -> Result<(), RedirectError> {
+fn write_config(
+    ebpf: &mut Ebpf,
+    opts: &RedirectOptions,
+    mkdir: Option<[u32; 4]>,
+) -> Result<(), RedirectError> {
     let map = ebpf.map_mut(maps::CONFIG).ok_or(RedirectError::Map {
         name: maps::CONFIG,
         detail: "missing".into(),
@@ -314,6 +661,11 @@ fn write_config(ebpf: &mut Ebpf, opts: &RedirectOptions) -> Result<(), RedirectE
         flags |= spendguard_common::CONFIG_HAS_REDIRECT_IP6;
         ip6 = words6(v6);
     }
+    let [off_cgroup_kn, off_kn_id, off_cgroup_root, off_root_hierarchy_id] =
+        mkdir.unwrap_or_default();
+    if mkdir.is_some() {
+        flags |= spendguard_common::CONFIG_HAS_MKDIR_OFFSETS;
+    }
     let cfg = BpfConfig {
         node_netns_cookie: opts.node_netns_cookie,
         redirect_ip4: opts
@@ -325,6 +677,10 @@ fn write_config(ebpf: &mut Ebpf, opts: &RedirectOptions) -> Result<(), RedirectE
         redirect_ip6: ip6,
         flags,
         agent_mark: spendguard_common::AGENT_SOCKET_MARK,
+        off_cgroup_kn,
+        off_kn_id,
+        off_cgroup_root,
+        off_root_hierarchy_id,
     };
     arr.set(0, cfg, 0).map_err(|e| RedirectError::Map {
         name: maps::CONFIG,
@@ -411,6 +767,19 @@ pub fn uninstall(pin_dir: &Path) -> Result<Uninstalled, RedirectError> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            if p.is_dir() {
+                // A layout's map set (`maps/v2/`).
+                for inner in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                    let ip = inner.path();
+                    std::fs::remove_file(&ip).map_err(|source| RedirectError::Unpin {
+                        path: ip.clone(),
+                        source,
+                    })?;
+                    list.push(ip);
+                }
+                let _ = std::fs::remove_dir(&p);
+                continue;
+            }
             std::fs::remove_file(&p).map_err(|source| RedirectError::Unpin {
                 path: p.clone(),
                 source,

@@ -26,9 +26,6 @@ use crate::redirect::{self, Redirect, RedirectOptions};
 use crate::tls::Ca;
 use spendguard_ledger::{Ledger, LedgerOptions};
 
-/// How often tagged paths are re-resolved (a cgroup re-created under the same path gets a new id).
-const TAG_RECONCILE_EVERY: Duration = Duration::from_secs(2);
-
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     raise_nofile_limit();
     std::fs::create_dir_all(&cfg.state_dir)
@@ -85,26 +82,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let opts = RedirectOptions {
         pin_dir: cfg.bpf_pin_dir.clone(),
         attach_cgroup: attach.clone(),
+        cgroup_mount: mount.clone(),
         proxy_port: cfg.listen.port(),
         redirect_ip4,
         redirect_ip6: cfg.redirect_ip6,
         node_netns_cookie: netns,
     };
-    let (redirect, logger) = Redirect::install(&opts)?;
-    tracing::info!(
-        cgroup = %attach.display(),
-        pins = %cfg.bpf_pin_dir.display(),
-        mode = ?redirect.installed,
-        redirect_ip = ?redirect_ip4,
-        "redirect in force"
-    );
+    // Programs loaded and maps opened, nothing attached yet: the tags go into the maps first,
+    // so the programs never run against an empty tag map (after a reboot, or an upgrade that
+    // re-creates the maps).
+    let (redirect, logger) = Redirect::load(&opts)?;
     let redirect = Arc::new(redirect);
     if let Some(logger) = logger {
         spawn_bpf_logger(logger)?;
     }
-
     let tags = TagStore::open(&cfg.state_dir, mount, redirect.clone())?;
-    tracing::info!(count = tags.list().len(), "tags applied");
+    let installed = redirect.activate(&opts)?;
+    tracing::info!(
+        cgroup = %attach.display(),
+        pins = %cfg.bpf_pin_dir.display(),
+        mode = ?installed,
+        redirect_ip = ?redirect_ip4,
+        tags = tags.list().len(),
+        "redirect in force"
+    );
 
     let ledger_path = paths::ledger_file(&cfg.state_dir);
     let ledger = Ledger::open(
@@ -180,7 +181,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let reconcile_tags = tags.clone();
     let reconcile_stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TAG_RECONCILE_EVERY);
+        let mut tick = tokio::time::interval(cfg.tag_reconcile_every);
         loop {
             tokio::select! {
                 _ = reconcile_stop.cancelled() => return,

@@ -10,6 +10,13 @@
     expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")
 )]
 
+/// Version of the map layout below (names, key/value types, sizes). Maps are pinned under
+/// `<pin dir>/maps/v<MAP_LAYOUT>/`, so an agent never adopts maps whose layout it does not know:
+/// a newer agent creates its own set, fills it, swaps its programs into the pinned links (one
+/// atomic `BPF_LINK_UPDATE` each) and only then unpins the old set. Layout 1 (release 0.1) pinned
+/// its maps directly in `<pin dir>/maps/`. Bump this whenever any type or size here changes.
+pub const MAP_LAYOUT: u32 = 2;
+
 /// Map names, as they appear in the BPF object and under the pin directory.
 pub mod maps {
     /// `HashMap<u64 cgroup id, TagValue>`: cgroups whose processes are redirected (they and descendants).
@@ -20,6 +27,11 @@ pub mod maps {
     pub const SOCKETS: &str = "SG_SOCKETS";
     /// `LruHashMap<FlowKey, OrigDst>`: established client socket → the proxy's accept().
     pub const REDIRECTS: &str = "SG_REDIRECTS";
+    /// `HashMap<CgroupPath, TagValue>`: tagged cgroup paths (relative to the cgroup v2 root). When
+    /// a cgroup is created at one of them, `sg_cgroup_mkdir` puts its id into `SG_TAGGED` before
+    /// `mkdir` returns, so a re-created cgroup (a restarted systemd unit, a pod after a reboot) is
+    /// never untagged for a moment.
+    pub const PENDING: &str = "SG_PENDING";
 }
 
 /// Program names (the Rust function names in the BPF crate).
@@ -29,6 +41,10 @@ pub mod programs {
     pub const SENDMSG4: &str = "sg_sendmsg4";
     pub const SENDMSG6: &str = "sg_sendmsg6";
     pub const SOCK_OPS: &str = "sg_sock_ops";
+    /// Raw tracepoint `cgroup_mkdir` (not a cgroup hook: it sees every cgroup created on the node).
+    pub const CGROUP_MKDIR: &str = "sg_cgroup_mkdir";
+    /// The tracepoint it attaches to.
+    pub const CGROUP_MKDIR_TRACEPOINT: &str = "cgroup_mkdir";
 }
 
 /// Map sizes, each with the reason for its size.
@@ -45,6 +61,14 @@ pub mod sizes {
     /// How deep in the cgroup tree the programs look for a tagged ancestor. Kubernetes pods sit at depth
     /// 4–6 (kubepods.slice/kubepods-burstable.slice/…/cri-containerd-….scope); 32 is far beyond that.
     pub const MAX_CGROUP_DEPTH: u32 = 32;
+    /// Tagged paths watched for (re-)creation: one per tag (pods are tagged at their pod-level
+    /// directory), so the same bound as `TAGGED_MAX`'s reasoning at a quarter of it: 4 Ki paths of
+    /// 256 bytes cost about 1.3 MB of kernel memory.
+    pub const PENDING_MAX: u32 = 4 * 1024;
+    /// Longest cgroup path (relative to the v2 root, with its leading `/`) the mkdir hook can match.
+    /// kubelet's pod directories are ~110 bytes with the systemd driver; longer tagged paths fall
+    /// back to the agent's reconcile loop (the agent warns).
+    pub const CGROUP_PATH_MAX: usize = 256;
 }
 
 /// The TCP/UDP port that is intercepted.
@@ -61,6 +85,9 @@ pub const CONFIG_ENABLED: u32 = 1;
 /// `Config::flags`: `redirect_ip6` is valid; without it, IPv6 connects from pod namespaces are refused
 /// (fail closed; dual-stack clients then fall back to IPv4).
 pub const CONFIG_HAS_REDIRECT_IP6: u32 = 2;
+/// `Config::flags`: the `off_*` fields hold this kernel's struct offsets (read from its BTF), so
+/// `sg_cgroup_mkdir` may read the new cgroup's id; without it the hook does nothing.
+pub const CONFIG_HAS_MKDIR_OFFSETS: u32 = 4;
 
 /// Written by the agent, read by every program.
 #[repr(C)]
@@ -79,8 +106,16 @@ pub struct Config {
     pub flags: u32,
     /// `SO_MARK` of the agent's own sockets.
     pub agent_mark: u32,
+    /// Byte offset of `kn` (`struct kernfs_node *`) in `struct cgroup`.
+    pub off_cgroup_kn: u32,
+    /// Byte offset of `id` (`u64`, the cgroup id) in `struct kernfs_node`.
+    pub off_kn_id: u32,
+    /// Byte offset of `root` (`struct cgroup_root *`) in `struct cgroup`.
+    pub off_cgroup_root: u32,
+    /// Byte offset of `hierarchy_id` (`int`; 0 is the v2 hierarchy) in `struct cgroup_root`.
+    pub off_root_hierarchy_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 /// A tagged cgroup. The agent name lives in user space; the programs only need to know "tagged".
 #[repr(C)]
@@ -123,12 +158,35 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 
+/// A cgroup path relative to the cgroup v2 root (`/kubepods/burstable/pod…`), NUL-padded: the
+/// key of `SG_PENDING`, byte for byte what the `cgroup_mkdir` tracepoint reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupPath {
+    pub bytes: [u8; sizes::CGROUP_PATH_MAX],
+}
+const _: () = assert!(core::mem::size_of::<CgroupPath>() == sizes::CGROUP_PATH_MAX);
+
+impl CgroupPath {
+    /// The key for `rel` (which must start with `/`), or `None` if it is too long to match (the
+    /// tracepoint's string must fit with its NUL).
+    pub fn new(rel: &[u8]) -> Option<CgroupPath> {
+        if rel.len() >= sizes::CGROUP_PATH_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; sizes::CGROUP_PATH_MAX];
+        bytes[..rel.len()].copy_from_slice(rel);
+        Some(CgroupPath { bytes })
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), contain only integers, and have explicit padding fields, so every
+    // SAFETY: all five are repr(C), contain only integers, and have explicit padding fields, so every
     // bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TagValue {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::CgroupPath {}
 }

@@ -7,7 +7,9 @@
 //!   (closed) because the rewrite happens regardless of whether anything listens;
 //! - tagged, UDP 443: refused (EPERM) so QUIC clients fall back to TCP, where we can see them;
 //! - missing config: untouched (the agent writes the config before it attaches, so this only happens
-//!   while it is being installed).
+//!   while it is being installed);
+//! - a cgroup created at a tagged path (`SG_PENDING`): tagged by `sg_cgroup_mkdir` before `mkdir`
+//!   returns, i.e. before any process can be in it — closed across re-creation and reboots.
 #![no_std]
 #![no_main]
 
@@ -15,17 +17,17 @@ use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-        bpf_get_socket_cookie,
+        bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
+    macros::{cgroup_sock_addr, map, raw_tracepoint, sock_ops},
     maps::{Array, HashMap, LruHashMap},
-    programs::{SockAddrContext, SockOpsContext},
+    programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::{debug, warn};
 use spendguard_common::{
-    sizes, Config, FlowKey, OrigDst, TagValue, AF_INET, AF_INET6, CONFIG_ENABLED,
-    CONFIG_HAS_REDIRECT_IP6, HTTPS_PORT,
+    sizes, CgroupPath, Config, FlowKey, OrigDst, TagValue, AF_INET, AF_INET6, CONFIG_ENABLED,
+    CONFIG_HAS_MKDIR_OFFSETS, CONFIG_HAS_REDIRECT_IP6, HTTPS_PORT,
 };
 
 const ALLOW: i32 = 1;
@@ -46,6 +48,9 @@ static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::pinned(sizes::SOCKETS_MAX
 
 #[map(name = "SG_REDIRECTS")]
 static REDIRECTS: LruHashMap<FlowKey, OrigDst> = LruHashMap::pinned(sizes::REDIRECTS_MAX, 0);
+
+#[map(name = "SG_PENDING")]
+static PENDING: HashMap<CgroupPath, TagValue> = HashMap::pinned(sizes::PENDING_MAX, 0);
 
 /// connect() of an IPv4 socket. Fails closed for tagged cgroups (see the crate doc).
 #[cgroup_sock_addr(connect4)]
@@ -325,6 +330,68 @@ fn on_established(ctx: &SockOpsContext) {
         );
     }
     let _ = SOCKETS.remove(cookie);
+}
+
+/// A cgroup is being created (raw tracepoint `cgroup_mkdir`, which fires inside `cgroup_mkdir()`
+/// before the new directory is activated): if its path is a tagged path, tag its new id now, so no
+/// process ever runs in it untagged. Fails open in the sense that a miss (path too long, offsets
+/// unknown, a v1 hierarchy) leaves the tag to the agent's reconcile loop; it can never tag a cgroup
+/// whose path is not in `SG_PENDING`.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn sg_cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
+    let _ = try_cgroup_mkdir(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_cgroup_mkdir(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let Some(cfg) = config() else { return Ok(()) };
+    if cfg.flags & CONFIG_HAS_MKDIR_OFFSETS == 0 {
+        return Ok(());
+    }
+    // TP_PROTO(struct cgroup *cgrp, const char *path)
+    let cgrp: u64 = ctx.arg(0);
+    let path: u64 = ctx.arg(1);
+    let mut key = CgroupPath {
+        bytes: [0; sizes::CGROUP_PATH_MAX],
+    };
+    // SAFETY: probe reads of kernel memory; a bad pointer gives an error, not a fault.
+    unsafe { bpf_probe_read_kernel_str_bytes(path as *const u8, &mut key.bytes) }.map_err(|_| 0)?;
+    // SAFETY: the value is copied out at once.
+    let Some(tag) = (unsafe { PENDING.get(&key) }).copied() else {
+        return Ok(());
+    };
+    // Only the v2 hierarchy: on a hybrid host systemd creates the same paths in every v1
+    // hierarchy, whose kernfs ids mean nothing to the cgroup hooks.
+    // SAFETY: probe reads at offsets read from this kernel's BTF by the agent.
+    let root: u64 =
+        unsafe { bpf_probe_read_kernel((cgrp + u64::from(cfg.off_cgroup_root)) as *const u64) }
+            .map_err(|_| 0)?;
+    // SAFETY: as above.
+    let hierarchy: i32 = unsafe {
+        bpf_probe_read_kernel((root + u64::from(cfg.off_root_hierarchy_id)) as *const i32)
+    }
+    .map_err(|_| 0)?;
+    if hierarchy != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let kn: u64 =
+        unsafe { bpf_probe_read_kernel((cgrp + u64::from(cfg.off_cgroup_kn)) as *const u64) }
+            .map_err(|_| 0)?;
+    // SAFETY: as above.
+    let id: u64 = unsafe { bpf_probe_read_kernel((kn + u64::from(cfg.off_kn_id)) as *const u64) }
+        .map_err(|_| 0)?;
+    if id == 0 {
+        return Ok(());
+    }
+    if TAGGED.insert(&id, &tag, 0).is_err() {
+        warn!(
+            ctx,
+            "spendguard: SG_TAGGED full; re-created tagged cgroup {} waits for the agent", id
+        );
+    }
+    Ok(())
 }
 
 #[cfg(not(test))]

@@ -81,6 +81,23 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The previous release's binaries (`SPENDGUARD_PREV_BIN_DIR`, built from git by `cargo xtask
+/// test`), for upgrade tests. Missing is a failure, not a skip: the upgrade path must be tested.
+pub fn prev_release_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SPENDGUARD_PREV_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/prev-release/bin")
+        });
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: `cargo xtask test` builds the previous release from git",
+        p.display()
+    );
+    p
+}
+
 /// Where the agent binaries are: `SPENDGUARD_BIN_DIR` (set by `cargo xtask test`) or target/debug.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("SPENDGUARD_BIN_DIR")
@@ -302,6 +319,8 @@ pub struct World {
     pub agent_extra_env: std::sync::Mutex<Vec<(String, String)>>,
     /// RLIMIT_NOFILE (soft, hard) the agent starts with (default: inherited from the test).
     pub agent_nofile: std::sync::Mutex<Option<(u64, u64)>>,
+    /// The agent binary to start (default: this build's `spendguard-agent`).
+    pub agent_bin: std::sync::Mutex<Option<PathBuf>>,
     // Dropped last (fields drop in order): the cgroup root outlives everything above.
     pub cgroup: Cgroup,
 }
@@ -374,6 +393,7 @@ impl World {
             agent: std::sync::Mutex::new(None),
             agent_extra_env: std::sync::Mutex::new(Vec::new()),
             agent_nofile: std::sync::Mutex::new(None),
+            agent_bin: std::sync::Mutex::new(None),
             agent_cgroup: std::sync::Mutex::new(None),
             cgroup,
         }
@@ -381,6 +401,50 @@ impl World {
 
     fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the agent from `exe` from now on (`None`: this build's).
+    pub fn set_agent_bin(&self, exe: Option<PathBuf>) {
+        *self.agent_bin.lock().unwrap_or_else(|p| p.into_inner()) = exe;
+    }
+
+    /// Starts the agent and expects it to refuse: returns its exit status and log.
+    pub fn start_agent_expect_failure(&self) -> (std::process::ExitStatus, String) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("agent.log"))
+            .expect("agent log");
+        let mut cmd = Command::new(bin("spendguard-agent"));
+        self.agent_env(&mut cmd);
+        cmd.stdout(Stdio::null()).stderr(log);
+        place(
+            &mut cmd,
+            Place {
+                netns: Some(&self.node),
+                ..Default::default()
+            },
+        );
+        let mut child = cmd.spawn().expect("spawn agent");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st, self.agent_log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not refuse to start:\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `spendguard-agent ARGS` (not the server: `recover`, `uninstall`, …) with this world's
+    /// environment.
+    pub fn agent_cmd(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("spendguard-agent"));
+        self.agent_env(&mut cmd);
+        cmd.args(args).output().expect("run spendguard-agent")
     }
 
     /// Sets an environment variable for the agent's next start.
@@ -452,7 +516,13 @@ impl World {
             .append(true)
             .open(self.state.path().join("agent.log"))
             .expect("agent log");
-        let mut cmd = Command::new(bin("spendguard-agent"));
+        let exe = self
+            .agent_bin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| bin("spendguard-agent"));
+        let mut cmd = Command::new(exe);
         self.agent_env(&mut cmd);
         cmd.stdout(Stdio::null()).stderr(log);
         let agent_cg = self

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod prev_release;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -102,9 +103,11 @@ fn main() -> anyhow::Result<()> {
                 "--bins",
             ]);
             status(build)?;
+            let prev = prev_release::ensure(&root)?;
             let mut test = cargo();
             test.current_dir(&root)
                 .env("SPENDGUARD_BIN_DIR", root.join("target/debug"))
+                .env("SPENDGUARD_PREV_BIN_DIR", prev)
                 .env(
                     "SPENDGUARD_SDK_PYTHON",
                     root.join("target/sdk-venv/bin/python"),

@@ -37,12 +37,18 @@ pub struct Tag {
     pub cgroup_id: u64,
 }
 
-/// The kernel side of tags (the BPF map); a fake in unit tests.
+/// The kernel side of tags (the BPF maps); a fake in unit tests.
 pub trait TagMap: Send + Sync {
     fn set(&self, cgroup_id: u64) -> Result<(), String>;
     fn unset(&self, cgroup_id: u64) -> Result<(), String>;
     /// Every id currently in the map (to drop stale ones left in a pinned map).
     fn ids(&self) -> Result<Vec<u64>, String>;
+    /// Watch a tagged path, so a cgroup created there is tagged by the kernel at creation.
+    /// `Ok(false)`: the path cannot be watched (too long); reconcile covers it, later.
+    fn watch(&self, cgroup: &Path) -> Result<bool, String>;
+    fn unwatch(&self, cgroup: &Path) -> Result<(), String>;
+    /// Every watched path (to drop stale ones left in a pinned map).
+    fn watched(&self) -> Result<Vec<PathBuf>, String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +68,59 @@ pub enum TagError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("tags file {path} is corrupt: {source}; fix or remove it (tags are then lost and must be set again)")]
+    #[error("tags file {path} is corrupt ({source}): the agent does not start without its tags, and the pinned redirect stays in force (tagged traffic is refused, never unmetered). Restore the file from a backup, or run `spendguard-agent recover` to set it aside and start with every cgroup it had tagged held as paused until it is tagged again")]
     Corrupt {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("tags file {path} has version {found}, newer than this agent knows ({known}): it was written by a newer SpendGuard. Run that version, or restore the file this version wrote")]
+    NewerVersion {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
 }
 
+/// The tags file's format version (written since release 0.1).
+pub const TAGS_FILE_VERSION: u32 = 1;
+
 #[derive(Default, Serialize, Deserialize)]
-struct TagsFile {
-    version: u32,
-    tags: Vec<Tag>,
+#[serde(deny_unknown_fields)]
+pub struct TagsFile {
+    pub version: u32,
+    pub tags: Vec<Tag>,
+}
+
+impl TagsFile {
+    /// Parses a tags file: the one step from the disk's bytes to tags, so it can be fuzzed. An
+    /// empty file (a crash of an old version between create and write) is refused like any other
+    /// damage: a silent empty tag set would leave every tagged cgroup unmetered.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<TagsFile, TagError> {
+        let file: TagsFile = serde_json::from_slice(bytes).map_err(|source| TagError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if file.version > TAGS_FILE_VERSION {
+            return Err(TagError::NewerVersion {
+                path: path.to_path_buf(),
+                found: file.version,
+                known: TAGS_FILE_VERSION,
+            });
+        }
+        Ok(file)
+    }
+
+    /// Reads `path`; a missing file is no tags (a new node).
+    pub fn read(path: &Path) -> Result<TagsFile, TagError> {
+        match std::fs::read(path) {
+            Ok(bytes) => TagsFile::parse(path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TagsFile::default()),
+            Err(source) => Err(TagError::Persist {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
 }
 
 struct Inner {
@@ -80,55 +128,102 @@ struct Inner {
     by_id: HashMap<u64, PathBuf>,
 }
 
+/// Least time between two reconciles caused by connections whose tag id is unknown.
+pub const MISS_RECONCILE_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The tag table. Cheap to clone.
 #[derive(Clone)]
 pub struct TagStore {
     inner: Arc<Mutex<Inner>>,
+    last_miss: Arc<Mutex<Option<(std::time::Instant, u64)>>>,
     file: PathBuf,
     mount: PathBuf,
     map: Arc<dyn TagMap>,
 }
 
 impl TagStore {
-    /// Loads the tags file (missing = no tags), resolves every path and makes the BPF map match.
+    /// Loads the tags file (missing = no tags), resolves every path by name (ids from a previous
+    /// boot or of a re-created cgroup mean nothing) and makes the BPF maps match. Whatever the
+    /// kernel state left by the previous run — maps empty after a reboot or `uninstall`, stale
+    /// ids, cgroups gone — is reconciled here; a map error is logged, never fatal (the agent must
+    /// come up, or tagged traffic is refused forever). Only a damaged tags file stops the start.
     pub fn open(
         state_dir: &Path,
         mount: PathBuf,
         map: Arc<dyn TagMap>,
     ) -> Result<TagStore, TagError> {
         let file = paths::tags_file(state_dir);
-        let loaded: TagsFile = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| TagError::Corrupt {
-                path: file.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TagsFile::default(),
-            Err(source) => return Err(TagError::Persist { path: file, source }),
-        };
+        let loaded = TagsFile::read(&file)?;
         let store = TagStore {
             inner: Arc::new(Mutex::new(Inner {
                 by_path: BTreeMap::new(),
                 by_id: HashMap::new(),
             })),
+            last_miss: Arc::default(),
             file,
             mount,
             map,
         };
         {
             let mut inner = store.lock();
-            for tag in loaded.tags {
+            for mut tag in loaded.tags {
+                // The id on file is from the previous run: resolved again by reconcile.
+                tag.cgroup_id = 0;
+                store.watch(&tag.cgroup);
                 inner.by_path.insert(tag.cgroup.clone(), tag);
             }
         }
         store.reconcile()?;
-        // Drop ids a previous run left in the pinned map that no tag claims any more.
-        let wanted: std::collections::HashSet<u64> = store.lock().by_id.keys().copied().collect();
-        for id in store.map.ids().map_err(TagError::Map)? {
-            if !wanted.contains(&id) {
-                store.map.unset(id).map_err(TagError::Map)?;
+        for t in store.list().iter().filter(|t| t.cgroup_id == 0) {
+            tracing::warn!(cgroup = %t.cgroup.display(), agent = %t.agent, "tagged cgroup does not exist (yet); its tag waits for it (the kernel tags it when it is created)");
+        }
+        store.drop_stale();
+        Ok(store)
+    }
+
+    /// Drops ids and watched paths a previous run left in the pinned maps that no tag claims.
+    fn drop_stale(&self) {
+        let inner = self.lock();
+        match self.map.ids() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !inner.by_id.contains_key(id)) {
+                    if let Err(e) = self.map.unset(id) {
+                        tracing::warn!(cgroup_id = id, "cannot drop a stale tag id: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list the BPF tag map: {e}"),
+        }
+        match self.map.watched() {
+            Ok(watched) => {
+                for p in watched.iter().filter(|p| !inner.by_path.contains_key(*p)) {
+                    if let Err(e) = self.map.unwatch(p) {
+                        tracing::warn!(cgroup = %p.display(), "cannot drop a stale watched path: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list the BPF watched paths: {e}"),
+        }
+    }
+
+    /// Watches a tagged path for re-creation; a failure only delays a re-created cgroup's tag
+    /// until reconcile, so it is logged, not returned.
+    fn watch(&self, path: &Path) {
+        match self.map.watch(path) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(cgroup = %path.display(), "tagged path is too long for the kernel's mkdir hook; if the cgroup is re-created it is tagged by the agent's reconcile (up to 2 s)")
+            }
+            Err(e) => {
+                tracing::warn!(cgroup = %path.display(), "cannot watch the tagged path for re-creation: {e}")
             }
         }
-        Ok(store)
+    }
+
+    fn unwatch(&self, path: &Path) {
+        if let Err(e) = self.map.unwatch(path) {
+            tracing::warn!(cgroup = %path.display(), "cannot stop watching an untagged path: {e}");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -169,6 +264,7 @@ impl TagStore {
             }
         }
         self.map.set(id).map_err(TagError::Map)?;
+        self.watch(&path);
         inner.by_id.insert(id, path.clone());
         inner.by_path.insert(path, tag.clone());
         self.persist(&inner)?;
@@ -185,6 +281,7 @@ impl TagStore {
             .by_path
             .remove(&path)
             .ok_or_else(|| TagError::NotTagged(path.clone()))?;
+        self.unwatch(&path);
         if tag.cgroup_id != 0 {
             inner.by_id.remove(&tag.cgroup_id);
             self.map.unset(tag.cgroup_id).map_err(TagError::Map)?;
@@ -201,6 +298,31 @@ impl TagStore {
             .get(&cgroup_id)
             .and_then(|p| inner.by_path.get(p))
             .cloned()
+    }
+
+    /// [`TagStore::by_id`], and on a miss one reconcile first: the kernel's mkdir hook tags a
+    /// re-created cgroup at once, before this store has learnt its new id. The same unknown id
+    /// triggers at most one reconcile per [`MISS_RECONCILE_GAP`], so a stale id cannot make the
+    /// proxy stat every tagged path on every connection (ids come from the kernel's tag map, so
+    /// a workload cannot make up new ones).
+    pub fn by_id_or_reconcile(&self, cgroup_id: u64) -> Option<Tag> {
+        if let Some(t) = self.by_id(cgroup_id) {
+            return Some(t);
+        }
+        {
+            let mut last = self.last_miss.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|(t, id)| {
+                id == cgroup_id && now.duration_since(t) < MISS_RECONCILE_GAP
+            }) {
+                return None;
+            }
+            *last = Some((now, cgroup_id));
+        }
+        if let Err(e) = self.reconcile() {
+            tracing::warn!("tag reconcile: {e}");
+        }
+        self.by_id(cgroup_id)
     }
 
     pub fn list(&self) -> Vec<Tag> {
@@ -227,13 +349,28 @@ impl TagStore {
             changed = true;
             if old_id != 0 && old_id != new_id {
                 inner.by_id.remove(&old_id);
-                self.map.unset(old_id).map_err(TagError::Map)?;
+                // A stale id left in the map only tags a cgroup that no longer exists (ids are
+                // not reused within a boot): log it, go on.
+                if let Err(e) = self.map.unset(old_id) {
+                    tracing::warn!(cgroup = %path.display(), cgroup_id = old_id, "cannot drop the old id of a re-created cgroup: {e}");
+                }
             }
             if new_id != 0 {
-                self.map.set(new_id).map_err(TagError::Map)?;
-                inner.by_id.insert(new_id, path.clone());
+                match self.map.set(new_id) {
+                    Ok(()) => {
+                        inner.by_id.insert(new_id, path.clone());
+                        tracing::info!(cgroup = %path.display(), cgroup_id = new_id, "tag applied");
+                    }
+                    Err(e) => {
+                        // Not redirected: say so loudly, keep the path so the next reconcile retries.
+                        tracing::error!(cgroup = %path.display(), "cannot put the tag into the BPF map: {e}; this cgroup is NOT redirected until it can");
+                        if let Some(tag) = inner.by_path.get_mut(&path) {
+                            tag.cgroup_id = 0;
+                        }
+                    }
+                }
             } else {
-                tracing::warn!(cgroup = %path.display(), "tagged cgroup does not exist (yet); its tag waits for it");
+                tracing::warn!(cgroup = %path.display(), "tagged cgroup does not exist (yet); its tag waits for it (the kernel tags it when it is created)");
             }
         }
         if changed {
@@ -244,7 +381,7 @@ impl TagStore {
 
     fn persist(&self, inner: &Inner) -> Result<(), TagError> {
         let body = TagsFile {
-            version: 1,
+            version: TAGS_FILE_VERSION,
             tags: inner.by_path.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec_pretty(&body).map_err(|source| TagError::Corrupt {
@@ -322,6 +459,7 @@ impl TagStore {
                 self.map.set(id).map_err(TagError::Map)?;
                 inner.by_id.insert(id, path.clone());
             }
+            self.watch(&path);
             let tag = Tag {
                 cgroup: path.clone(),
                 agent: agent.clone(),
@@ -375,6 +513,7 @@ impl TagStore {
         let Some(tag) = inner.by_path.remove(path) else {
             return Ok(None);
         };
+        self.unwatch(path);
         if tag.cgroup_id != 0 {
             if inner.by_id.get(&tag.cgroup_id).map(PathBuf::as_path) == Some(path) {
                 inner.by_id.remove(&tag.cgroup_id);
@@ -444,14 +583,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 #[cfg(test)]
 pub(crate) mod testing {
     use std::collections::HashSet;
+    use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
     use super::TagMap;
 
-    /// A `TagMap` in memory instead of the BPF map.
+    /// A `TagMap` in memory instead of the BPF maps.
     #[derive(Default)]
-    pub(crate) struct FakeMap(Mutex<HashSet<u64>>);
+    pub(crate) struct FakeMap(Mutex<HashSet<u64>>, Mutex<HashSet<PathBuf>>);
     impl TagMap for FakeMap {
+        fn watch(&self, p: &Path) -> Result<bool, String> {
+            self.1
+                .lock()
+                .map_err(|e| e.to_string())?
+                .insert(p.to_path_buf());
+            Ok(true)
+        }
+        fn unwatch(&self, p: &Path) -> Result<(), String> {
+            self.1.lock().map_err(|e| e.to_string())?.remove(p);
+            Ok(())
+        }
+        fn watched(&self) -> Result<Vec<PathBuf>, String> {
+            Ok(self
+                .1
+                .lock()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .cloned()
+                .collect())
+        }
         fn set(&self, id: u64) -> Result<(), String> {
             self.0.lock().map_err(|e| e.to_string())?.insert(id);
             Ok(())

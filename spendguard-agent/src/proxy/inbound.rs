@@ -61,7 +61,7 @@ impl Inbound {
     ) -> Result<Inbound, InboundError> {
         let orig = redirects.take(peer).ok_or(InboundError::NotRedirected)?;
         let tag = tags
-            .by_id(orig.tag_cgroup_id)
+            .by_id_or_reconcile(orig.tag_cgroup_id)
             .ok_or(InboundError::TagGone(orig.tag_cgroup_id))?;
         Ok(Inbound {
             stream,

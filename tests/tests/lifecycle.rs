@@ -1,0 +1,282 @@
+//! A node's whole life (issue 13): reboots, re-created cgroups, upgrades, lost or damaged state.
+//! The agent must come back, and tagged traffic must never flow unmetered on the way.
+//!
+//! A "reboot" here is what a reboot leaves behind for the agent: bpffs empty (`uninstall` unpins
+//! everything), every cgroup created anew (new ids under the same paths), the state dir kept.
+
+use std::path::Path;
+use std::time::Duration;
+
+use spendguard_tests::servers::EchoServer;
+use spendguard_tests::{prev_release_bin, privileged, probe, Place, World};
+
+const A443: &str = "10.77.3.1:443";
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).expect("stat cgroup").ino()
+}
+
+/// Went through the proxy to upstream A (the upstream saw the proxy, not the client).
+fn proxied(v: &serde_json::Value) -> bool {
+    let Some(r) = v["reply"].as_str() else {
+        return false;
+    };
+    let Ok(r) = serde_json::from_str::<serde_json::Value>(r) else {
+        return false;
+    };
+    r["server"] == "A" && r["peer"] != v["local"]
+}
+
+/// Reached upstream A directly: the one outcome a tagged cgroup must never see.
+fn direct(v: &serde_json::Value) -> bool {
+    v["reply"]
+        .as_str()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .is_some_and(|r| r["peer"] == v["local"])
+}
+
+fn at<'a>(w: &'a World, cg: &'a Path) -> Place<'a> {
+    Place {
+        cgroup: Some(cg),
+        netns: Some(&w.node),
+        uid: None,
+    }
+}
+
+/// Reconciles only every 10 minutes: whatever tags a re-created cgroup in these tests is the
+/// kernel's mkdir hook, not the agent's polling.
+fn slow_reconcile(w: &World) {
+    w.set_agent_env("SPENDGUARD_TAG_RECONCILE_SECONDS", "600");
+}
+
+#[test]
+fn simulated_reboot_recreated_cgroup_and_empty_bpffs_the_agent_comes_back() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _a = EchoServer::start(&w.node, A443, "A");
+    w.start_agent();
+    let path = w.cgroup.path.join("svc");
+    std::fs::create_dir(&path).expect("mkdir");
+    w.tag(&path, "acme.svc");
+    assert!(proxied(&probe(at(&w, &path), &["tcp", A443, "hello"])));
+    let old_id = inode(&path);
+
+    // The issue's reproduction: stop, uninstall (bpffs empty, as after a reboot), re-create the
+    // cgroup (as systemd does when a unit restarts), start.
+    assert!(w.stop_agent().success());
+    let out = w.uninstall();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_dir(&path).expect("rmdir");
+    std::fs::create_dir(&path).expect("re-create");
+    assert_ne!(inode(&path), old_id, "a re-created cgroup has a new id");
+    w.start_agent();
+    assert!(w.agent_log().contains("mode=Attached"), "{}", w.agent_log());
+    let v = probe(at(&w, &path), &["tcp", A443, "hello"]);
+    assert!(
+        proxied(&v),
+        "after the reboot the tag must be re-resolved by path: {v}"
+    );
+    let tags = w.cli(&["agents", "--json"]);
+    let text = String::from_utf8_lossy(&tags.stdout);
+    assert!(
+        text.contains(&inode(&path).to_string()),
+        "agents shows the new id: {text}"
+    );
+    std::fs::remove_dir(&path).expect("cleanup");
+}
+
+#[test]
+fn a_cgroup_gone_at_start_waits_and_is_tagged_by_the_kernel_when_it_is_created() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    slow_reconcile(&w);
+    let _a = EchoServer::start(&w.node, A443, "A");
+    w.start_agent();
+    let path = w.cgroup.path.join("unit.service");
+    std::fs::create_dir(&path).expect("mkdir");
+    w.tag(&path, "acme.unit");
+    w.stop_agent();
+    std::fs::remove_dir(&path).expect("rmdir: the unit stopped");
+
+    // Starts with the tagged cgroup missing: not fatal, the tag waits.
+    w.start_agent();
+    assert!(
+        w.agent_log().contains("does not exist (yet)"),
+        "{}",
+        w.agent_log()
+    );
+    // Created again while the agent reconciles only every 10 minutes: a process in it is
+    // redirected at once, because the kernel tagged the cgroup inside mkdir().
+    std::fs::create_dir(&path).expect("re-create");
+    let v = probe(at(&w, &path), &["tcp", A443, "hello"]);
+    assert!(
+        proxied(&v),
+        "the re-created cgroup's first connection must be redirected and served: {v}\n{}\n{}",
+        w.agent_log(),
+        bpf_dump(&w)
+    );
+    // And again, with the agent running (a systemd unit restart).
+    std::fs::remove_dir(&path).expect("rmdir");
+    std::fs::create_dir(&path).expect("re-create");
+    let v = probe(at(&w, &path), &["tcp", A443, "hello"]);
+    assert!(proxied(&v), "{v}");
+    // A sibling that is not tagged is never touched.
+    let plain = w.cgroup.child("plain.service");
+    assert!(direct(&probe(at(&w, &plain.path), &["tcp", A443, "hello"])));
+    std::fs::remove_dir(&path).expect("cleanup");
+}
+
+/// The pinned maps' contents, for failure messages.
+fn bpf_dump(w: &World) -> String {
+    let dir = w
+        .pin_dir
+        .join(format!("maps/v{}", spendguard_common_layout()));
+    let mut out = String::new();
+    for m in ["SG_PENDING", "SG_TAGGED", "SG_CONFIG"] {
+        let o = std::process::Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(dir.join(m))
+            .output();
+        if let Ok(o) = o {
+            out.push_str(&format!("{m}:\n{}\n", String::from_utf8_lossy(&o.stdout)));
+        }
+    }
+    out
+}
+
+/// Starts `n` probes per 20 ms from `cg` in a thread until `stop`; returns every result.
+fn probe_loop(
+    w: &World,
+    cg: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        out.push(probe(at(w, cg), &["tcp", A443, "hello"]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out
+}
+
+#[test]
+fn upgrade_from_the_previous_release_adopts_its_links_and_replaces_its_maps_without_a_window() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _a = EchoServer::start(&w.node, A443, "A");
+    // Release 0.1: maps pinned directly in maps/, layout 1.
+    w.set_agent_bin(Some(prev_release_bin("spendguard-agent")));
+    w.start_agent();
+    let tagged = w.cgroup.child("tagged");
+    w.tag(&tagged.path, "acme.upgrade");
+    assert!(proxied(&probe(
+        at(&w, &tagged.path),
+        &["tcp", A443, "hello"]
+    )));
+    let legacy = w.pin_dir.join("maps/SG_TAGGED");
+    assert!(legacy.exists(), "the previous release pins maps/SG_TAGGED");
+    let links_before = w.attached_programs();
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results = std::thread::scope(|s| {
+        let h = s.spawn(|| probe_loop(&w, &tagged.path, &stop));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(w.stop_agent().success());
+        w.set_agent_bin(None);
+        w.start_agent();
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().expect("probe thread")
+    });
+    let leaked: Vec<_> = results.iter().filter(|v| direct(v)).collect();
+    assert!(
+        leaked.is_empty(),
+        "tagged connections reached the provider directly during the upgrade: {leaked:?}"
+    );
+    assert!(results.iter().any(proxied), "{results:?}");
+    assert!(w.agent_log().contains("mode=Adopted"), "{}", w.agent_log());
+    assert_eq!(
+        w.attached_programs().len(),
+        links_before.len(),
+        "adopted, not attached a second time"
+    );
+    assert!(!legacy.exists(), "layout-1 maps unpinned after the swap");
+    assert!(w
+        .pin_dir
+        .join(format!("maps/v{}/SG_TAGGED", spendguard_common_layout()))
+        .exists());
+    assert!(proxied(&probe(
+        at(&w, &tagged.path),
+        &["tcp", A443, "hello"]
+    )));
+}
+
+/// The map layout this build pins (read from the tree, so the test needs no BPF crate).
+fn spendguard_common_layout() -> u32 {
+    let src = include_str!("../../spendguard-common/src/lib.rs");
+    src.lines()
+        .find_map(|l| l.strip_prefix("pub const MAP_LAYOUT: u32 = "))
+        .and_then(|v| v.trim_end_matches(';').parse().ok())
+        .expect("MAP_LAYOUT in spendguard-common")
+}
+
+#[test]
+fn pinned_maps_that_do_not_match_the_layout_are_recreated_and_tags_survive() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let _a = EchoServer::start(&w.node, A443, "A");
+    w.start_agent();
+    let tagged = w.cgroup.child("tagged");
+    w.tag(&tagged.path, "acme.layout");
+    w.stop_agent();
+    // A foreign map where this layout's SG_PENDING belongs (a damaged pin dir, another build).
+    let pending = w
+        .pin_dir
+        .join(format!("maps/v{}/SG_PENDING", spendguard_common_layout()));
+    std::fs::remove_file(&pending).expect("unpin");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pending)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "SG_PENDING",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results = std::thread::scope(|s| {
+        let h = s.spawn(|| probe_loop(&w, &tagged.path, &stop));
+        std::thread::sleep(Duration::from_millis(100));
+        w.start_agent();
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().expect("probe thread")
+    });
+    assert!(results.iter().all(|v| !direct(v)), "{results:?}");
+    assert!(
+        w.agent_log().contains("do not match map layout"),
+        "{}",
+        w.agent_log()
+    );
+    assert!(proxied(&probe(
+        at(&w, &tagged.path),
+        &["tcp", A443, "hello"]
+    )));
+}
