@@ -25,6 +25,18 @@ pub enum LedgerError {
     },
 
     #[error(
+        "the ledger database {path} is damaged ({source}): it cannot be opened, so nothing is \
+         forwarded (tagged traffic is refused, the pinned redirect stays). Restore the file from a \
+         backup, or run `spendguard-agent recover` to set it aside and start a new ledger that \
+         holds every request until an operator confirms the budgets"
+    )]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: Arc<redb::DatabaseError>,
+    },
+
+    #[error(
         "the ledger database {path} failed while {action}: {source}; check free disk space and \
          the filesystem holding it; requests are refused until the ledger can write again"
     )]
@@ -36,8 +48,10 @@ pub enum LedgerError {
     },
 
     #[error(
-        "the ledger database {path} holds an unreadable {table} record {key}: {detail}; restore \
-         the file from a backup, or move it aside to start an empty ledger"
+        "the ledger database {path} holds an unreadable {table} record {key}: {detail}; nothing is \
+         forwarded without a ledger (tagged traffic is refused). Restore the file from a backup, \
+         or run `spendguard-agent recover` to set it aside and start a new ledger that holds every \
+         request until an operator confirms the budgets"
     )]
     Corrupt {
         path: PathBuf,
@@ -47,8 +61,9 @@ pub enum LedgerError {
     },
 
     #[error(
-        "the ledger database {path} has schema version {found}, this spendguard-agent understands \
-         version {expected}; run the spendguard-agent release that wrote it"
+        "the ledger database {path} has schema version {found}, newer than this spendguard-agent \
+         understands (up to {expected}): it was written by a newer release. Run that release (a \
+         rollback must not drop the newer ledger), or restore a backup this release wrote"
     )]
     SchemaVersion {
         path: PathBuf,

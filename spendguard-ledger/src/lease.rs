@@ -160,7 +160,7 @@ impl State {
         let blocked = eff.iter().any(|lim| {
             lim.expires_at.is_some_and(|at| now >= at) || lim.per_call.is_some_and(|pc| amount > pc)
         });
-        !paused && !blocked
+        !paused && !blocked && !self.settings.contains_key(crate::state::HOLD_SETTING)
     }
 
     /// Unused leased capacity of `level` and everyone under it: outstanding there, yet free for

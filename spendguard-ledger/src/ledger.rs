@@ -89,6 +89,7 @@ struct Shared {
     path: PathBuf,
     /// Leases on (`lease_max > 0`): the request path tries to carve first.
     leases: bool,
+    ledger_id: u64,
 }
 
 /// The durable budget ledger. Cheap to clone; all clones share one committer.
@@ -140,6 +141,7 @@ impl Ledger {
     ) -> Result<Ledger, LedgerError> {
         let store = Store::new(path.clone(), opener);
         store.open()?;
+        let ledger_id = store.ledger_id()?;
         let mut state = store.load(options.default_limits.clone())?;
         state.lease_max = options.lease_max.0;
         let now = options.clock.now();
@@ -188,6 +190,7 @@ impl Ledger {
                 clock: options.clock,
                 path,
                 leases: options.lease_max > MicroUsd::ZERO,
+                ledger_id,
             }),
             _committer: Arc::new(CommitterThread(Some(handle))),
         })
@@ -201,6 +204,33 @@ impl Ledger {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// This ledger's identity (random, given at creation; the agent's state manifest records it).
+    pub fn ledger_id(&self) -> u64 {
+        self.shared.ledger_id
+    }
+
+    /// The recovery hold, if one is in force: every request is refused (`agent_paused`) until
+    /// an operator lifts it with [`Ledger::release_hold`]. `spendguard-agent recover` sets it
+    /// when it had to start a new ledger, since the spend the old one recorded is unknown.
+    pub fn hold(&self) -> Option<crate::types::Hold> {
+        self.setting(crate::state::HOLD_SETTING)
+            .and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    /// Puts a recovery hold in force (see [`Ledger::hold`]).
+    pub async fn set_hold(&self, hold: &crate::types::Hold) -> Result<(), LedgerError> {
+        let v = serde_json::to_value(hold).map_err(|e| LedgerError::Encode {
+            what: "a recovery hold",
+            detail: e.to_string(),
+        })?;
+        self.put_setting(crate::state::HOLD_SETTING, v).await
+    }
+
+    /// Lifts the recovery hold: requests are decided by the budgets again.
+    pub async fn release_hold(&self) -> Result<(), LedgerError> {
+        self.delete_setting(crate::state::HOLD_SETTING).await
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, LedgerError> {

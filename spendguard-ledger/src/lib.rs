@@ -46,8 +46,8 @@ pub use money::MicroUsd;
 pub use period::Period;
 pub use types::{
     AgentState, AgentStatus, AuditContext, AuditEvent, AuditFilter, Decision, Denial, DenyReason,
-    Notification, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation, ReserveRequest,
-    Settled,
+    Hold, Notification, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation,
+    ReserveRequest, Settled,
 };
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ use crate::types::{
     PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation, ReserveRequest, Settled,
 };
 
+/// The setting that holds a recovery hold ([`crate::types::Hold`]).
+pub(crate) const HOLD_SETTING: &str = "spendguard.recovery_hold";
+
 /// Spend of one level in one period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Counter {
@@ -459,6 +462,35 @@ impl State {
         let eff = self.effective_all(&levels);
         let remaining = self.remaining(&levels, &eff, now);
 
+        if let Some(hold) = self.settings.get(HOLD_SETTING) {
+            let hold: Option<crate::types::Hold> = serde_json::from_value(hold.clone()).ok();
+            let (since, why) = hold.map_or_else(
+                || {
+                    (
+                        "an unknown time".to_string(),
+                        "its ledger was recovered".to_string(),
+                    )
+                },
+                |h| (ts(h.since), h.reason),
+            );
+            let message = format!(
+                "Every budget on this node is on hold since {since} ({why}): what was spent before \
+                 is unknown, so nothing is forwarded until an operator confirms the budgets with \
+                 `spendguard recover --confirm` (requested: {amount})"
+            );
+            return Err(self.blocked(
+                &agent,
+                &agent,
+                DenyReason::AgentPaused,
+                message,
+                amount,
+                remaining,
+                None,
+                audit,
+                now,
+                fx,
+            ));
+        }
         if let Some(l) = levels.iter().find(|l| self.agents[*l].paused) {
             let message = format!(
                 "Agent {l} is paused; `spendguard resume {l}` reopens it (requested: {amount})"
@@ -914,7 +946,8 @@ impl State {
         for p in Period::ALL {
             *spent.slot(p) = MicroUsd(entry.map_or(0, |e| e.spent(p, now)));
         }
-        let status = if paused_by.is_some() {
+        let held = self.settings.contains_key(HOLD_SETTING);
+        let status = if paused_by.is_some() || held {
             AgentState::Paused
         } else if expired {
             AgentState::Expired
@@ -942,7 +975,7 @@ impl State {
                 weekly: Period::Weekly.next_reset(now),
                 monthly: Period::Monthly.next_reset(now),
             },
-            paused: paused_by.is_some(),
+            paused: paused_by.is_some() || held,
             paused_by,
         }
     }

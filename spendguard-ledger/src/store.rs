@@ -32,10 +32,30 @@ const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("reservat
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
-const SCHEMA_VERSION: u64 = 1;
+/// Version 1: release 0.1. Version 2 adds the ledger's identity (`ledger_id`, `created_at`),
+/// which the agent's state manifest records, so a ledger that went missing (or was swapped for
+/// another node's) is noticed instead of silently starting every budget at zero.
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 const KEY_SCHEMA: &str = "schema_version";
+const KEY_LEDGER_ID: &str = "ledger_id";
+const KEY_CREATED_AT: &str = "created_at";
+const KEY_MIGRATED_FROM: &str = "migrated_from";
 const KEY_NEXT_RESERVATION: &str = "next_reservation_id";
 const KEY_NEXT_AUDIT: &str = "next_audit_id";
+
+/// A random 63-bit id (from the kernel's entropy; the clock and pid as a fallback).
+fn new_ledger_id() -> u64 {
+    let mut b = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    let id = if random {
+        u64::from_ne_bytes(b)
+    } else {
+        (Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64) ^ u64::from(std::process::id())
+    };
+    (id >> 1).max(1)
+}
 
 /// At most this many expired audit events are deleted per batch, so compaction never makes one
 /// commit slow.
@@ -273,9 +293,28 @@ impl Store {
     /// Opens the database and creates the tables of a new one.
     pub fn open(&self) -> Result<(), LedgerError> {
         let path = self.path.as_path();
-        let db = (self.opener)().map_err(|e| LedgerError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(e),
+        let db = (self.opener)().map_err(|e| {
+            // An I/O error (permissions, a full disk) is the operator's to fix in place; anything
+            // else means the bytes are not a ledger any more.
+            let damaged = match &e {
+                redb::DatabaseError::Storage(redb::StorageError::Io(io)) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ),
+                redb::DatabaseError::DatabaseAlreadyOpen => false,
+                _ => true,
+            };
+            if damaged {
+                LedgerError::Damaged {
+                    path: path.to_path_buf(),
+                    source: Arc::new(e),
+                }
+            } else {
+                LedgerError::Open {
+                    path: path.to_path_buf(),
+                    source: Arc::new(e),
+                }
+            }
         })?;
         let err = |e: redb::Error| LedgerError::storage(path, "initialising the tables")(e);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
@@ -287,12 +326,25 @@ impl Store {
                 .get(KEY_SCHEMA)
                 .map_err(|e| err(e.into()))?
                 .map(|g| g.value());
+            let identity = |meta: &mut redb::Table<'_, &str, u64>| -> Result<(), LedgerError> {
+                meta.insert(KEY_LEDGER_ID, new_ledger_id())
+                    .map_err(|e| err(e.into()))?;
+                meta.insert(KEY_CREATED_AT, Utc::now().timestamp().max(0) as u64)
+                    .map_err(|e| err(e.into()))?;
+                meta.insert(KEY_SCHEMA, SCHEMA_VERSION)
+                    .map_err(|e| err(e.into()))?;
+                Ok(())
+            };
             match found {
-                None => {
-                    meta.insert(KEY_SCHEMA, SCHEMA_VERSION)
-                        .map_err(|e| err(e.into()))?;
-                }
+                None => identity(&mut meta)?,
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => {
+                    // In place, in this one transaction: a crash leaves version 1 or version 2.
+                    identity(&mut meta)?;
+                    meta.insert(KEY_MIGRATED_FROM, 1)
+                        .map_err(|e| err(e.into()))?;
+                    tracing::info!(path = %path.display(), "ledger migrated from schema version 1 to {SCHEMA_VERSION}");
+                }
                 Some(found) => {
                     return Err(LedgerError::SchemaVersion {
                         path: path.to_path_buf(),
@@ -309,6 +361,25 @@ impl Store {
         txn.commit().map_err(|e| err(e.into()))?;
         *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
         Ok(())
+    }
+
+    /// The ledger's identity: a random id given when it was created (or migrated to version 2).
+    pub fn ledger_id(&self) -> Result<u64, LedgerError> {
+        let path = self.path.as_path();
+        let db = self.db()?;
+        let err = |e: redb::Error| LedgerError::storage(path, "reading the ledger id")(e);
+        let txn = db.begin_read().map_err(|e| err(e.into()))?;
+        let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let id = meta
+            .get(KEY_LEDGER_ID)
+            .map_err(|e| err(e.into()))?
+            .map(|g| g.value());
+        id.ok_or_else(|| LedgerError::Corrupt {
+            path: path.to_path_buf(),
+            table: "meta",
+            key: KEY_LEDGER_ID.into(),
+            detail: "missing".into(),
+        })
     }
 
     /// Drops this handle on the database (it closes once no reader holds it either).

@@ -361,3 +361,13 @@ impl Notification {
         }
     }
 }
+
+/// A recovery hold: the node's ledger was lost or damaged and started anew, so what was spent is
+/// unknown; every request is refused (`agent_paused`) until an operator has set the budgets and
+/// lifts it (`spendguard recover --confirm`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub since: DateTime<Utc>,
+    /// What happened, for the 402 message and `status` (e.g. "ledger.redb was damaged").
+    pub reason: String,
+}

@@ -8,5 +8,6 @@ mod common;
 mod concurrency;
 mod hierarchy;
 mod lifecycle;
+mod migrate;
 mod periods;
 mod props;
