@@ -13,4 +13,5 @@ pub mod paths;
 pub mod proxy;
 pub mod redirect;
 pub mod run;
+pub mod statedir;
 pub mod tls;

@@ -21,6 +21,11 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub fn tags_file(state_dir: &Path) -> PathBuf {
     state_dir.join("tags.json")
 }
+/// Which ledger this state dir belongs with (its id), 0600: a lost ledger is noticed, not
+/// silently re-created empty.
+pub fn manifest_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.json")
+}
 /// The ledger database (redb), 0600.
 pub fn ledger_file(state_dir: &Path) -> PathBuf {
     state_dir.join("ledger.redb")

@@ -108,6 +108,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     let ledger_path = paths::ledger_file(&cfg.state_dir);
+    crate::statedir::check_before_open(&cfg.state_dir)?;
     let ledger = Ledger::open(
         &ledger_path,
         LedgerOptions {
@@ -118,6 +119,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+    crate::statedir::check_after_open(&cfg.state_dir, ledger.ledger_id())?;
+    if let Some(hold) = ledger.hold() {
+        tracing::warn!(since = %hold.since, reason = %hold.reason, "RECOVERY HOLD: every request is refused until an operator runs `spendguard recover --confirm`");
+    }
     let prices = Prices::load(&ledger);
     for (model, o) in &cfg.prices {
         prices.set(&ledger, model, o.clone()).await?;

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use spendguard_tests::metered::Metered;
 use spendguard_tests::servers::EchoServer;
 use spendguard_tests::{prev_release_bin, privileged, probe, Place, World};
 
@@ -279,4 +280,169 @@ fn pinned_maps_that_do_not_match_the_layout_are_recreated_and_tags_survive() {
         at(&w, &tagged.path),
         &["tcp", A443, "hello"]
     )));
+}
+
+const SMALL: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}"#;
+
+fn chat(m: &Metered) -> (u16, String) {
+    let (code, _, body) = m.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", SMALL],
+    );
+    (code, body)
+}
+
+/// While the agent refuses to start, tagged connections are refused (the pinned redirect stays),
+/// never sent to the provider directly.
+fn assert_fail_closed(m: &Metered) {
+    let v = probe(m.at(), &["tcp", A443, "hello"]);
+    assert_eq!(v["errno"], libc::ECONNREFUSED, "{v}");
+    let before = m.fake.request_count();
+    let (code, _) = chat(m);
+    assert_eq!(code, 0, "curl cannot connect");
+    assert_eq!(m.fake.request_count(), before, "the provider saw nothing");
+}
+
+#[test]
+fn a_missing_ledger_with_tags_present_is_refused_and_recover_holds_every_request() {
+    if !privileged() {
+        return;
+    }
+    let m = Metered::new("acme.lost");
+    let (code, body) = chat(&m);
+    assert_eq!(code, 200, "{body}");
+    assert!(m.w.stop_agent().success());
+    let ledger = m.w.state_dir().join("ledger.redb");
+    std::fs::remove_file(&ledger).expect("lose the ledger");
+
+    let (st, log) = m.w.start_agent_expect_failure();
+    assert!(!st.success());
+    assert!(
+        log.contains("ledger.redb is missing") && log.contains("spendguard-agent recover"),
+        "{log}"
+    );
+    assert!(!ledger.exists(), "never a silent fresh ledger");
+    assert_fail_closed(&m);
+
+    let out = m.w.agent_cmd(&["recover"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("recovery hold"), "{text}");
+    m.w.start_agent();
+    let before = m.fake.request_count();
+    let (code, body) = chat(&m);
+    assert_eq!(code, 402, "{body}");
+    assert!(
+        body.contains("agent_paused") && body.contains("recover --confirm"),
+        "{body}"
+    );
+    assert_eq!(m.fake.request_count(), before, "held: nothing forwarded");
+    let out = m.w.cli(&["recover", "--confirm"]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, body) = chat(&m);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn damaged_ledger_tags_and_ca_are_named_and_fail_closed() {
+    if !privileged() {
+        return;
+    }
+    let m = Metered::new("acme.damaged");
+    assert_eq!(chat(&m).0, 200);
+    let dir = m.w.state_dir();
+    assert!(m.w.stop_agent().success());
+
+    // Garbage ledger.
+    let ledger = dir.join("ledger.redb");
+    let good = std::fs::read(&ledger).expect("ledger");
+    std::fs::write(
+        &ledger,
+        b"not a ledger at all, just some bytes of garbage .....",
+    )
+    .expect("w");
+    let (_, log) = m.w.start_agent_expect_failure();
+    assert!(
+        log.contains("ledger.redb") && log.contains("damaged"),
+        "{log}"
+    );
+    assert_fail_closed(&m);
+    std::fs::write(&ledger, &good).expect("restore");
+
+    // Truncated tags file.
+    let tags = dir.join("tags.json");
+    let good_tags = std::fs::read(&tags).expect("tags");
+    std::fs::write(&tags, &good_tags[..good_tags.len() / 2]).expect("w");
+    let (_, log) = m.w.start_agent_expect_failure();
+    assert!(
+        log.contains("tags.json") && log.contains("corrupt"),
+        "{log}"
+    );
+    assert_fail_closed(&m);
+
+    // CA key lost: never a new CA generated over the old certificate.
+    std::fs::write(&tags, &good_tags).expect("restore");
+    let key = dir.join("ca.key");
+    let good_key = std::fs::read(&key).expect("key");
+    std::fs::remove_file(&key).expect("rm key");
+    let cert_before = std::fs::read(dir.join("ca.crt")).expect("cert");
+    let (_, log) = m.w.start_agent_expect_failure();
+    assert!(log.contains("ca.key") && log.contains("does not"), "{log}");
+    assert_eq!(
+        std::fs::read(dir.join("ca.crt")).expect("cert"),
+        cert_before
+    );
+    assert_fail_closed(&m);
+    let write_key = |bytes: &[u8]| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(&key, bytes).expect("write key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    write_key(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n");
+    let (_, log) = m.w.start_agent_expect_failure();
+    assert!(log.contains("damaged") && log.contains("ca.key"), "{log}");
+    write_key(&good_key);
+
+    // All restored: it starts and nothing was lost.
+    m.w.start_agent();
+    assert_eq!(chat(&m).0, 200);
+    assert!(m.spent_total("acme.damaged") > 0);
+}
+
+#[test]
+fn recover_rebuilds_lost_tags_from_the_pinned_map_as_a_paused_quarantine() {
+    if !privileged() {
+        return;
+    }
+    let m = Metered::new("acme.tags");
+    assert_eq!(chat(&m).0, 200);
+    assert!(m.w.stop_agent().success());
+    let tags = m.w.state_dir().join("tags.json");
+    std::fs::write(&tags, b"{\"version\":1,\"ta").expect("damage");
+    let out = m.w.agent_cmd(&["recover"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("1 cgroups the kernel still redirects"),
+        "{text}"
+    );
+    m.w.start_agent();
+    // Still redirected, now as the paused quarantine agent: refused with 402, not forwarded.
+    let before = m.fake.request_count();
+    let (code, body) = chat(&m);
+    assert_eq!(code, 402, "{body}");
+    assert!(body.contains("spendguard.quarantine.recovered"), "{body}");
+    assert_eq!(m.fake.request_count(), before);
+    // The operator tags it again: served as itself.
+    m.w.tag(&m.agent_cg.path, "acme.tags");
+    assert_eq!(chat(&m).0, 200);
 }

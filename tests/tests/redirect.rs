@@ -375,7 +375,7 @@ fn uninstall_restores_direct_traffic() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("5 links detached"),
+        String::from_utf8_lossy(&out.stdout).contains("6 links detached"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -27,6 +27,15 @@ enum Command {
     Uninstall,
     /// Print the effective configuration (after file and environment) as TOML.
     Config,
+    /// With the agent stopped: set aside a damaged or missing ledger, tags file or manifest and
+    /// start again safely — a new ledger holds every request until `spendguard recover --confirm`,
+    /// lost tags come back from the pinned tag map as a paused quarantine agent.
+    Recover {
+        /// Accept the ledger file in place although the state manifest names another one (a
+        /// backup restored on purpose).
+        #[arg(long)]
+        adopt_ledger: bool,
+    },
 }
 
 /// glibc malloc arenas the agent may use. Its default (8 per core) gives every tokio worker and
@@ -86,6 +95,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     done.maps.len(),
                     cfg.bpf_pin_dir.display()
                 );
+            }
+            Ok(())
+        }
+        Command::Recover { adopt_ledger } => {
+            for line in spendguard_agent::statedir::recover(&cfg, adopt_ledger)? {
+                println!("{line}");
             }
             Ok(())
         }

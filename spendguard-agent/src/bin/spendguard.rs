@@ -85,6 +85,14 @@ enum Command {
     },
     /// Check that the agent answers.
     Ping,
+    /// Lift the recovery hold `spendguard-agent recover` put on a new ledger, once the budgets
+    /// are set: requests are decided by them again.
+    Recover {
+        /// Required: you have checked the limits (`spendguard limit show`) and accept that spend
+        /// before the recovery is unknown to this node.
+        #[arg(long, required = true)]
+        confirm: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +216,12 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         },
         Command::Agents => Request::Agents,
         Command::Ping => Request::Ping,
+        Command::Recover { confirm } => {
+            if !confirm {
+                return Err(bad("--confirm is required"));
+            }
+            Request::RecoverConfirm
+        }
         Command::Prices => Request::Prices,
         Command::Status { agent } => Request::Status {
             agent: agent_arg(&agent)?,

@@ -51,6 +51,8 @@ pub enum Request {
         price: PriceOverride,
     },
     Prices,
+    /// Lift the recovery hold (`spendguard recover --confirm`).
+    RecoverConfirm,
 }
 
 /// Why a request line was refused before it reached a handler.

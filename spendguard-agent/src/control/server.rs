@@ -279,6 +279,16 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
             models.sort_by(|a, b| a["model"].as_str().cmp(&b["model"].as_str()));
             Response::Prices { source: table.source().to_string(), date: table.date().to_string(), models: serde_json::Value::Array(models) }
         }
+        Request::RecoverConfirm => match ctx.ledger.hold() {
+            None => Response::Done { message: "no recovery hold is in force".into() },
+            Some(hold) => match ctx.ledger.release_hold().await {
+                Ok(()) => {
+                    tracing::warn!(since = %hold.since, reason = %hold.reason, "recovery hold lifted by an operator: requests are decided by the budgets again");
+                    Response::Done { message: format!("recovery hold (since {}) lifted: requests are decided by the budgets again", hold.since) }
+                }
+                Err(e) => err(&e),
+            },
+        },
         Request::Ping | Request::Tag { .. } | Request::Untag { .. } | Request::Agents => {
             Response::Error { message: "internal: tag verb routed to the ledger handler".into() }
         }

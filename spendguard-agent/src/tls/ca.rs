@@ -41,6 +41,14 @@ pub enum CaError {
     KeyMode { path: PathBuf, mode: u32 },
     #[error("CA certificate or key is invalid: {0} (expected PEM: a CA certificate and its PKCS#8 private key)")]
     Invalid(String),
+    #[error("the CA {present} exists but {missing} does not: refusing to generate a new CA over it (every workload trusts the old one). Restore {missing} from a backup or the cluster Secret; or, to start over, remove both files: a new CA is generated at the next start and every workload must then trust it (`spendguard ca export`)")]
+    Half { present: PathBuf, missing: PathBuf },
+    #[error("the CA files {cert} / {key} are damaged: {detail}. Restore them from a backup or the cluster Secret; or, to start over, remove both: a new CA is generated at the next start and every workload must then trust it (`spendguard ca export`)")]
+    Damaged {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
     #[error("{0:?} is not a host name a certificate can be issued for")]
     BadHost(String),
 }
@@ -64,7 +72,22 @@ impl Ca {
                     paths::ca_cert_file(state_dir),
                     paths::ca_key_file(state_dir),
                 );
-                if !c.exists() || !k.exists() {
+                match (c.exists(), k.exists()) {
+                    (true, false) => {
+                        return Err(CaError::Half {
+                            present: c,
+                            missing: k,
+                        })
+                    }
+                    (false, true) => {
+                        return Err(CaError::Half {
+                            present: k,
+                            missing: c,
+                        })
+                    }
+                    _ => {}
+                }
+                if !c.exists() {
                     let (cert_pem, key_pem) = generate("SpendGuard node CA")?;
                     write_atomic(&k, key_pem.as_bytes(), paths::PRIVATE_FILE_MODE).map_err(
                         |source| CaError::Write {
@@ -103,7 +126,14 @@ impl Ca {
             path: key_path.clone(),
             source,
         })?;
-        Ca::from_pem(&cert_pem, &key_pem)
+        Ca::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
+            CaError::Invalid(detail) => CaError::Damaged {
+                cert: cert_path,
+                key: key_path,
+                detail,
+            },
+            other => other,
+        })
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, CaError> {
