@@ -446,3 +446,101 @@ fn recover_rebuilds_lost_tags_from_the_pinned_map_as_a_paused_quarantine() {
     m.w.tag(&m.agent_cg.path, "acme.tags");
     assert_eq!(chat(&m).0, 200);
 }
+
+/// What the ledger charges for [`SMALL`] when the fake reports prompt=20, completion=10.
+fn small_cost() -> u64 {
+    spendguard_tests::metered::price("gpt-4o-mini")
+        .cost(&spendguard_pricing::Usage {
+            input_uncached: 20,
+            output: 10,
+            ..spendguard_pricing::Usage::default()
+        })
+        .0
+}
+
+#[test]
+fn rolling_update_from_the_previous_release_under_load_loses_no_charge() {
+    if !privileged() {
+        return;
+    }
+    // Release 0.1 runs the node; a DaemonSet update stops it and starts this build on the same
+    // state dir and pins, while the workload keeps calling.
+    let m = Metered::with("acme.rolling", |w| {
+        w.set_agent_bin(Some(prev_release_bin("spendguard-agent")));
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, other) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let (mut ok, mut other) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (code, _, body) = m.curl(
+                    "/v1/chat/completions",
+                    &[
+                        "-H",
+                        "content-type: application/json",
+                        "-H",
+                        "x-fake-usage: prompt=20,completion=10",
+                        "-d",
+                        SMALL,
+                    ],
+                );
+                match code {
+                    200 => ok += 1,
+                    // Refused while no agent listens (curl could not connect), or a clean error.
+                    c => other.push((c, body)),
+                }
+            }
+            (ok, other)
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            m.w.stop_agent().success(),
+            "the old agent drains and exits 0"
+        );
+        m.w.set_agent_bin(None);
+        m.w.start_agent();
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().expect("load thread")
+    });
+    assert!(ok >= 4, "load ran through both agents: {ok} ok, {other:?}");
+    assert!(
+        other.iter().all(|(c, _)| *c == 0 || *c == 503),
+        "only refusals during the handover: {other:?}"
+    );
+    assert!(
+        m.w.agent_log().contains("mode=Adopted"),
+        "{}",
+        m.w.agent_log()
+    );
+    assert!(
+        m.w.agent_log()
+            .contains("ledger migrated from schema version 1"),
+        "{}",
+        m.w.agent_log()
+    );
+    // Every request the provider answered is charged exactly once, at its real cost, across
+    // both agents; nothing is left for crash recovery.
+    let spent = m.settled_spend("acme.rolling");
+    let served = m.fake.request_count() as u64;
+    assert_eq!(
+        served, ok,
+        "the provider saw exactly the requests that got answers"
+    );
+    assert_eq!(
+        spent,
+        ok * small_cost(),
+        "{ok} requests at {} each",
+        small_cost()
+    );
+    let audit = m.audit("acme.rolling");
+    let allowed = audit
+        .iter()
+        .filter(|e| e["decision"] == "allowed" && e["model"] == "gpt-4o-mini")
+        .count();
+    assert!(allowed as u64 >= ok, "{audit:?}");
+    assert!(
+        audit.iter().all(|e| e["recovered"] != true),
+        "a graceful handover leaves nothing to recover: {audit:?}"
+    );
+}
