@@ -17,6 +17,20 @@ pub const SOCKET_MODE: u32 = 0o600;
 pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/spendguard";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
+/// Written once the agent serves (redirect in force, tags applied, ledger open, proxy listening),
+/// removed on a clean stop; beside the control socket (`/run/spendguard/ready`, a tmpfs, so a
+/// reboot clears it). It holds the boot id, so a file from an earlier boot is never believed.
+/// `spendguard wait-ready` (an init container's command) waits for it.
+pub fn ready_file(socket: &Path) -> PathBuf {
+    socket
+        .parent()
+        .map(|d| d.join("ready"))
+        .unwrap_or_else(|| PathBuf::from("/run/spendguard/ready"))
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
 /// Tags (cgroup → agent name), 0600, rewritten atomically (write + rename).
 pub fn tags_file(state_dir: &Path) -> PathBuf {
     state_dir.join("tags.json")

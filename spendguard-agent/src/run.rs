@@ -27,6 +27,7 @@ use crate::tls::Ca;
 use spendguard_ledger::{Ledger, LedgerOptions};
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     raise_nofile_limit();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
@@ -104,6 +105,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mode = ?installed,
         redirect_ip = ?redirect_ip4,
         tags = tags.list().len(),
+        since_start_ms = started.elapsed().as_millis() as u64,
         "redirect in force"
     );
 
@@ -227,7 +229,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         metrics,
     });
-    tracing::info!(listen = %cfg.listen, socket = %cfg.socket.display(), "spendguard-agent ready");
+    let ready_file = paths::ready_file(&cfg.socket);
+    if let Err(e) = crate::statedir::write_ready(&ready_file) {
+        tracing::warn!(
+            "cannot write the readiness file {}: {e}; `spendguard wait-ready` will keep waiting",
+            ready_file.display()
+        );
+    }
+    tracing::info!(
+        listen = %cfg.listen,
+        socket = %cfg.socket.display(),
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "spendguard-agent ready"
+    );
     if let Some(addr) = cfg.explicit_listen {
         let l = proxy::bind(addr)?;
         let opts = Arc::new(ExplicitOptions {
@@ -282,6 +296,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ),
     }
     let _ = std::fs::remove_file(&cfg.socket);
+    let _ = std::fs::remove_file(&ready_file);
     // The pinned redirect stays in force: tagged clients are refused until the agent is back.
     tracing::info!("stopped");
     Ok(())

@@ -261,6 +261,42 @@ mod tests {
     }
 }
 
+/// The readiness file's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    pub boot_id: String,
+    pub pid: u32,
+    pub since: DateTime<Utc>,
+}
+
+fn boot_id() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(paths::BOOT_ID_FILE)?
+        .trim()
+        .to_string())
+}
+
+/// Marks the agent ready (see [`paths::ready_file`]).
+pub fn write_ready(path: &Path) -> std::io::Result<()> {
+    let r = Ready {
+        boot_id: boot_id()?,
+        pid: std::process::id(),
+        since: Utc::now(),
+    };
+    let bytes = serde_json::to_vec(&r).map_err(std::io::Error::other)?;
+    crate::identity::tags::write_atomic(path, &bytes, paths::PUBLIC_FILE_MODE)
+}
+
+/// Whether `path` says an agent is ready on this boot.
+pub fn is_ready(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(r) = serde_json::from_slice::<Ready>(&bytes) else {
+        return false;
+    };
+    boot_id().is_ok_and(|b| b == r.boot_id)
+}
+
 /// Why `recover` could not finish (it changes nothing it has not reported).
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {

@@ -544,3 +544,49 @@ fn rolling_update_from_the_previous_release_under_load_loses_no_charge() {
         "a graceful handover leaves nothing to recover: {audit:?}"
     );
 }
+
+#[test]
+fn wait_ready_orders_workloads_after_the_agent_and_never_believes_an_old_boot() {
+    if !privileged() {
+        return;
+    }
+    let w = World::new();
+    let wait = |timeout: &str| w.cli(&["wait-ready", "--timeout", timeout]);
+    assert!(
+        !wait("0").status.success(),
+        "not ready before the agent runs"
+    );
+    let bg = {
+        let mut cmd = std::process::Command::new(spendguard_tests::bin("spendguard"));
+        cmd.env("SPENDGUARD_SOCKET", w.socket())
+            .args(["wait-ready", "--timeout", "60"]);
+        cmd.spawn().expect("spawn wait-ready")
+    };
+    w.start_agent();
+    let out = bg.wait_with_output().expect("wait-ready");
+    assert!(out.status.success(), "{out:?}");
+    let log = w.agent_log();
+    let ms = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .and_then(|l| l.split("since_start_ms=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no since_start_ms on {what:?}:\n{log}"))
+    };
+    eprintln!(
+        "agent start: redirect in force after {} ms, ready after {} ms",
+        ms("redirect in force"),
+        ms("spendguard-agent ready")
+    );
+    assert!(w.stop_agent().success());
+    assert!(!wait("0").status.success(), "a stopped agent is not ready");
+    // A file left from another boot (a crash, then a reboot without tmpfs) is not believed.
+    let ready = w.socket().with_file_name("ready");
+    std::fs::write(
+        &ready,
+        r#"{"boot_id":"00000000-0000-0000-0000-000000000000","pid":1,"since":"2026-01-01T00:00:00Z"}"#,
+    )
+    .expect("write");
+    assert!(!wait("0").status.success());
+}

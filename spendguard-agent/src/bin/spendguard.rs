@@ -85,6 +85,14 @@ enum Command {
     },
     /// Check that the agent answers.
     Ping,
+    /// Wait until the node's agent is ready on this boot (an init container's command: order
+    /// workloads after SpendGuard). Needs no control socket: it reads the readiness file beside
+    /// it (mount /run/spendguard read-only). Exits non-zero on timeout.
+    WaitReady {
+        /// Seconds to wait (0: check once).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Lift the recovery hold `spendguard-agent recover` put on a new ledger, once the budgets
     /// are set: requests are decided by them again.
     Recover {
@@ -216,6 +224,26 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         },
         Command::Agents => Request::Agents,
         Command::Ping => Request::Ping,
+        Command::WaitReady { timeout } => {
+            let socket = std::env::var_os("SPENDGUARD_SOCKET")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(spendguard_agent::paths::DEFAULT_SOCKET));
+            let file = spendguard_agent::paths::ready_file(&socket);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                if spendguard_agent::statedir::is_ready(&file) {
+                    println!("spendguard-agent is ready ({})", file.display());
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(bad(format!(
+                        "spendguard-agent is not ready after {timeout} s (no current {})",
+                        file.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
         Command::Recover { confirm } => {
             if !confirm {
                 return Err(bad("--confirm is required"));
