@@ -136,7 +136,17 @@ impl Counting {
         malloc: Option<&str>,
     ) -> anyhow::Result<Counting> {
         let out = out_dir.join(format!("{name}.perf-stat.csv"));
-        let mut events = "task-clock,context-switches,raw_syscalls:sys_enter".to_string();
+        let mut events = [
+            "task-clock",
+            "context-switches",
+            "raw_syscalls:sys_enter",
+            "syscalls:sys_enter_fdatasync",
+            "syscalls:sys_enter_fsync",
+            "syscalls:sys_enter_futex",
+            "syscalls:sys_enter_epoll_wait",
+            "syscalls:sys_enter_pwrite64",
+        ]
+        .join(",");
         if let Some(m) = malloc {
             events.push(',');
             events.push_str(m);

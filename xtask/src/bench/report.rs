@@ -403,6 +403,10 @@ impl Results {
         for (f, name) in [
             ("context_switches", "context switches"),
             ("syscalls", "system calls"),
+            ("fsyncs", "fsync/fdatasync calls"),
+            ("futex", "futex calls"),
+            ("epoll_wait", "epoll_wait calls"),
+            ("pwrite", "pwrite calls"),
             ("mallocs", "heap allocations (malloc)"),
         ] {
             let _ = write!(o, "| {name} per request (perf stat) |");
