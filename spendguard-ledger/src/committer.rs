@@ -420,6 +420,7 @@ impl Committer {
                 Some(WriteSet::build(&st, &fx, cutoff))
             }
         };
+        let wrote_lazily = lazy && matches!(write_set, Some(Ok(_)));
         let result = match write_set {
             // A flush (or any durable operation) also makes earlier lazy settles durable.
             None if !lazy && self.unsynced_since.is_some() => self.store.persist(),
@@ -431,7 +432,7 @@ impl Committer {
             Ok(()) => {
                 if !lazy {
                     self.unsynced_since = None;
-                } else if self.unsynced_since.is_none() {
+                } else if wrote_lazily && self.unsynced_since.is_none() {
                     self.unsynced_since = Some(std::time::Instant::now());
                 }
                 self.lock_state().end_batch();
