@@ -222,7 +222,18 @@ impl Results {
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         let diff_ms = |a: f64, b: f64| (a - b) / 1000.0;
         let t = "transparent";
-        let rows: [(&str, &str, &str, fn(f64, f64) -> f64, &str, f64, bool); 7] = [
+        /// One target: (label, phase key, field, how mode and floor combine, unit, target,
+        /// whether the target is an upper bound).
+        type Target = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(f64, f64) -> f64,
+            &'static str,
+            f64,
+            bool,
+        );
+        let rows: [Target; 7] = [
             (
                 "proxy CPU per request @ max RPS",
                 "max",
