@@ -987,6 +987,71 @@ mod tests {
         assert_eq!(r.json()["notes"].as_array().map(Vec::len), Some(2));
     }
 
+    /// The floor column: every figure of the proxies also as a ratio to the floor, and issue 14's
+    /// targets judged on each round's own ratio (median, spread), met and missed alike.
+    #[test]
+    fn the_floor_section_judges_paired_rounds() {
+        let mut r = Results::new(true, &super::super::Plan::new(true));
+        let round = |p50: f64, p99: f64, cpu: f64| {
+            let mut v = lat(p50, p99, p99 * 2.0, 1000.0);
+            v["cpu_us_per_req"] = json!(cpu);
+            v
+        };
+        let floor = [
+            round(1500.0, 3000.0, 100.0),
+            round(1600.0, 3100.0, 110.0),
+            round(1400.0, 2900.0, 90.0),
+        ];
+        // Per round: CPU ×1.5, ×2.5, ×1.5 (median ×1.5: met); p50 +0.01, +0.05, +0.01 ms (median
+        // +0.01: met); p99 +0.2 ms in every round (missed).
+        let sg = [
+            round(1510.0, 3200.0, 150.0),
+            round(1650.0, 3300.0, 275.0),
+            round(1410.0, 3100.0, 135.0),
+        ];
+        r.put("floor", "rate1000", median_run(&floor));
+        r.put("transparent", "rate1000", median_run(&sg));
+        r.put(
+            "floor",
+            "max",
+            json!({"rps": 10000.0, "cpu_us_per_req": 50.0}),
+        );
+        r.put(
+            "transparent",
+            "max",
+            json!({"rps": 5000.0, "cpu_us_per_req": 90.0}),
+        );
+        let md = r.markdown();
+        let line = |prefix: &str| {
+            md.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{md}"))
+                .to_string()
+        };
+        let cpu = line("- proxy CPU per request @ 1,000 RPS:");
+        assert!(
+            cpu.contains("×1.50 [×1.50 … ×2.50]") && cpu.ends_with("met"),
+            "{cpu}"
+        );
+        let p50 = line("- added p50 @ 1,000 RPS over the floor:");
+        assert!(p50.contains("+0.010 ms") && p50.ends_with("met"), "{p50}");
+        let p99 = line("- added p99 @ 1,000 RPS over the floor:");
+        assert!(
+            p99.contains("+0.200 ms") && p99.contains("**missed**"),
+            "{p99}"
+        );
+        let max = line("- max RPS:");
+        assert!(max.contains("×0.50") && max.contains("**missed**"), "{max}");
+        let cpu_max = line("- proxy CPU per request @ max RPS:");
+        assert!(
+            cpu_max.contains("×1.80") && cpu_max.ends_with("met"),
+            "{cpu_max}"
+        );
+        assert!(line("- new TLS connection + 1st request (p50)").ends_with("not measured"));
+        // The table shows the ratio to the floor beside the absolute value.
+        assert!(line("| **max RPS**").contains("5000 (×0.50 floor)"), "{md}");
+    }
+
     #[test]
     fn rounds_show_the_median_and_each_round() {
         let mut r = Results::new(false, &super::super::Plan::new(false));
