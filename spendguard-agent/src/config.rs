@@ -39,6 +39,8 @@ pub const ENV_TAG_RECONCILE_SECONDS: &str = "SPENDGUARD_TAG_RECONCILE_SECONDS";
 /// How often tagged paths are re-resolved by default (a cgroup re-created under the same path gets
 /// a new id; the kernel's mkdir hook tags it at once, this is the backstop).
 pub const DEFAULT_TAG_RECONCILE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Milliseconds a carved request's settle may stay without an fsync (0: every settle durable).
+pub const ENV_SETTLE_DURABLE_MS: &str = "SPENDGUARD_SETTLE_DURABLE_MS";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +75,10 @@ pub struct RawConfig {
     /// durable commit each; a crash may charge the unused part of one slice per agent. 0 = off.
     #[serde(default, with = "spendguard_ledger::usd::option")]
     pub lease_usd: Option<spendguard_ledger::MicroUsd>,
+    /// Milliseconds a carved request's settle may stay committed without an fsync (its lease row
+    /// covers it meanwhile; a crash loses its audit event, never its charge). 0: every settle is
+    /// durable before it returns. Default 1000.
+    pub settle_durable_ms: Option<u64>,
     /// Price overrides: model → prices (USD per million tokens).
     pub prices: Option<HashMap<String, crate::metering::prices::PriceOverride>>,
     /// `false`: intercept TLS but neither price nor block (transport diagnostics only; logged loudly).
@@ -109,6 +115,7 @@ pub struct Config {
     pub audit_retention_days: u32,
     #[serde(with = "spendguard_ledger::usd")]
     pub lease_usd: spendguard_ledger::MicroUsd,
+    pub settle_durable_ms: u64,
     pub prices: HashMap<String, crate::metering::prices::PriceOverride>,
     pub metering: bool,
     pub explicit_listen: Option<SocketAddr>,
@@ -121,6 +128,10 @@ pub struct Config {
 /// Budget lease slice by default: takes the durable commit off the request path while a crash
 /// over-charges an agent by at most this (and never more than an eighth of what it has left).
 pub const DEFAULT_LEASE_USD: spendguard_ledger::MicroUsd = spendguard_ledger::MicroUsd(1_000_000);
+
+/// Carve settles reach the disk at most this long after their commit, by default: one fsync a
+/// second instead of one per batch, and at most a second of audit events a crash can lose.
+pub const DEFAULT_SETTLE_DURABLE_MS: u64 = 1000;
 
 /// Audit events are kept this long by default (a quarter: enough for a monthly invoice dispute).
 pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 90;
@@ -249,6 +260,9 @@ impl Config {
                 })?,
                 None => raw.lease_usd.unwrap_or(DEFAULT_LEASE_USD),
             },
+            settle_durable_ms: parse_env(env, ENV_SETTLE_DURABLE_MS)?
+                .or(raw.settle_durable_ms)
+                .unwrap_or(DEFAULT_SETTLE_DURABLE_MS),
             prices: raw.prices.unwrap_or_default(),
             explicit_listen: parse_env(env, ENV_EXPLICIT_LISTEN)?.or(raw.explicit_listen),
             explicit_default_agent: match raw.explicit_default_agent {
@@ -381,6 +395,23 @@ mod tests {
         let c = Config::from_raw(raw, &env(&[(ENV_LISTEN, "127.0.0.1:2000")])).expect("valid");
         assert_eq!(c.listen.port(), 2000);
         assert_eq!(c.state_dir, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn settle_durability_window_from_file_env_or_default() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(c.settle_durable_ms, DEFAULT_SETTLE_DURABLE_MS);
+        let raw: RawConfig = toml::from_str("settle_durable_ms = 250").expect("toml");
+        let c = Config::from_raw(raw, &env(&[])).expect("valid");
+        assert_eq!(c.settle_durable_ms, 250);
+        let raw: RawConfig = toml::from_str("settle_durable_ms = 250").expect("toml");
+        let c = Config::from_raw(raw, &env(&[(ENV_SETTLE_DURABLE_MS, "0")])).expect("valid");
+        assert_eq!(
+            c.settle_durable_ms, 0,
+            "the environment wins; 0 = every settle durable"
+        );
+        let e = Config::load(None, &env(&[(ENV_SETTLE_DURABLE_MS, "1s")])).expect_err("not ms");
+        assert!(e.to_string().contains(ENV_SETTLE_DURABLE_MS), "{e}");
     }
 
     #[test]

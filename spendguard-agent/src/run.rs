@@ -117,6 +117,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             default_limits: cfg.default_limits.clone(),
             audit_retention: chrono::Duration::days(i64::from(cfg.audit_retention_days)),
             lease_max: cfg.lease_usd,
+            settle_durable_within: std::time::Duration::from_millis(cfg.settle_durable_ms),
             ..LedgerOptions::default()
         },
     )

@@ -4,6 +4,13 @@
 //! only then answers. While it waits on the disk, new requests queue up for the next batch, so
 //! the cost of an fsync is shared by everyone who arrived during the previous one.
 //!
+//! Carve settles are the exception to "durable before answering": a batch that holds nothing but
+//! settles of carves (requests cut from a budget lease) is committed with `Durability::None`, and
+//! made durable by the next durable commit or at the latest [`Committer::durable_within`] later
+//! (or at close). This never loses a charge: until a durable commit shrinks it, the lease row on
+//! disk still covers each such carve at its worst case, so a crash in between charges the whole
+//! row (lease.rs) — the settle's own audit event is what a crash can lose, never its money.
+//!
 //! Fail closed: if the commit fails, every operation of the batch gets the error, and the mirror
 //! is rebuilt from the database (reopened, since redb refuses further work after an I/O error),
 //! so memory never claims more than the disk holds.
@@ -217,6 +224,11 @@ pub(crate) struct Committer {
     pub wake: mpsc::WeakSender<Op>,
     /// How long a batch of only settles and renewals waits for more before its commit.
     pub linger: std::time::Duration,
+    /// Carve settles committed without an fsync are made durable at most this long after the
+    /// first of them (zero: every commit is durable).
+    pub durable_within: std::time::Duration,
+    /// Since when commits without an fsync are waiting for a durable one.
+    pub unsynced_since: Option<std::time::Instant>,
 }
 
 impl Committer {
@@ -236,8 +248,12 @@ impl Committer {
                 None
             }
         };
+        if rt.is_none() {
+            // No timer to bound how long a commit may stay without an fsync: all are durable.
+            self.durable_within = std::time::Duration::ZERO;
+        }
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(op) = self.rx.blocking_recv() {
+        while let Some(op) = self.next_op(rt.as_ref()) {
             batch.push(op);
             loop {
                 while batch.len() < self.max_batch {
@@ -259,6 +275,43 @@ impl Committer {
         }
         self.store.close();
         tracing::debug!(path = %self.store.path().display(), "ledger committer stopped");
+    }
+
+    /// The next operation; while commits without an fsync wait, at most until they are due to
+    /// be made durable (which this then does).
+    fn next_op(&mut self, rt: Option<&tokio::runtime::Runtime>) -> Option<Op> {
+        if let (Some(since), Some(rt)) = (self.unsynced_since, rt) {
+            let until = tokio::time::Instant::from_std(since + self.durable_within);
+            // The timer is created inside the runtime (it needs its time driver).
+            let rx = &mut self.rx;
+            match rt.block_on(async { tokio::time::timeout_at(until, rx.recv()).await }) {
+                Ok(op) => return op,
+                Err(_) => self.persist(),
+            }
+        }
+        self.rx.blocking_recv()
+    }
+
+    /// Makes the commits without an fsync durable (an empty durable commit).
+    fn persist(&mut self) {
+        match self.store.persist() {
+            Ok(()) => self.unsynced_since = None,
+            // Left waiting: retried with the next batch (whose commit fails the same way and
+            // takes the failure path) or the next timer.
+            Err(e) => tracing::error!(error = %e, "ledger: making settles durable failed"),
+        }
+    }
+
+    /// Whether `batch` (with no orphans to release) may be committed without an fsync: nothing in
+    /// it but settles of carves, whose worst cases the durable lease rows still cover.
+    fn lazy(&self, batch: &[Op], orphans: &[u64]) -> bool {
+        !self.durable_within.is_zero()
+            && orphans.is_empty()
+            && batch.iter().all(|op| match op {
+                Op::Settle { id, .. } => id & crate::lease::CARVE_BIT != 0,
+                Op::Wake => true,
+                _ => false,
+            })
     }
 
     /// Lets a batch of settles wait up to `linger` for company, so one commit (and one fsync)
@@ -305,10 +358,20 @@ impl Committer {
         let defaults = self.lock_state().defaults.clone();
         let mut fresh = self.store.load(defaults)?;
         let mut st = self.lock_state();
-        fresh.adopt_leases(&mut st);
+        if self.unsynced_since.is_some() {
+            // Settles committed without an fsync may be gone from the disk, while their lease
+            // rows there still cover them at their worst case. Carrying the leases over would
+            // later hand those rows back as unused (a lost charge): leave them open reservations
+            // instead, charged in full at the next start, and lease afresh.
+            fresh.lease_max = st.lease_max;
+            fresh.next_carve = st.next_carve;
+        } else {
+            fresh.adopt_leases(&mut st);
+        }
         *st = fresh;
         drop(st);
         self.broken = false;
+        self.unsynced_since = None;
         tracing::info!(path = %self.store.path().display(), "ledger reopened; in-memory state matches the disk again");
         Ok(())
     }
@@ -325,6 +388,7 @@ impl Committer {
         }
         let now = self.clock.now();
         let orphans = self.take_orphans();
+        let lazy = self.lazy(batch, &orphans);
         let mut fx = Effects::default();
         let mut pending = Vec::with_capacity(batch.len());
         let write_set = {
@@ -356,13 +420,21 @@ impl Committer {
                 Some(WriteSet::build(&st, &fx, cutoff))
             }
         };
+        let wrote_lazily = lazy && matches!(write_set, Some(Ok(_)));
         let result = match write_set {
+            // A flush (or any durable operation) also makes earlier lazy settles durable.
+            None if !lazy && self.unsynced_since.is_some() => self.store.persist(),
             None => Ok(()),
-            Some(Ok(ws)) => self.store.write(&ws),
+            Some(Ok(ws)) => self.store.write(&ws, !lazy),
             Some(Err(e)) => Err(e),
         };
         match result {
             Ok(()) => {
+                if !lazy {
+                    self.unsynced_since = None;
+                } else if wrote_lazily && self.unsynced_since.is_none() {
+                    self.unsynced_since = Some(std::time::Instant::now());
+                }
                 self.lock_state().end_batch();
                 // Before the answers, so a caller sees the notifications its call caused.
                 self.notifier.send(fx.notifications);

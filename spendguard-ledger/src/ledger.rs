@@ -51,6 +51,11 @@ pub struct LedgerOptions {
     /// How long a batch holding only settles and lease renewals (nobody's request waits for
     /// those) waits for more before it is committed. Zero commits at once.
     pub settle_linger: std::time::Duration,
+    /// Settles of carved requests (leases on) are committed without an fsync and made durable
+    /// at most this long later, or with the next durable commit, or at close. A crash in between
+    /// loses their audit events, never their money: the lease row on disk still covers them at
+    /// their worst case and is charged in full. Zero: every settle is durable before it returns.
+    pub settle_durable_within: std::time::Duration,
 }
 
 impl Default for LedgerOptions {
@@ -63,6 +68,7 @@ impl Default for LedgerOptions {
             notification_capacity: 1024,
             lease_max: MicroUsd::ZERO,
             settle_linger: std::time::Duration::from_millis(5),
+            settle_durable_within: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -95,7 +101,9 @@ struct Shared {
 /// The durable budget ledger. Cheap to clone; all clones share one committer.
 ///
 /// Every mutation (`reserve`, `settle`, limits, pause, settings, blocked-request audit) is durable
-/// (committed to redb with immediate durability) before its future resolves. Reads (`status`,
+/// (committed to redb with immediate durability) before its future resolves — except the settle
+/// of a carved request, durable within [`LedgerOptions::settle_durable_within`] (its lease row
+/// covers it until then). Reads (`status`,
 /// `limits`, `agents`, `settings_with_prefix`) come from the in-memory mirror; `audit` reads the
 /// database.
 #[derive(Clone)]
@@ -148,7 +156,7 @@ impl Ledger {
         let mut fx = Effects::default();
         let (count, sum) = state.recover_open(now, &mut fx);
         let ws = WriteSet::build(&state, &fx, now.checked_sub_signed(options.audit_retention))?;
-        store.write(&ws)?;
+        store.write(&ws, true)?;
         if count > 0 {
             tracing::warn!(
                 path = %path.display(),
@@ -174,6 +182,8 @@ impl Ledger {
             orphans: Arc::default(),
             wake: tx.downgrade(),
             linger: options.settle_linger,
+            durable_within: options.settle_durable_within,
+            unsynced_since: None,
         };
         let handle = std::thread::Builder::new()
             .name("spendguard-ledger".into())

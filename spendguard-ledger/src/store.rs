@@ -498,14 +498,21 @@ impl Store {
         Ok(state)
     }
 
-    /// Writes one batch in one durable transaction.
-    pub fn write(&self, ws: &WriteSet) -> Result<(), LedgerError> {
+    /// Writes one batch in one transaction: durable (fsync'd) when `durable`, otherwise
+    /// `Durability::None` — visible to readers at once, on disk with the next durable commit
+    /// (or at close); a crash before that loses it (the committer allows this only for carve
+    /// settles, which the durable lease rows cover).
+    pub fn write(&self, ws: &WriteSet, durable: bool) -> Result<(), LedgerError> {
         let path = self.path.as_path();
         let db = self.db()?;
         let err = |e: redb::Error| LedgerError::storage(path, "committing a batch")(e);
         let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| err(e.into()))?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(e.into()))?;
         {
             let mut audit = txn.open_table(AUDIT).map_err(|e| err(e.into()))?;
             if let Some(cutoff) = ws.compact_before {
@@ -546,6 +553,19 @@ impl Store {
             meta.insert(KEY_NEXT_AUDIT, ws.next_audit_id)
                 .map_err(|e| err(e.into()))?;
         }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+}
+
+impl Store {
+    /// Makes every commit so far durable: an empty durable transaction.
+    pub fn persist(&self) -> Result<(), LedgerError> {
+        let path = self.path.as_path();
+        let db = self.db()?;
+        let err = |e: redb::Error| LedgerError::storage(path, "making settles durable")(e);
+        let mut txn = db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.into()))?;
         txn.commit().map_err(|e| err(e.into()))
     }
 }

@@ -37,10 +37,10 @@ enum Task {
         /// Skip the LiteLLM column and its install.
         #[arg(long)]
         no_litellm: bool,
-        /// Only these modes (comma-separated: direct, transparent, explicit, litellm).
+        /// Only these modes (comma-separated: direct, floor, transparent, explicit, litellm).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Only these phases (comma-separated: rate, max, newconn, streams, overspend, ledger).
+        /// Only these phases (comma-separated: rate, max, counts, newconn, streams, overspend, ledger).
         #[arg(long, value_delimiter = ',')]
         phases: Vec<String>,
         /// Record the agent with `perf record -g` during the load phases and write

@@ -193,3 +193,117 @@ async fn released_leases_leave_only_open_requests_to_recover() {
     // 1 + 2 settled, 30 + 5 open at their worst case; nothing for the slice.
     assert_eq!(ledger.status(&agent).spent.total, cents(38));
 }
+
+/// The ledger file as a crash (SIGKILL) leaves it at this moment: redb's header on disk still
+/// points at the last durable commit, so a copy opened elsewhere is what the next start finds.
+fn crash_copy(fx: &Fixture, name: &str) -> Ledger {
+    let path = fx.path.with_file_name(name);
+    std::fs::copy(&fx.path, &path).unwrap();
+    Ledger::open(&path, fx.options.clone()).unwrap()
+}
+
+/// Carve settles are committed without an fsync (made durable within `settle_durable_within`).
+/// A crash before that loses their audit events, never their money: the lease row on disk still
+/// covers each of them at its worst case and is charged in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_carve_settles_are_durable_charges_them_through_the_lease_row() {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = usd(1);
+    // No timer makes them durable during this test; only the flush below does.
+    fx.options.settle_durable_within = std::time::Duration::from_secs(3600);
+    let ledger = fx.open();
+    set(&ledger, "acme", LimitKind::Daily, Some(usd(100))).await;
+    let agent = name("acme.bot");
+    let first = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.lease_unused(&agent), usd(1), "a slice of $1");
+    // Four: a fifth would bring the slice below half, and its renewal is a durable commit.
+    const N: u64 = 4;
+    for _ in 0..N {
+        let r = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+        ledger.settle(r.id, cents(3)).await.unwrap();
+    }
+    // Memory, and readers of the database, see the settles at once.
+    assert_eq!(ledger.status(&agent).spent.daily, MicroUsd(N * cents(3).0));
+    let settled = |l: &Ledger| {
+        l.audit(&AuditFilter::default())
+            .unwrap()
+            .iter()
+            .filter(|e| e.host == "api.openai.com" && e.final_cost == Some(cents(3)))
+            .count()
+    };
+    assert_eq!(settled(&ledger) as u64, N);
+
+    // A crash now: the disk holds the lease row as it was before these carves.
+    let crashed = crash_copy(&fx, "crash-before.redb");
+    let s = crashed.status(&agent);
+    // The first request was reserved exactly (its batch took the slice), the others carved.
+    assert_eq!(
+        s.spent.daily,
+        MicroUsd(usd(1).0 + cents(10).0),
+        "the open first request, and the whole lease row: the carves settled since at their worst case, the unused slice"
+    );
+    assert!(
+        s.spent.daily.0 >= cents(10).0 + N * cents(3).0,
+        "no charge lost"
+    );
+    assert_eq!(
+        settled(&crashed),
+        0,
+        "their own audit events are what a crash loses"
+    );
+    drop(crashed);
+
+    // A durable commit (a flush here; any reservation or limit change, the timer, or a graceful
+    // stop too) makes them durable: a crash after it finds each at its real cost.
+    ledger.flush().await.unwrap();
+    let crashed = crash_copy(&fx, "crash-after.redb");
+    assert_eq!(settled(&crashed) as u64, N);
+    let s = crashed.status(&agent);
+    // N at 3¢, the open first request, and the unused slice.
+    assert_eq!(
+        s.spent.daily,
+        MicroUsd(N * cents(3).0 + cents(10).0 + usd(1).0 - N * cents(10).0)
+    );
+    drop(first);
+}
+
+/// Nothing needs to happen for lazily committed settles to become durable: the committer's timer
+/// commits them durably within `settle_durable_within`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carve_settles_become_durable_by_themselves() {
+    let mut fx = Fixture::at("2026-05-03T12:00:00Z");
+    fx.options.lease_max = usd(1);
+    fx.options.settle_durable_within = std::time::Duration::from_millis(50);
+    let ledger = fx.open();
+    let agent = name("acme.bot");
+    let r = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+    ledger.flush().await.unwrap();
+    let r2 = ledger.reserve(req(&agent, cents(10))).await.unwrap();
+    ledger.settle(r2.id, cents(3)).await.unwrap();
+    let mut n = 0;
+    let durable = spendguard_tests_eventually(std::time::Duration::from_secs(20), || {
+        n += 1;
+        let crashed = crash_copy(&fx, &format!("crash-{n}.redb"));
+        let found = crashed
+            .audit(&AuditFilter::default())
+            .unwrap()
+            .iter()
+            .any(|e| e.final_cost == Some(cents(3)));
+        found
+    });
+    assert!(durable, "the settle never reached the disk by itself");
+    drop(r);
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes.
+fn spendguard_tests_eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cond()
+}

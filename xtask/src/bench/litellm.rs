@@ -250,6 +250,8 @@ fn mode(cgroup: &Path, port: u16) -> Mode {
             "--auth".into(),
             MASTER_KEY.into(),
         ],
+        // Several processes (proxy, workers); its CPU is not compared.
+        cpu_pid: None,
     }
 }
 
@@ -295,6 +297,7 @@ pub fn overspend(
         name: "transparent",
         cgroup: cg.path.clone(),
         args: vec!["--target".into(), format!("{UPSTREAM_A}:443")],
+        cpu_pid: None,
     };
     let sg = bench.load(
         &sg_mode,

@@ -6,6 +6,7 @@
 //! panics. The fake provider listens on 10.77.3.1:443 *inside* the node namespace; the load generator
 //! (`sg-load`), the agent and LiteLLM run there too. Every step is bounded in requests and time.
 
+mod floor;
 mod litellm;
 mod perf;
 mod report;
@@ -81,6 +82,8 @@ pub struct Mode {
     pub name: &'static str,
     pub cgroup: PathBuf,
     pub args: Vec<String>,
+    /// The proxy process whose CPU time this mode's requests cost (none for direct).
+    pub cpu_pid: Option<u32>,
 }
 
 pub struct Bench<'w> {
@@ -257,7 +260,15 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
 
     eprintln!("bench: building release binaries");
     let mut b = cargo(root);
-    b.args(["build", "--release", "-p", "spendguard-agent", "--bins"]);
+    b.args([
+        "build",
+        "--release",
+        "-p",
+        "spendguard-agent",
+        "--bins",
+        "--example",
+        "sg-floor",
+    ]);
     must(b)?;
     let mut b = cargo(root);
     b.args([
@@ -355,16 +366,24 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
             cas: vec![fake_ca.clone(), w.state.path().join("ca.crt")],
         };
         let target = format!("{UPSTREAM_A}:443");
+        // The floor: the same redirect, ending in a proxy with no logic (floor.rs).
+        let floor = if sel.mode("floor") {
+            Some(floor::Floor::start(root, &w, &plain_cg.path, &fake_ca)?)
+        } else {
+            None
+        };
         let mut modes = vec![
             Mode {
                 name: "direct",
                 cgroup: plain_cg.path.clone(),
                 args: vec!["--target".into(), target.clone()],
+                cpu_pid: None,
             },
             Mode {
                 name: "transparent",
                 cgroup: bench_cg.path.clone(),
                 args: vec!["--target".into(), target.clone()],
+                cpu_pid: Some(agent_pid),
             },
             Mode {
                 name: "explicit",
@@ -375,8 +394,20 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
                     "--proxy-user".into(),
                     "bench.explicit".into(),
                 ],
+                cpu_pid: Some(agent_pid),
             },
         ];
+        if let Some(f) = &floor {
+            modes.insert(
+                1,
+                Mode {
+                    name: "floor",
+                    cgroup: f.client_cgroup.clone(),
+                    args: vec!["--target".into(), target.clone()],
+                    cpu_pid: Some(f.pid),
+                },
+            );
+        }
         modes.retain(|m| sel.mode(m.name));
         let _litellm = if with_litellm {
             match litellm::start(root, &w, &plain_cg.path, &fake_ca, None) {
@@ -399,7 +430,7 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         } else {
             None
         };
-        run_modes(&bench, &modes, &plan, &sel, agent_pid, &mut res)?;
+        run_modes(&bench, &modes, &plan, &sel, &mut res)?;
         res.rss_after_load_kb = rss_kb(agent_pid);
         if let Some(p) = perf {
             match p.finish() {
@@ -424,6 +455,7 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
                 name: "transparent",
                 cgroup: bench_cg.path.clone(),
                 args: vec!["--target".into(), format!("{UPSTREAM_A}:443")],
+                cpu_pid: Some(agent_pid),
             };
             match bench.streams(&streams_mode, plan.streams, plan.hold_secs, || {
                 rss_kb(agent_pid)
@@ -491,7 +523,6 @@ fn run_modes(
     modes: &[Mode],
     plan: &Plan,
     sel: &Select,
-    agent_pid: u32,
     res: &mut Results,
 ) -> anyhow::Result<()> {
     let lim = |s: f64| Duration::from_secs_f64(s + 40.0);
@@ -499,6 +530,23 @@ fn run_modes(
         eprintln!("bench: warm-up {}", m.name);
         if let Err(e) = bench.load(m, &["--closed", "8", "--duration", "1"], lim(1.0)) {
             res.notes.push(format!("{} warm-up failed: {e:#}", m.name));
+        }
+    }
+    // What each proxy burns doing nothing (timers, pollers): paid on top of every request at
+    // low rates, so it explains CPU per request at 1,000 RPS against the one at max.
+    let idle = Duration::from_secs(3);
+    let before: Vec<Option<f64>> = modes.iter().map(|m| m.cpu_pid.and_then(cpu_secs)).collect();
+    std::thread::sleep(idle);
+    for (m, c0) in modes.iter().zip(before) {
+        if let (Some(pid), Some(a)) = (m.cpu_pid, c0) {
+            if let Some(b) = cpu_secs(pid) {
+                let ms_per_s = (b - a) * 1e3 / idle.as_secs_f64();
+                res.put(
+                    m.name,
+                    "idle",
+                    serde_json::json!({ "cpu_ms_per_s": ms_per_s }),
+                );
+            }
         }
     }
     let rates: &[(f64, usize)] = if sel.phase("rate") {
@@ -518,6 +566,7 @@ fn run_modes(
                     round + 1,
                     plan.rounds
                 );
+                let c0 = m.cpu_pid.and_then(cpu_secs);
                 let v = bench.load(
                     m,
                     &[
@@ -530,6 +579,7 @@ fn run_modes(
                     ],
                     lim(plan.rate_secs),
                 );
+                let v = v.map(|v| with_cpu(v, m.cpu_pid, c0));
                 match v {
                     Ok(v) => rounds
                         .entry((m.name.to_string(), format!("rate{rate}")))
@@ -547,7 +597,7 @@ fn run_modes(
     }
     for m in modes.iter().filter(|_| sel.phase("max")) {
         eprintln!("bench: {} max RPS ({} conns)", m.name, plan.max_conns);
-        let c0 = cpu_secs(agent_pid);
+        let c0 = m.cpu_pid.and_then(cpu_secs);
         let v = bench.load(
             m,
             &[
@@ -559,23 +609,16 @@ fn run_modes(
             lim(plan.max_secs),
         );
         let v = match v {
-            Ok(v) => v,
+            Ok(v) => with_cpu(v, m.cpu_pid, c0),
             Err(e) => {
                 res.notes.push(format!("{} max RPS failed: {e:#}", m.name));
                 continue;
             }
         };
-        if let (Some(a), Some(b)) = (c0, cpu_secs(agent_pid)) {
-            let ok = v["ok"].as_f64().unwrap_or(0.0);
-            if ok > 0.0 && m.name != "direct" {
-                res.put(
-                    m.name,
-                    "agent_cpu_us_per_req",
-                    Value::from((b - a) * 1e6 / ok),
-                );
-            }
-        }
         res.put(m.name, "max", v);
+    }
+    if sel.phase("counts") {
+        counts(bench, modes, res);
     }
     for m in modes.iter().filter(|_| sel.phase("newconn")) {
         eprintln!("bench: {} new TLS connection x{}", m.name, plan.newconn);
@@ -592,6 +635,77 @@ fn run_modes(
         }
     }
     Ok(())
+}
+
+/// Deterministic counts per request for each proxy (`perf stat` on its process during 4 s at
+/// 1,000 RPS): context switches, system calls and heap allocations (glibc malloc calls).
+/// The malloc uprobe slows the process, so no time is taken from this phase.
+fn counts(bench: &Bench<'_>, modes: &[Mode], res: &mut Results) {
+    let out_dir = bench.root.join("target/bench");
+    let probe = perf::MallocProbe::add();
+    if probe.event.is_none() {
+        res.notes
+            .push("counts: no malloc uprobe (perf probe failed); allocations not counted".into());
+    }
+    for m in modes {
+        let Some(pid) = m.cpu_pid else { continue };
+        eprintln!("bench: {} counts per request (perf stat)", m.name);
+        let c = match perf::Counting::start(&out_dir, m.name, pid, probe.event) {
+            Ok(c) => c,
+            Err(e) => {
+                res.notes.push(format!("counts: {e:#}"));
+                return;
+            }
+        };
+        // At a fixed rate, not closed loop: per-request counts of a batching proxy depend on
+        // how busy it is (a commit or a wake-up shared by more requests at a higher rate).
+        let v = bench.load(
+            m,
+            &["--rate", "1000", "--conns", "32", "--duration", "4"],
+            Duration::from_secs(60),
+        );
+        let counts = c.finish();
+        match (v, counts) {
+            (Ok(v), Ok(counts)) => {
+                let ok = v["ok"].as_f64().unwrap_or(0.0);
+                if ok <= 0.0 {
+                    continue;
+                }
+                let mut per = serde_json::Map::new();
+                per.insert("requests".into(), Value::from(ok));
+                for (ev, n) in counts {
+                    let key = match ev.as_str() {
+                        "context-switches" => "context_switches",
+                        "raw_syscalls:sys_enter" => "syscalls",
+                        "syscalls:sys_enter_fdatasync" | "syscalls:sys_enter_fsync" => "fsyncs",
+                        "syscalls:sys_enter_futex" => "futex",
+                        "syscalls:sys_enter_epoll_wait" => "epoll_wait",
+                        "syscalls:sys_enter_pwrite64" => "pwrite",
+                        e if e.ends_with(":malloc") => "mallocs",
+                        _ => continue,
+                    };
+                    let prev = per.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+                    per.insert(key.into(), Value::from(prev + n / ok));
+                }
+                res.put(m.name, "counts", Value::Object(per));
+            }
+            (Err(e), _) | (_, Err(e)) => res.notes.push(format!("{} counts failed: {e:#}", m.name)),
+        }
+    }
+}
+
+/// `v` with `cpu_us_per_req`: the CPU time `pid` spent since `c0`, per request answered.
+fn with_cpu(mut v: Value, pid: Option<u32>, c0: Option<f64>) -> Value {
+    let (Some(pid), Some(a)) = (pid, c0) else {
+        return v;
+    };
+    let ok = v["ok"].as_f64().unwrap_or(0.0);
+    if let (Some(b), Some(obj)) = (cpu_secs(pid), v.as_object_mut()) {
+        if ok > 0.0 {
+            obj.insert("cpu_us_per_req".into(), Value::from((b - a) * 1e6 / ok));
+        }
+    }
+    v
 }
 
 /// GET /metrics from the agent (plain HTTP on loopback of the current network namespace).

@@ -83,3 +83,120 @@ impl Drop for Recording {
         let _ = self.stop();
     }
 }
+
+/// `perf stat` on one process while a phase runs: deterministic counts per request (context
+/// switches, system calls, heap allocations — malloc calls through a uprobe on glibc) where the
+/// times on a shared 2-vCPU VM are not. This VM has no hardware counters (instructions are
+/// `<not supported>`); instruction counts come from callgrind instead (ARCHITECTURE.md).
+pub struct Counting {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+/// The uprobe on glibc's malloc that [`Counting`] counts; removed on drop.
+pub struct MallocProbe {
+    pub event: Option<&'static str>,
+}
+
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+const MALLOC_EVENT: &str = "probe_libc:malloc";
+
+impl MallocProbe {
+    pub fn add() -> MallocProbe {
+        let ok = Path::new(LIBC).exists()
+            && Command::new("perf")
+                .args(["probe", "-q", "-x", LIBC, "malloc"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        MallocProbe {
+            event: ok.then_some(MALLOC_EVENT),
+        }
+    }
+}
+
+impl Drop for MallocProbe {
+    fn drop(&mut self) {
+        if let Some(ev) = self.event {
+            let _ = Command::new("perf")
+                .args(["probe", "-q", "-d", ev])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Counting {
+    pub fn start(
+        out_dir: &Path,
+        name: &str,
+        pid: u32,
+        malloc: Option<&str>,
+    ) -> anyhow::Result<Counting> {
+        let out = out_dir.join(format!("{name}.perf-stat.csv"));
+        let mut events = [
+            "task-clock",
+            "context-switches",
+            "raw_syscalls:sys_enter",
+            "syscalls:sys_enter_fdatasync",
+            "syscalls:sys_enter_fsync",
+            "syscalls:sys_enter_futex",
+            "syscalls:sys_enter_epoll_wait",
+            "syscalls:sys_enter_pwrite64",
+        ]
+        .join(",");
+        if let Some(m) = malloc {
+            events.push(',');
+            events.push_str(m);
+        }
+        let child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", &events, "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start `perf stat` (install linux-perf)")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Counting {
+            child: Some(child),
+            out,
+        })
+    }
+
+    /// Stops counting; each event's count (task-clock in ms).
+    pub fn finish(mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        self.stop()?;
+        let text = std::fs::read_to_string(&self.out)?;
+        // CSV lines: value,unit,event,...; comments start with '#'.
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                Some((f.get(2)?.to_string(), f.first()?.parse::<f64>().ok()?))
+            })
+            .collect())
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

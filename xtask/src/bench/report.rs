@@ -29,7 +29,7 @@ pub struct Results {
     pub chart: Option<String>,
 }
 
-const ORDER: [&str; 4] = ["direct", "transparent", "explicit", "litellm"];
+const ORDER: [&str; 5] = ["direct", "floor", "transparent", "explicit", "litellm"];
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
@@ -125,13 +125,19 @@ impl Results {
                     } else {
                         format!("{v:.0}")
                     };
-                    match base {
-                        Some(b) if m != "direct" && b > 0.0 => {
-                            let _ = write!(out, " {shown} (×{:.2}) |", v / b);
-                        }
-                        _ => {
-                            let _ = write!(out, " {shown} |");
-                        }
+                    let floor = self.get("floor", key, field);
+                    let mut ratios = Vec::new();
+                    if let Some(b) = base.filter(|b| m != "direct" && *b > 0.0) {
+                        ratios.push(format!("×{:.2}", v / b));
+                    }
+                    if let Some(f) = floor.filter(|f| !matches!(m, "direct" | "floor") && *f > 0.0)
+                    {
+                        ratios.push(format!("×{:.2} floor", v / f));
+                    }
+                    if ratios.is_empty() {
+                        let _ = write!(out, " {shown} |");
+                    } else {
+                        let _ = write!(out, " {shown} ({}) |", ratios.join(", "));
                     }
                 }
                 None => out.push_str(" n/a |"),
@@ -147,9 +153,19 @@ impl Results {
         for m in self.modes() {
             match (m, self.get(m, key, field), base) {
                 ("direct", _, _) => out.push_str(" — |"),
-                (_, Some(v), Some(b)) => {
-                    let _ = write!(out, " {:+.3} ms |", (v - b) / 1000.0);
-                }
+                (_, Some(v), Some(b)) => match self.get("floor", key, field) {
+                    Some(f) if m != "floor" => {
+                        let _ = write!(
+                            out,
+                            " {:+.3} ms (floor {:+.3}) |",
+                            (v - b) / 1000.0,
+                            (v - f) / 1000.0
+                        );
+                    }
+                    _ => {
+                        let _ = write!(out, " {:+.3} ms |", (v - b) / 1000.0);
+                    }
+                },
                 _ => out.push_str(" n/a |"),
             }
         }
@@ -170,6 +186,149 @@ impl Results {
             .zip(runs("direct").iter())
             .filter_map(|(a, b)| Some((a[field].as_f64()? - b[field].as_f64()?) / 1000.0))
             .collect()
+    }
+
+    /// Each round's `f(mode's value, floor's value)`, the two measured within seconds of each
+    /// other; a single run (max, newconn) is one round.
+    fn paired_floor(&self, m: &str, key: &str, field: &str, f: fn(f64, f64) -> f64) -> Vec<f64> {
+        let runs = |mode: &str| -> Vec<Value> {
+            let Some(v) = self.data.get(mode).and_then(|d| d.get(key)) else {
+                return Vec::new();
+            };
+            match v["rounds"].as_array() {
+                Some(r) => r.clone(),
+                None => vec![v.clone()],
+            }
+        };
+        let mut out: Vec<f64> = runs(m)
+            .iter()
+            .zip(runs("floor").iter())
+            .filter_map(|(a, b)| Some(f(a[field].as_f64()?, b[field].as_f64()?)))
+            .collect();
+        out.sort_by(f64::total_cmp);
+        out
+    }
+
+    /// Issue 14: SpendGuard (transparent, metering on) against the floor, each target a ratio or a
+    /// difference measured in the same run; the median over rounds and the spread.
+    fn floor_targets(&self, o: &mut String) {
+        if !self.data.contains_key("floor") || !self.data.contains_key("transparent") {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n## Against the floor (issue 14; transparent, metering on; median of rounds [min … max])\n"
+        );
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let diff_ms = |a: f64, b: f64| (a - b) / 1000.0;
+        let t = "transparent";
+        /// One target: (label, phase key, field, how mode and floor combine, unit, target,
+        /// whether the target is an upper bound).
+        type Target = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(f64, f64) -> f64,
+            &'static str,
+            f64,
+            bool,
+        );
+        let rows: [Target; 7] = [
+            (
+                "proxy CPU per request @ max RPS",
+                "max",
+                "cpu_us_per_req",
+                ratio,
+                "×",
+                2.0,
+                true,
+            ),
+            (
+                "proxy CPU per request @ 1,000 RPS",
+                "rate1000",
+                "cpu_us_per_req",
+                ratio,
+                "×",
+                2.0,
+                true,
+            ),
+            ("max RPS", "max", "rps", ratio, "×", 0.6, false),
+            (
+                "added p50 @ 1,000 RPS over the floor",
+                "rate1000",
+                "p50_us",
+                diff_ms,
+                "ms",
+                0.02,
+                true,
+            ),
+            (
+                "added p99 @ 1,000 RPS over the floor",
+                "rate1000",
+                "p99_us",
+                diff_ms,
+                "ms",
+                0.1,
+                true,
+            ),
+            (
+                "new TLS connection + 1st request (p50) over the floor",
+                "newconn",
+                "p50_us",
+                diff_ms,
+                "ms",
+                0.1,
+                true,
+            ),
+            (
+                "new TLS connection + 1st request (p99) over the floor",
+                "newconn",
+                "p99_us",
+                diff_ms,
+                "ms",
+                f64::INFINITY,
+                true,
+            ),
+        ];
+        for (label, key, field, f, unit, target, at_most) in rows {
+            let xs = self.paired_floor(t, key, field, f);
+            let Some(med) = xs.get(xs.len() / 2).copied() else {
+                let _ = writeln!(o, "- {label}: not measured");
+                continue;
+            };
+            let fmt = |v: f64| {
+                if unit == "×" {
+                    format!("×{v:.2}")
+                } else {
+                    format!("{v:+.3} ms")
+                }
+            };
+            let spread = if xs.len() > 1 {
+                format!(" [{} … {}]", fmt(xs[0]), fmt(xs[xs.len() - 1]))
+            } else {
+                String::new()
+            };
+            let verdict = if target.is_infinite() {
+                String::new()
+            } else {
+                let ok = if at_most {
+                    med <= target
+                } else {
+                    med >= target
+                };
+                let goal = if at_most { "≤" } else { "≥" };
+                let goal_v = if unit == "×" {
+                    format!("×{target}")
+                } else {
+                    format!("+{target} ms")
+                };
+                format!(
+                    " — target {goal} {goal_v}: {}",
+                    if ok { "met" } else { "**missed**" }
+                )
+            };
+            let _ = writeln!(o, "- {label}: {}{spread}{verdict}", fmt(med));
+        }
     }
 
     fn added_of(&self, m: &str, key: &str, field: &str) -> Option<f64> {
@@ -231,21 +390,51 @@ impl Results {
         );
         self.row(&mut o, "latency p50 @ max RPS", "max", "p50_us", true);
         self.row(&mut o, "errors @ max RPS", "max", "errors", false);
-        let _ = write!(o, "| agent CPU per request @ max RPS |");
-        for m in &modes {
-            match self
-                .data
-                .get(*m)
-                .and_then(|d| d.get("agent_cpu_us_per_req"))
-                .and_then(Value::as_f64)
-            {
-                Some(v) if *m != "litellm" => {
-                    let _ = write!(o, " {v:.0} µs |");
+        self.row(
+            &mut o,
+            "proxy CPU per request @ max RPS (µs)",
+            "max",
+            "cpu_us_per_req",
+            false,
+        );
+        self.row(
+            &mut o,
+            "proxy CPU per request @ 1000 RPS (µs)",
+            "rate1000",
+            "cpu_us_per_req",
+            false,
+        );
+        self.row(
+            &mut o,
+            "proxy CPU while idle (ms per s, 3 s after warm-up)",
+            "idle",
+            "cpu_ms_per_s",
+            false,
+        );
+        for (f, name) in [
+            ("context_switches", "context switches"),
+            ("syscalls", "system calls"),
+            ("fsyncs", "fsync/fdatasync calls"),
+            ("futex", "futex calls"),
+            ("epoll_wait", "epoll_wait calls"),
+            ("pwrite", "pwrite calls"),
+            ("mallocs", "heap allocations (malloc)"),
+        ] {
+            let _ = write!(o, "| {name} per request (perf stat) |");
+            let floor = self.get("floor", "counts", f);
+            for m in &modes {
+                match (self.get(m, "counts", f), floor) {
+                    (Some(v), Some(fl)) if *m != "floor" && fl > 0.0 => {
+                        let _ = write!(o, " {v:.1} (×{:.2} floor) |", v / fl);
+                    }
+                    (Some(v), _) => {
+                        let _ = write!(o, " {v:.1} |");
+                    }
+                    _ => o.push_str(" — |"),
                 }
-                _ => o.push_str(" — |"),
             }
+            o.push('\n');
         }
-        o.push('\n');
         self.row(
             &mut o,
             "new connection + 1st request p50",
@@ -296,6 +485,7 @@ impl Results {
         );
         let _ = writeln!(o, "| after the streams closed | {} |", mb(self.rss_end_kb));
 
+        self.floor_targets(&mut o);
         let _ = writeln!(o, "\n## Targets (issue 7)\n");
         let chk = |ok: Option<bool>| match ok {
             Some(true) => "met",
@@ -795,6 +985,71 @@ mod tests {
         assert!(notes[1].contains("4168 requests not sent") && notes[1].contains("max is 45 RPS"));
         assert!(r.markdown().contains("- note: LiteLLM @ 1000 RPS"));
         assert_eq!(r.json()["notes"].as_array().map(Vec::len), Some(2));
+    }
+
+    /// The floor column: every figure of the proxies also as a ratio to the floor, and issue 14's
+    /// targets judged on each round's own ratio (median, spread), met and missed alike.
+    #[test]
+    fn the_floor_section_judges_paired_rounds() {
+        let mut r = Results::new(true, &super::super::Plan::new(true));
+        let round = |p50: f64, p99: f64, cpu: f64| {
+            let mut v = lat(p50, p99, p99 * 2.0, 1000.0);
+            v["cpu_us_per_req"] = json!(cpu);
+            v
+        };
+        let floor = [
+            round(1500.0, 3000.0, 100.0),
+            round(1600.0, 3100.0, 110.0),
+            round(1400.0, 2900.0, 90.0),
+        ];
+        // Per round: CPU ×1.5, ×2.5, ×1.5 (median ×1.5: met); p50 +0.01, +0.05, +0.01 ms (median
+        // +0.01: met); p99 +0.2 ms in every round (missed).
+        let sg = [
+            round(1510.0, 3200.0, 150.0),
+            round(1650.0, 3300.0, 275.0),
+            round(1410.0, 3100.0, 135.0),
+        ];
+        r.put("floor", "rate1000", median_run(&floor));
+        r.put("transparent", "rate1000", median_run(&sg));
+        r.put(
+            "floor",
+            "max",
+            json!({"rps": 10000.0, "cpu_us_per_req": 50.0}),
+        );
+        r.put(
+            "transparent",
+            "max",
+            json!({"rps": 5000.0, "cpu_us_per_req": 90.0}),
+        );
+        let md = r.markdown();
+        let line = |prefix: &str| {
+            md.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{md}"))
+                .to_string()
+        };
+        let cpu = line("- proxy CPU per request @ 1,000 RPS:");
+        assert!(
+            cpu.contains("×1.50 [×1.50 … ×2.50]") && cpu.ends_with("met"),
+            "{cpu}"
+        );
+        let p50 = line("- added p50 @ 1,000 RPS over the floor:");
+        assert!(p50.contains("+0.010 ms") && p50.ends_with("met"), "{p50}");
+        let p99 = line("- added p99 @ 1,000 RPS over the floor:");
+        assert!(
+            p99.contains("+0.200 ms") && p99.contains("**missed**"),
+            "{p99}"
+        );
+        let max = line("- max RPS:");
+        assert!(max.contains("×0.50") && max.contains("**missed**"), "{max}");
+        let cpu_max = line("- proxy CPU per request @ max RPS:");
+        assert!(
+            cpu_max.contains("×1.80") && cpu_max.ends_with("met"),
+            "{cpu_max}"
+        );
+        assert!(line("- new TLS connection + 1st request (p50)").ends_with("not measured"));
+        // The table shows the ratio to the floor beside the absolute value.
+        assert!(line("| **max RPS**").contains("5000 (×0.50 floor)"), "{md}");
     }
 
     #[test]

@@ -1,0 +1,138 @@
+#![expect(
+    clippy::unwrap_used,
+    reason = "a benchmark: any failure should abort loudly"
+)]
+#![expect(
+    unsafe_code,
+    reason = "a counting global allocator (GlobalAlloc is an unsafe trait); it only forwards to System"
+)]
+//! The ledger's share of one metered request with budget leases on (the agent's default): the
+//! carve (the reserve on the request path, in memory) and carve + settle (the settle goes through
+//! the committer, its batch commit and fsync, off the request path), with 64 concurrent callers.
+//! `cargo bench -p spendguard-ledger --bench carve`. Heap allocations per carve and per
+//! carve + settle (all threads, committer included) are counted and printed first: deterministic,
+//! where the times are not. Nothing is asserted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use spendguard_ledger::*;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CALLERS: usize = 64;
+
+fn req() -> ReserveRequest {
+    ReserveRequest {
+        agent: "bench.transparent".parse().unwrap(),
+        // The bench request's worst case at gpt-4o-mini prices, about.
+        amount: MicroUsd(25),
+        audit: AuditContext {
+            cgroup: "/sys/fs/cgroup/bench".into(),
+            host: "api.openai.com".into(),
+            model: "gpt-4o-mini".into(),
+            provider: "openai".into(),
+        },
+    }
+}
+
+/// `n` reserve (+ settle) pairs spread over [`CALLERS`] tasks; the wall time they took.
+async fn pairs(ledger: &Ledger, n: u64, settle: bool) -> Duration {
+    let start = Instant::now();
+    let per = n.div_ceil(CALLERS as u64);
+    let mut hs = Vec::with_capacity(CALLERS);
+    for _ in 0..CALLERS {
+        let l = ledger.clone();
+        hs.push(tokio::spawn(async move {
+            for _ in 0..per {
+                let r = l.reserve(req()).await.unwrap();
+                if settle {
+                    l.settle(r.id, MicroUsd(r.amount.0 / 2)).await.unwrap();
+                }
+            }
+        }));
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    start.elapsed()
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = rt.block_on(async {
+        Ledger::open(
+            dir.path().join("carve.redb"),
+            LedgerOptions {
+                // The agent's default lease (config.rs DEFAULT_LEASE_USD).
+                lease_max: MicroUsd::from_usd(1),
+                ..LedgerOptions::default()
+            },
+        )
+        .unwrap()
+    });
+    rt.block_on(async {
+        // Warm: the first reserve takes the lease (one durable commit).
+        pairs(&ledger, 1000, true).await;
+        for (name, settle) in [("carve", false), ("carve + settle", true)] {
+            let n = 20_000;
+            let a0 = ALLOCS.load(Ordering::Relaxed);
+            let t = pairs(&ledger, n, settle).await;
+            let a = ALLOCS.load(Ordering::Relaxed) - a0;
+            println!(
+                "allocations {name}: {:.1} per request ({CALLERS} callers; {:.0} requests/s in this pass)",
+                a as f64 / n as f64,
+                n as f64 / t.as_secs_f64()
+            );
+            // (No release_leases here: it also stops leasing, as at a graceful stop.)
+        }
+    });
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(1));
+    // One caller: the carve itself (in memory; a renewal's durable commit now and then).
+    g.bench_function("carve", |b| {
+        b.iter(|| rt.block_on(ledger.reserve(req())).unwrap())
+    });
+    // Settles wait for their batch (linger + commit): a rate with 64 callers, not a latency.
+    g.sample_size(10);
+    g.bench_function("carve + settle (64 callers)", |b| {
+        b.iter_custom(|n| rt.block_on(pairs(&ledger, n, true)))
+    });
+    g.finish();
+    drop(ledger);
+}
+
+criterion_group! {
+    name = carve;
+    config = Criterion::default().measurement_time(Duration::from_secs(5));
+    targets = benches
+}
+criterion_main!(carve);

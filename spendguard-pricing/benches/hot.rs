@@ -1,0 +1,158 @@
+#![expect(
+    clippy::unwrap_used,
+    reason = "a benchmark: any failure should abort loudly"
+)]
+#![expect(
+    unsafe_code,
+    reason = "a counting global allocator (GlobalAlloc is an unsafe trait); it only forwards to System"
+)]
+//! The request path's pricing pieces, per call: the quote of the bench's chat request (plain and
+//! streamed), and the usage tap over a JSON answer and over a 20-chunk SSE stream, per chunk.
+//! `cargo bench -p spendguard-pricing --bench hot` (criterion: time per call, regressions against
+//! the last run). Before criterion runs, each piece's heap allocations per call are counted with a
+//! counting global allocator and printed — deterministic, unlike the time, so a fix shows in them
+//! even on a noisy machine. Nothing is asserted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use spendguard_pricing::*;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Heap allocations (and bytes) per call of `f`, averaged over `n` calls.
+fn count(name: &str, n: u64, mut f: impl FnMut()) {
+    f(); // lazily initialised statics are not the steady state
+    let (a0, b0) = (
+        ALLOCS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    for _ in 0..n {
+        f();
+    }
+    let (a, b) = (
+        ALLOCS.load(Ordering::Relaxed) - a0,
+        BYTES.load(Ordering::Relaxed) - b0,
+    );
+    println!(
+        "allocations {name}: {:.1} per call, {:.0} bytes per call",
+        a as f64 / n as f64,
+        b as f64 / n as f64
+    );
+}
+
+/// The bench's request (xtask/src/bin/sg-load.rs).
+const CHAT: &[u8] =
+    br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
+const CHAT_STREAM: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16,"stream":true}"#;
+/// What the fake provider answers (tests/src/fake_provider.rs, chat).
+const ANSWER: &[u8] = br#"{"id":"chatcmpl-fake","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the fake provider."},"finish_reason":"stop"}],"usage":{"prompt_tokens":100,"completion_tokens":20,"total_tokens":120,"prompt_tokens_details":{"cached_tokens":10}}}"#;
+
+/// A 20-chunk SSE answer, one event per network chunk, the usage chunk last.
+fn sse_chunks() -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..19)
+        .map(|i| {
+            format!(
+                "data: {{\"id\":\"chatcmpl-fake\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"finish_reason\":null}}]}}\n\n"
+            )
+            .into_bytes()
+        })
+        .collect();
+    out.push(
+        b"data: {\"id\":\"chatcmpl-fake\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":20,\"total_tokens\":120}}\n\ndata: [DONE]\n\n"
+            .to_vec(),
+    );
+    out
+}
+
+fn quote(body: &[u8], prices: &PriceTable, headers: &http::HeaderMap) -> Quote {
+    let adapter = adapter_for(ProviderId::OpenAi);
+    adapter
+        .quote(
+            &http::Method::POST,
+            "/v1/chat/completions",
+            headers,
+            body,
+            prices,
+            &QuoteOptions::none(),
+        )
+        .unwrap()
+}
+
+fn tap_json(q: &Quote) -> Option<Usage> {
+    let mut tap = q.response_tap(200, Some("application/json"));
+    black_box(tap.on_chunk(ANSWER));
+    tap.finish().1
+}
+
+fn tap_sse(q: &Quote, chunks: &[Vec<u8>]) -> Option<Usage> {
+    let mut tap = q.response_tap(200, Some("text/event-stream"));
+    for c in chunks {
+        black_box(tap.on_chunk(c));
+    }
+    tap.finish().1
+}
+
+fn benches(c: &mut Criterion) {
+    let prices = PriceTable::bundled();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    let q = quote(CHAT, &prices, &headers);
+    let qs = quote(CHAT_STREAM, &prices, &headers);
+    let chunks = sse_chunks();
+    assert!(tap_json(&q).is_some() && tap_sse(&qs, &chunks).is_some());
+
+    count("quote (chat, 93-byte body)", 1000, || {
+        black_box(quote(CHAT, &prices, &headers));
+    });
+    count("quote (chat, stream: usage injected)", 1000, || {
+        black_box(quote(CHAT_STREAM, &prices, &headers));
+    });
+    count("usage tap (JSON answer, one chunk + finish)", 1000, || {
+        black_box(tap_json(&q));
+    });
+    count("usage tap (SSE, 20 chunks + finish)", 1000, || {
+        black_box(tap_sse(&qs, &chunks));
+    });
+
+    c.bench_function("quote/chat", |b| {
+        b.iter(|| quote(black_box(CHAT), &prices, &headers))
+    });
+    c.bench_function("quote/chat_stream", |b| {
+        b.iter(|| quote(black_box(CHAT_STREAM), &prices, &headers))
+    });
+    c.bench_function("usage_tap/json", |b| b.iter(|| tap_json(&q)));
+    let mut g = c.benchmark_group("usage_tap/sse_20_chunks");
+    g.throughput(Throughput::Elements(chunks.len() as u64));
+    g.bench_function("per_stream", |b| b.iter(|| tap_sse(&qs, &chunks)));
+    g.finish();
+}
+
+criterion_group!(hot, benches);
+criterion_main!(hot);
