@@ -16,8 +16,9 @@ enum Field {
 use Field::{Object, Value};
 
 const AGENT: Field = Value("agent");
-const OPS: [(&str, &[Field]); 13] = [
+const OPS: [(&str, &[Field]); 14] = [
     ("ping", &[]),
+    ("recover_confirm", &[]),
     ("tag", &[Value("cgroup"), AGENT]),
     ("untag", &[Value("cgroup")]),
     ("agents", &[]),
