@@ -65,13 +65,49 @@ pub(crate) enum Op {
     ReleaseLeases { reply: Reply<MicroUsd> },
     /// A reservation was orphaned (see [`Granted`]): run a batch to release it.
     Wake,
+    /// The cluster store granted this node a slice: record it (durably) before carving from it.
+    ClusterGrant {
+        agent: AgentName,
+        amount: MicroUsd,
+        reply: Reply<()>,
+    },
+    /// The cluster store refused (or a local check blocks): the audited 402.
+    ClusterDeny {
+        req: ReserveRequest,
+        refusal: Option<crate::cluster::Refusal>,
+        reply: Reply<Denial>,
+    },
+    /// The cluster store has these outbox entries.
+    OutboxDone { ids: Vec<u64> },
+    /// The cluster store's policies and shared settings.
+    SyncPolicies {
+        policies: Vec<(AgentName, crate::cluster::Policy)>,
+        shared: Vec<(String, serde_json::Value)>,
+        reply: Reply<()>,
+    },
+    /// Hand back these agents' cluster slices if they are still idle.
+    ReclaimIdle { agents: Vec<AgentName> },
+    /// An operator action on the budget, for the audit log (`node forget`).
+    Audit {
+        agent: AgentName,
+        ctx: AuditContext,
+        amount: MicroUsd,
+        reply: Reply<()>,
+    },
 }
 
 impl Op {
     /// Someone waits for this answer before a request can go out (or an operator waits for it).
     /// Settles and lease renewals are not: the client already has its response.
     fn urgent(&self) -> bool {
-        !matches!(self, Op::Settle { .. } | Op::Renew { .. } | Op::Wake)
+        !matches!(
+            self,
+            Op::Settle { .. }
+                | Op::Renew { .. }
+                | Op::Wake
+                | Op::OutboxDone { .. }
+                | Op::ReclaimIdle { .. }
+        )
     }
 
     fn fail(self, e: &LedgerError) {
@@ -83,7 +119,11 @@ impl Op {
             Op::SetLimits { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::SetPaused { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
-            Op::Renew { .. } | Op::Wake => Ok(()),
+            Op::Renew { .. } | Op::Wake | Op::OutboxDone { .. } | Op::ReclaimIdle { .. } => Ok(()),
+            Op::ClusterGrant { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::ClusterDeny { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::SyncPolicies { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::Audit { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
             Op::ReleaseLeases { reply } => reply.send(Err(e.clone())).map_err(drop),
         };
@@ -217,6 +257,10 @@ pub(crate) struct Committer {
     pub wake: mpsc::WeakSender<Op>,
     /// How long a batch of only settles and renewals waits for more before its commit.
     pub linger: std::time::Duration,
+    /// Woken after a commit that queued cluster outbox entries.
+    pub outbox_wake: Option<Arc<tokio::sync::Notify>>,
+    /// How long a cluster slice may sit unused.
+    pub idle: std::time::Duration,
 }
 
 impl Committer {
@@ -347,8 +391,9 @@ impl Committer {
                 wake: self.wake.clone(),
             };
             for op in batch.drain(..) {
-                pending.push(apply(&mut st, op, now, &mut fx, &grant));
+                pending.push(apply(&mut st, op, now, &mut fx, &grant, self.idle));
             }
+            st.seal_outbox(now, &mut fx);
             if fx.is_empty() {
                 None
             } else {
@@ -364,6 +409,11 @@ impl Committer {
         match result {
             Ok(()) => {
                 self.lock_state().end_batch();
+                if let Some(w) = &self.outbox_wake {
+                    if !fx.outbox.is_empty() {
+                        w.notify_one();
+                    }
+                }
                 // Before the answers, so a caller sees the notifications its call caused.
                 self.notifier.send(fx.notifications);
                 for p in pending {
@@ -398,8 +448,56 @@ fn apply(
     now: chrono::DateTime<chrono::Utc>,
     fx: &mut Effects,
     grant: &impl Fn(Reservation) -> Granted,
+    idle: std::time::Duration,
 ) -> Pending {
     match op {
+        Op::ClusterGrant {
+            agent,
+            amount,
+            reply,
+        } => {
+            st.record_cluster_grant(&agent, amount, now, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::ClusterDeny {
+            req,
+            refusal,
+            reply,
+        } => {
+            let r = st.cluster_deny(req, refusal, now, fx);
+            Pending::Denial(
+                reply,
+                match r {
+                    Err(d) => Ok(d),
+                    Ok(_) => Err(LedgerError::Closed),
+                },
+            )
+        }
+        Op::OutboxDone { ids } => {
+            st.outbox_done(&ids, fx);
+            Pending::Nothing
+        }
+        Op::SyncPolicies {
+            policies,
+            shared,
+            reply,
+        } => {
+            st.sync_policies(policies, shared, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::Audit {
+            agent,
+            ctx,
+            amount,
+            reply,
+        } => {
+            st.audit_note(agent, ctx, amount, now, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::ReclaimIdle { agents } => {
+            st.reclaim_idle(&agents, now, idle, fx);
+            Pending::Nothing
+        }
         Op::Reserve { req, reply } => {
             // Capacity may have been granted since the caller found none.
             if let Some(c) = st.try_carve(&req, now) {
