@@ -74,8 +74,14 @@ pub struct ClusterUsage {
 #[derive(Debug, Default)]
 struct Health {
     error: Option<String>,
+    /// When the last call failed: requests fail fast for [`FAIL_FAST`] after it, rather than
+    /// each waiting for its own timeout (the background poll keeps probing the store).
+    failed_at: Option<Instant>,
     ready: bool,
 }
+
+/// See [`Health::failed_at`].
+const FAIL_FAST: Duration = Duration::from_millis(1000);
 
 pub(crate) struct Link {
     pub opts: ClusterOptions,
@@ -133,12 +139,18 @@ impl Link {
     fn note(&self, r: &Result<impl Sized, ClusterError>) {
         let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         match r {
-            Ok(_) => h.error = None,
+            Ok(_) => {
+                if h.error.take().is_some() {
+                    tracing::info!(store = %self.opts.store.describe(), "cluster store reachable again");
+                }
+                h.failed_at = None;
+            }
             Err(e) => {
                 if h.error.is_none() {
                     tracing::error!("{e}");
                 }
                 h.error = Some(e.to_string());
+                h.failed_at = Some(Instant::now());
             }
         }
     }
@@ -163,6 +175,18 @@ impl Link {
             .entry(agent.clone())
             .or_default()
             .clone()
+    }
+
+    /// The store failed a moment ago: fail now rather than wait for another timeout.
+    fn failing(&self) -> Option<ClusterError> {
+        let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&h.error, h.failed_at) {
+            (Some(e), Some(at)) if at.elapsed() < FAIL_FAST => Some(ClusterError::Unreachable {
+                url: self.store().describe(),
+                detail: e.clone(),
+            }),
+            _ => None,
+        }
     }
 
     async fn wait_ready(&self) -> Result<(), ClusterError> {
@@ -201,6 +225,9 @@ impl Link {
         let started = Instant::now();
         let mut noted = false;
         loop {
+            if let Some(e) = self.failing() {
+                return Err(e);
+            }
             if !noted {
                 let r = self.store().note_holder(&self.opts.node, agent).await;
                 self.note(&r);
