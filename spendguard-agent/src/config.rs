@@ -32,6 +32,10 @@ pub const ENV_EXPLICIT_RESOLVE: &str = "SPENDGUARD_EXPLICIT_RESOLVE";
 /// Not in the user contract: `off` turns metering off (transport diagnostics).
 pub const ENV_METERING: &str = "SPENDGUARD_METERING";
 pub const ENV_LEASE_USD: &str = "SPENDGUARD_LEASE_USD";
+/// `redis://` or `rediss://` URL of the cluster store (one budget across every node naming it).
+pub const ENV_CLUSTER_STORE: &str = "SPENDGUARD_CLUSTER_STORE";
+/// This node's name in the cluster store (default: `NODE_NAME`, else the host name).
+pub const ENV_NODE_NAME: &str = "SPENDGUARD_NODE_NAME";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +80,10 @@ pub struct RawConfig {
     pub explicit_default_agent: Option<String>,
     /// Explicit mode: host → IP overrides instead of DNS (air-gapped nodes).
     pub explicit_resolve: Option<HashMap<String, IpAddr>>,
+    /// Cluster store URL (`redis://…`, `rediss://…`): budgets are one across every node.
+    pub cluster_store: Option<String>,
+    /// This node's name in the cluster store.
+    pub node_name: Option<String>,
 }
 
 /// The validated configuration the agent runs on.
@@ -107,6 +115,35 @@ pub struct Config {
     pub explicit_listen: Option<SocketAddr>,
     pub explicit_default_agent: Option<crate::identity::AgentName>,
     pub explicit_resolve: Vec<(String, IpAddr)>,
+    /// Shown without its credentials.
+    #[serde(serialize_with = "redacted_url")]
+    pub cluster_store: Option<String>,
+    pub node_name: String,
+}
+
+fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        None => s.serialize_none(),
+        Some(u) => match (u.split_once("://"), u.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => s.serialize_str(&format!("{scheme}://***@{host}")),
+            _ => s.serialize_str(u),
+        },
+    }
+}
+
+/// `SPENDGUARD_NODE_NAME`, the config's `node_name`, `NODE_NAME` (Kubernetes downward API), the
+/// host name — the first that is set.
+fn node_name(env: &dyn EnvSource, raw: Option<String>) -> String {
+    env.get(ENV_NODE_NAME)
+        .or(raw)
+        .or_else(|| env.get(spendguard_k8s::ENV_NODE_NAME))
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "unnamed-node".into())
+        })
 }
 
 /// Budget lease slice by default: takes the durable commit off the request path while a crash
@@ -259,6 +296,8 @@ impl Config {
                     .into_iter()
                     .collect(),
             },
+            cluster_store: env.get(ENV_CLUSTER_STORE).or(raw.cluster_store),
+            node_name: node_name(env, raw.node_name),
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,
                 Some(_) | None => raw.metering.unwrap_or(true),
@@ -289,6 +328,14 @@ impl Config {
                 field: "output_cap",
                 why: "must be at least 1 token".into(),
             });
+        }
+        if let Some(u) = &self.cluster_store {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    field: "cluster_store",
+                    why: "must be a redis:// or rediss:// URL".into(),
+                });
+            }
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Pair {

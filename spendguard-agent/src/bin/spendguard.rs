@@ -85,6 +85,18 @@ enum Command {
     },
     /// Check that the agent answers.
     Ping,
+    /// Cluster store nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Release every budget slice a dead node still holds in the cluster store (audited on this
+    /// node). Only for a node that is gone for good: a running node would spend past its slices.
+    Forget { node: String },
 }
 
 #[derive(Subcommand)]
@@ -208,6 +220,9 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         },
         Command::Agents => Request::Agents,
         Command::Ping => Request::Ping,
+        Command::Node {
+            command: NodeCommand::Forget { node },
+        } => Request::NodeForget { node },
         Command::Prices => Request::Prices,
         Command::Status { agent } => Request::Status {
             agent: agent_arg(&agent)?,

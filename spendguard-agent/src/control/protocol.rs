@@ -51,6 +51,10 @@ pub enum Request {
         price: PriceOverride,
     },
     Prices,
+    /// Release every budget slice a dead node holds in the cluster store (audited).
+    NodeForget {
+        node: String,
+    },
 }
 
 /// Why a request line was refused before it reached a handler.
