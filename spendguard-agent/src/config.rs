@@ -125,7 +125,9 @@ fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::O
     match url {
         None => s.serialize_none(),
         Some(u) => match (u.split_once("://"), u.rsplit_once('@')) {
-            (Some((scheme, _)), Some((_, host))) => s.serialize_str(&format!("{scheme}://***@{host}")),
+            (Some((scheme, _)), Some((_, host))) => {
+                s.serialize_str(&format!("{scheme}://***@{host}"))
+            }
             _ => s.serialize_str(u),
         },
     }

@@ -186,6 +186,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    if ledger.is_clustered() {
+        // `price set` on another node reaches this one's settings through the cluster store.
+        let (prices, ledger, stop) = (prices.clone(), ledger.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => prices.reload_if_changed(&ledger),
+                }
+            }
+        });
+    }
+
     let reconcile_tags = tags.clone();
     let reconcile_stop = shutdown.clone();
     tokio::spawn(async move {

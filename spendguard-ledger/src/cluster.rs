@@ -107,9 +107,15 @@ pub enum Refusal {
         spent: MicroUsd,
         outstanding: MicroUsd,
     },
-    Paused { level: usize },
-    Expired { level: usize },
-    PerCall { level: usize },
+    Paused {
+        level: usize,
+    },
+    Expired {
+        level: usize,
+    },
+    PerCall {
+        level: usize,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

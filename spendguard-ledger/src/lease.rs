@@ -343,7 +343,13 @@ impl State {
 
     /// Takes `amount` out of a lease row and its levels' outstanding; drops the row (and the
     /// lease) once it covers nothing.
-    pub(crate) fn shrink_row(&mut self, agent: &AgentName, row: u64, amount: u64, fx: &mut Effects) {
+    pub(crate) fn shrink_row(
+        &mut self,
+        agent: &AgentName,
+        row: u64,
+        amount: u64,
+        fx: &mut Effects,
+    ) {
         self.remember_reservation(row);
         let empty = match self.reservations.get_mut(&row) {
             Some(r) => {

@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::AgentName;
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::{ClusterError, ClusterOptions, ClusterUsage, Link};
 use crate::cluster::link::Acquired;
+use crate::cluster::{ClusterError, ClusterOptions, ClusterUsage, Link};
 use crate::committer::{Committer, Granted, Op};
 use crate::error::{LedgerError, ReserveError};
 use crate::limits::{Limits, LimitsPatch};
@@ -360,7 +360,15 @@ impl Ledger {
             let want = MicroUsd(me.shared.lease_max);
             let clock = me.shared.clock.clone();
             let r = link
-                .acquire(&agent, MicroUsd(1), want, clock.as_ref(), &me.tx, false, || false)
+                .acquire(
+                    &agent,
+                    MicroUsd(1),
+                    want,
+                    clock.as_ref(),
+                    &me.tx,
+                    false,
+                    || false,
+                )
                 .await;
             if let Err(e) = r {
                 tracing::debug!(agent = %agent, "cluster slice top-up failed: {e}");
@@ -677,6 +685,19 @@ impl Ledger {
             reply,
         })
         .await?
+    }
+
+    /// [`Ledger::put_setting`], and with a cluster store also for every other node (within a
+    /// poll): prices set by `price set`.
+    pub async fn put_shared_setting(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        if let Some(link) = &self.shared.cluster {
+            link.opts.store.put_shared(key, Some(&value)).await?;
+        }
+        self.put_setting(key, value).await
     }
 
     /// Removes `key` (no error if it did not exist).

@@ -126,7 +126,11 @@ impl State {
     }
 
     /// Cluster slices with unused capacity that nobody carved from for `idle`.
-    pub(crate) fn idle_leases(&self, now: DateTime<Utc>, idle: std::time::Duration) -> Vec<AgentName> {
+    pub(crate) fn idle_leases(
+        &self,
+        now: DateTime<Utc>,
+        idle: std::time::Duration,
+    ) -> Vec<AgentName> {
         let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::seconds(1));
         self.leases
             .iter()

@@ -21,12 +21,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentName;
+use crate::cluster::Refusal;
 use crate::error::LedgerError;
 use crate::lease::{Carve, Grant, Lease, CARVE_BIT};
-use crate::cluster::Refusal;
-use crate::outbox::OutboxEntry;
 use crate::limits::{LimitKind, Limits, LimitsPatch};
 use crate::money::MicroUsd;
+use crate::outbox::OutboxEntry;
 use crate::period::Period;
 use crate::types::{
     AgentState, AgentStatus, AuditContext, AuditEvent, Decision, Denial, DenyReason, Notification,
@@ -570,7 +570,9 @@ impl State {
                     spent,
                     outstanding,
                 }) => Some((
-                    limit.0.saturating_sub(spent.0.saturating_add(outstanding.0)),
+                    limit
+                        .0
+                        .saturating_sub(spent.0.saturating_add(outstanding.0)),
                     level.min(levels.len() - 1),
                     period,
                     limit.0,
@@ -578,7 +580,8 @@ impl State {
                     outstanding.0,
                 )),
                 other => {
-                    return Err(self.store_refused(&agent, &levels, other, amount, remaining, audit, now, fx));
+                    return Err(self
+                        .store_refused(&agent, &levels, other, amount, remaining, audit, now, fx));
                 }
             }
         } else {

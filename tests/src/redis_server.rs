@@ -19,7 +19,9 @@ pub fn available() -> bool {
             .is_ok_and(|s| s.success())
     });
     if !ok {
-        crate::skip("redis-server/redis-cli not installed (bash scripts/dev.sh setup installs them)");
+        crate::skip(
+            "redis-server/redis-cli not installed (bash scripts/dev.sh setup installs them)",
+        );
     }
     ok
 }
@@ -67,7 +69,14 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -214,7 +223,10 @@ impl RedisCluster {
             n.cli(&["CLUSTER", "INFO"])
                 .is_some_and(|s| s.contains("cluster_state:ok"))
         }) {
-            assert!(Instant::now() < deadline, "the cluster did not reach cluster_state:ok");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -227,7 +239,13 @@ impl RedisCluster {
     /// Where the slot of `key` lives, via `redis-cli -c` (follows redirects).
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
-            .args(["-c", "-h", "127.0.0.1", "-p", &self.nodes[0].port.to_string()])
+            .args([
+                "-c",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.nodes[0].port.to_string(),
+            ])
             .args(args)
             .stderr(Stdio::null())
             .output()

@@ -31,7 +31,9 @@ fn name(s: &str) -> AgentName {
 }
 
 async fn open_at(url: &str, node: &str, dir: tempfile::TempDir) -> Node {
-    let store = RedisStore::connect(url).await.expect("connect to the store");
+    let store = RedisStore::connect(url)
+        .await
+        .expect("connect to the store");
     let mut opts = ClusterOptions::new(Arc::new(store), node);
     opts.idle = Duration::from_millis(500);
     let ledger = Ledger::open(
@@ -49,7 +51,11 @@ async fn open_at(url: &str, node: &str, dir: tempfile::TempDir) -> Node {
         dir,
     };
     assert!(
-        until(Duration::from_secs(10), || n.ledger.cluster_not_ready().is_none()).await,
+        until(Duration::from_secs(10), || n
+            .ledger
+            .cluster_not_ready()
+            .is_none())
+        .await,
         "node {node} never became ready: {:?}",
         n.ledger.cluster_not_ready()
     );
@@ -169,10 +175,22 @@ async fn hierarchy(nodes: &[&Node]) {
 }
 
 fn assert_within_limits(redis: &RedisServer) {
-    assert!(store_total(redis, "acme") <= 2_000_000, "acme total overshot");
-    assert!(store_daily(redis, "acme.team") <= 2_000_000, "acme.team daily overshot");
-    assert!(store_total(redis, "acme.team.bot") <= 1_500_000, "bot overshot");
-    assert!(store_daily(redis, "acme.team.other") <= 1_500_000, "other overshot");
+    assert!(
+        store_total(redis, "acme") <= 2_000_000,
+        "acme total overshot"
+    );
+    assert!(
+        store_daily(redis, "acme.team") <= 2_000_000,
+        "acme.team daily overshot"
+    );
+    assert!(
+        store_total(redis, "acme.team.bot") <= 1_500_000,
+        "bot overshot"
+    );
+    assert!(
+        store_daily(redis, "acme.team.other") <= 1_500_000,
+        "other overshot"
+    );
 }
 
 /// Σ of what each node's own ledger charged (its local mirror counts only its own spend).
@@ -218,8 +236,14 @@ async fn three_nodes_600_concurrent_requests_never_overshoot_any_level() {
     let denied = tally.denied.load(Ordering::SeqCst);
     let unavailable = tally.unavailable.load(Ordering::SeqCst);
     eprintln!("forwarded {forwarded}, denied {denied}, unavailable {unavailable}");
-    assert!(forwarded <= 20, "{forwarded} forwarded against a budget of 20");
-    assert!(forwarded >= 15, "only {forwarded} of a budget of 20 forwarded");
+    assert!(
+        forwarded <= 20,
+        "{forwarded} forwarded against a budget of 20"
+    );
+    assert!(
+        forwarded >= 15,
+        "only {forwarded} of a budget of 20 forwarded"
+    );
     assert_eq!(forwarded + denied + unavailable, 600);
     assert!(tally.charged[0].load(Ordering::SeqCst) <= 1_500_000);
     assert!(tally.charged[1].load(Ordering::SeqCst) <= 1_500_000);
@@ -229,7 +253,11 @@ async fn three_nodes_600_concurrent_requests_never_overshoot_any_level() {
     // The spend each node reports adds up to the store's, at every level.
     assert_eq!(store_total(&redis, "acme"), forwarded * TENTH.0);
     for agent in ["acme", "acme.team", "acme.team.bot", "acme.team.other"] {
-        assert_eq!(nodes_total(&nodes, agent), store_total(&redis, agent), "{agent}");
+        assert_eq!(
+            nodes_total(&nodes, agent),
+            store_total(&redis, agent),
+            "{agent}"
+        );
     }
     // Idle slices go back: nothing stays leased.
     assert!(
@@ -243,7 +271,10 @@ async fn three_nodes_600_concurrent_requests_never_overshoot_any_level() {
         .await
         .expect("clustered")
         .expect("status");
-    assert_eq!(st.status.spent.total.0, store_total(&redis, "acme.team.bot"));
+    assert_eq!(
+        st.status.spent.total.0,
+        store_total(&redis, "acme.team.bot")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -286,13 +317,23 @@ async fn store_killed_and_restarted_under_load_loses_nothing_and_never_overshoot
         tally.denied.load(Ordering::SeqCst),
         tally.unavailable.load(Ordering::SeqCst)
     );
-    assert!(forwarded <= 20, "{forwarded} forwarded against a budget of 20");
-    assert!(drained(&nodes).await, "outboxes did not drain after the restart");
+    assert!(
+        forwarded <= 20,
+        "{forwarded} forwarded against a budget of 20"
+    );
+    assert!(
+        drained(&nodes).await,
+        "outboxes did not drain after the restart"
+    );
     assert_within_limits(&redis);
     // No grant and no charge lost across the store's crash (appendfsync always).
     assert_eq!(store_total(&redis, "acme"), forwarded * TENTH.0);
     for agent in ["acme", "acme.team", "acme.team.bot", "acme.team.other"] {
-        assert_eq!(nodes_total(&nodes, agent), store_total(&redis, agent), "{agent}");
+        assert_eq!(
+            nodes_total(&nodes, agent),
+            store_total(&redis, agent),
+            "{agent}"
+        );
     }
     assert!(
         until(Duration::from_secs(5), || store_out(&redis, "acme") == 0).await,
@@ -310,8 +351,15 @@ async fn unreachable_store_spends_only_held_slices_then_fails_closed_and_recover
     let bot = name("acme.bot");
     set(&a, "acme", LimitKind::Daily, 10_000_000).await;
     // One request leases a slice (up to $1, at most 1/8 of $10).
-    let r = a.ledger.reserve(req(&bot, MicroUsd(10_000))).await.expect("first");
-    a.ledger.settle(r.id, MicroUsd(10_000)).await.expect("settle");
+    let r = a
+        .ledger
+        .reserve(req(&bot, MicroUsd(10_000)))
+        .await
+        .expect("first");
+    a.ledger
+        .settle(r.id, MicroUsd(10_000))
+        .await
+        .expect("settle");
     let held = a.ledger.lease_unused(&bot);
     assert!(held > MicroUsd::ZERO, "no slice held");
 
@@ -323,7 +371,10 @@ async fn unreachable_store_spends_only_held_slices_then_fails_closed_and_recover
         match a.ledger.reserve(req(&bot, MicroUsd(10_000))).await {
             Ok(r) => {
                 spent += 10_000;
-                a.ledger.settle(r.id, MicroUsd(10_000)).await.expect("settle");
+                a.ledger
+                    .settle(r.id, MicroUsd(10_000))
+                    .await
+                    .expect("settle");
             }
             Err(ReserveError::Ledger(e)) => {
                 refused += 1;
@@ -336,11 +387,22 @@ async fn unreachable_store_spends_only_held_slices_then_fails_closed_and_recover
         }
     }
     assert!(spent <= held.0, "spent {spent} with only {held} leased");
-    assert!(spent >= held.0 - 10_000, "did not spend its slice: {spent} of {held}");
-    assert_eq!(refused, 3);
-    assert!(t0.elapsed() < Duration::from_secs(10), "refusals were slow: {:?}", t0.elapsed());
     assert!(
-        until(Duration::from_secs(5), || a.ledger.cluster_not_ready().is_some()).await,
+        spent >= held.0 - 10_000,
+        "did not spend its slice: {spent} of {held}"
+    );
+    assert_eq!(refused, 3);
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "refusals were slow: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        until(Duration::from_secs(5), || a
+            .ledger
+            .cluster_not_ready()
+            .is_some())
+        .await,
         "/readyz would not say why"
     );
 
@@ -349,7 +411,10 @@ async fn unreachable_store_spends_only_held_slices_then_fails_closed_and_recover
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(r) = a.ledger.reserve(req(&bot, MicroUsd(10_000))).await {
-            a.ledger.settle(r.id, MicroUsd(10_000)).await.expect("settle");
+            a.ledger
+                .settle(r.id, MicroUsd(10_000))
+                .await
+                .expect("settle");
             back = true;
             break;
         }
@@ -357,9 +422,18 @@ async fn unreachable_store_spends_only_held_slices_then_fails_closed_and_recover
     }
     assert!(back, "the node did not come back by itself");
     assert!(drained(&[&a]).await);
-    assert!(until(Duration::from_secs(3), || a.ledger.cluster_not_ready().is_none()).await);
+    assert!(
+        until(Duration::from_secs(3), || a
+            .ledger
+            .cluster_not_ready()
+            .is_none())
+        .await
+    );
     // Everything spent while the store was away reached it.
-    assert_eq!(store_total(&redis, "acme"), a.ledger.status(&name("acme")).spent.total.0);
+    assert_eq!(
+        store_total(&redis, "acme"),
+        a.ledger.status(&name("acme")).spent.total.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -375,7 +449,11 @@ async fn crashed_node_slices_stay_counted_until_restart_or_forget() {
     // Node A leases a slice and "crashes" (dropped without handing anything back).
     let a = open(&redis.url(), "node-a").await;
     synced(&[&a], "acme", LimitKind::Daily, 8_000_000).await;
-    let r = a.ledger.reserve(req(&bot, TENTH)).await.expect("reserve on A");
+    let r = a
+        .ledger
+        .reserve(req(&bot, TENTH))
+        .await
+        .expect("reserve on A");
     a.ledger.settle(r.id, TENTH).await.expect("settle on A");
     // The settle reached the store (a crash before that is covered by the restart below).
     assert!(drained(&[&a]).await);
@@ -386,8 +464,18 @@ async fn crashed_node_slices_stay_counted_until_restart_or_forget() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Its slice stays counted: B's status shows it leased by node-a.
-    let st = b.ledger.cluster_status(&bot).await.expect("clustered").expect("status");
-    assert_eq!(st.nodes.get("node-a").copied(), Some(held), "{:?}", st.nodes);
+    let st = b
+        .ledger
+        .cluster_status(&bot)
+        .await
+        .expect("clustered")
+        .expect("status");
+    assert_eq!(
+        st.nodes.get("node-a").copied(),
+        Some(held),
+        "{:?}",
+        st.nodes
+    );
     assert!(store_out(&redis, "acme") >= held.0);
 
     // Restart: A reconciles; the unsettled slice is charged (it could have been spent by
@@ -396,10 +484,17 @@ async fn crashed_node_slices_stay_counted_until_restart_or_forget() {
     assert!(drained(&[&a]).await);
     assert_eq!(store_out(&redis, "acme"), 0);
     assert_eq!(store_total(&redis, "acme"), TENTH.0 + held.0);
-    assert_eq!(a.ledger.status(&name("acme")).spent.total.0, TENTH.0 + held.0);
+    assert_eq!(
+        a.ledger.status(&name("acme")).spent.total.0,
+        TENTH.0 + held.0
+    );
 
     // A second crash, then `node forget` from B releases what A held (audited on B).
-    let r = a.ledger.reserve(req(&bot, TENTH)).await.expect("reserve on A again");
+    let r = a
+        .ledger
+        .reserve(req(&bot, TENTH))
+        .await
+        .expect("reserve on A again");
     a.ledger.settle(r.id, TENTH).await.expect("settle");
     assert!(drained(&[&a]).await);
     let held = a.ledger.lease_unused(&bot);
@@ -433,9 +528,16 @@ async fn pause_and_lowered_limit_on_one_node_bind_on_another_within_2s() {
     let bot = name("acme.bot");
     set(&a, "acme.bot", LimitKind::Daily, 50_000_000).await;
     synced(&[&b], "acme.bot", LimitKind::Daily, 50_000_000).await;
-    let r = b.ledger.reserve(req(&bot, TENTH)).await.expect("B reserves");
+    let r = b
+        .ledger
+        .reserve(req(&bot, TENTH))
+        .await
+        .expect("B reserves");
     b.ledger.settle(r.id, TENTH).await.expect("settle");
-    assert!(b.ledger.lease_unused(&bot) > MicroUsd::ZERO, "B holds a slice");
+    assert!(
+        b.ledger.lease_unused(&bot) > MicroUsd::ZERO,
+        "B holds a slice"
+    );
 
     // Pause on A: B refuses within 2 s and hands its slice back.
     a.ledger.pause(&bot).await.expect("pause");
@@ -443,14 +545,26 @@ async fn pause_and_lowered_limit_on_one_node_bind_on_another_within_2s() {
     loop {
         match b.ledger.reserve(req(&bot, TENTH)).await {
             Err(ReserveError::Denied(d)) if d.reason == DenyReason::AgentPaused => break,
-            Ok(r) => b.ledger.settle(r.id, TENTH).await.map(drop).expect("settle"),
+            Ok(r) => b
+                .ledger
+                .settle(r.id, TENTH)
+                .await
+                .map(drop)
+                .expect("settle"),
             Err(e) => panic!("unexpected: {e}"),
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "B still forwards after 2 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "B still forwards after 2 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("pause on A bound on B after {:?}", t0.elapsed());
-    assert!(until(Duration::from_secs(2), || store_out(&redis, "acme.bot") == 0).await);
+    assert!(
+        until(Duration::from_secs(2), || store_out(&redis, "acme.bot")
+            == 0)
+        .await
+    );
 
     // Resume, lease again on B, then lower the limit on A to just above what was spent.
     a.ledger.resume(&bot).await.expect("resume");
@@ -459,7 +573,10 @@ async fn pause_and_lowered_limit_on_one_node_bind_on_another_within_2s() {
         if let Ok(r) = b.ledger.reserve(req(&bot, TENTH)).await {
             break r;
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "resume not seen on B within 2 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "resume not seen on B within 2 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     b.ledger.settle(r.id, TENTH).await.expect("settle");
@@ -483,15 +600,28 @@ async fn pause_and_lowered_limit_on_one_node_bind_on_another_within_2s() {
             }
             Err(e) => panic!("unexpected: {e}"),
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "lowered limit not enforced on B in 2 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "lowered limit not enforced on B in 2 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("lowered limit on A bound on B after {:?} ({after} carved meanwhile)", t0.elapsed());
+    eprintln!(
+        "lowered limit on A bound on B after {:?} ({after} carved meanwhile)",
+        t0.elapsed()
+    );
     assert!(drained(&[&a, &b]).await);
     let now = store_daily(&redis, "acme.bot");
-    assert!(now <= lowered.max(spent + held_b), "spent {now}, limit {lowered}, B held {held_b}");
+    assert!(
+        now <= lowered.max(spent + held_b),
+        "spent {now}, limit {lowered}, B held {held_b}"
+    );
     // B handed back its slice above the lowered limit; once it refused, nothing more passes.
-    assert!(until(Duration::from_secs(2), || store_out(&redis, "acme.bot") == 0).await);
+    assert!(
+        until(Duration::from_secs(2), || store_out(&redis, "acme.bot")
+            == 0)
+        .await
+    );
     for _ in 0..5 {
         match b.ledger.reserve(req(&bot, TENTH)).await {
             Err(ReserveError::Denied(_)) => {}
@@ -547,4 +677,31 @@ async fn redis_cluster_of_three_primaries_never_overshoots() {
         assert_eq!(got, spent, "{agent}: store vs forwarded");
         assert_eq!(nodes_total(&nodes, agent), spent);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_setting_on_one_node_reaches_another_within_2s() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (a, b) = (
+        open(&redis.url(), "node-a").await,
+        open(&redis.url(), "node-b").await,
+    );
+    let price = serde_json::json!({"input_per_mtok": "1", "output_per_mtok": "2"});
+    let t0 = Instant::now();
+    a.ledger
+        .put_shared_setting("price/my-model", price.clone())
+        .await
+        .expect("price set on A");
+    assert!(
+        until(Duration::from_secs(2), || b
+            .ledger
+            .setting("price/my-model")
+            == Some(price.clone()))
+        .await,
+        "B did not see A's price within 2 s"
+    );
+    eprintln!("price set on A seen on B after {:?}", t0.elapsed());
 }

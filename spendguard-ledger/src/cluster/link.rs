@@ -304,7 +304,12 @@ impl Link {
     }
 
     /// Pushes the outbox until it is empty or the store fails; returns whether it emptied.
-    pub async fn push(&self, state: &Mutex<State>, tx: &mpsc::Sender<Op>, clock: &dyn Clock) -> bool {
+    pub async fn push(
+        &self,
+        state: &Mutex<State>,
+        tx: &mpsc::Sender<Op>,
+        clock: &dyn Clock,
+    ) -> bool {
         loop {
             let entries: Vec<(u64, crate::outbox::OutboxEntry)> = {
                 let st = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -391,7 +396,11 @@ impl Link {
     }
 
     /// Follows policy changes (limits, pauses, shared settings) if the version moved.
-    async fn sync(&self, seen: &mut Option<u64>, tx: &mpsc::Sender<Op>) -> Result<(), ClusterError> {
+    async fn sync(
+        &self,
+        seen: &mut Option<u64>,
+        tx: &mpsc::Sender<Op>,
+    ) -> Result<(), ClusterError> {
         let r = self.store().policy_version().await;
         self.note(&r);
         let v = r?;

@@ -172,13 +172,14 @@ impl RedisStore {
                 .response_timeout(CALL_TIMEOUT)
                 .build()
                 .map_err(bad)?;
-            let conn = client
-                .get_async_connection()
-                .await
-                .map_err(|e| ClusterError::Unreachable {
-                    url: shown.clone(),
-                    detail: e.to_string(),
-                })?;
+            let conn =
+                client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| ClusterError::Unreachable {
+                        url: shown.clone(),
+                        detail: e.to_string(),
+                    })?;
             store.conn = Conn::Cluster(conn);
             store.cluster = true;
         }
@@ -296,7 +297,8 @@ impl ClusterStore for RedisStore {
         Box::pin(async move {
             let levels = c.agent.ancestors_and_self();
             let mut inv = self.scripts.grant.prepare_invoke();
-            inv.key(done_key(&c.agent, &c.id)).key(key("held", &c.agent));
+            inv.key(done_key(&c.agent, &c.id))
+                .key(key("held", &c.agent));
             for l in &levels {
                 inv.key(key("lim", l)).key(key("sp", l)).key(key("out", l));
             }
@@ -319,7 +321,8 @@ impl ClusterStore for RedisStore {
         Box::pin(async move {
             let levels = c.agent.ancestors_and_self();
             let mut inv = self.scripts.settle.prepare_invoke();
-            inv.key(done_key(&c.agent, &c.id)).key(key("held", &c.agent));
+            inv.key(done_key(&c.agent, &c.id))
+                .key(key("held", &c.agent));
             for l in &levels {
                 inv.key(key("sp", l)).key(key("out", l));
             }
@@ -392,7 +395,10 @@ impl ClusterStore for RedisStore {
     fn drop_holder<'a>(&'a self, node: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let _: i64 = self
-                .run("DEL sg:node", ::redis::cmd("DEL").arg(node_key(node)).clone())
+                .run(
+                    "DEL sg:node",
+                    ::redis::cmd("DEL").arg(node_key(node)).clone(),
+                )
                 .await?;
             Ok(())
         })
@@ -454,7 +460,10 @@ impl ClusterStore for RedisStore {
     fn policies(&self) -> StoreFuture<'_, Vec<(AgentName, Policy)>> {
         Box::pin(async move {
             let names: Vec<String> = self
-                .run("SMEMBERS sg:agents", ::redis::cmd("SMEMBERS").arg(AGENTS).clone())
+                .run(
+                    "SMEMBERS sg:agents",
+                    ::redis::cmd("SMEMBERS").arg(AGENTS).clone(),
+                )
                 .await?;
             let mut out = Vec::with_capacity(names.len());
             for n in names {
@@ -465,7 +474,10 @@ impl ClusterStore for RedisStore {
                 let json: Option<String> = self
                     .run(
                         "HGET json",
-                        ::redis::cmd("HGET").arg(key("lim", &agent)).arg("json").clone(),
+                        ::redis::cmd("HGET")
+                            .arg(key("lim", &agent))
+                            .arg("json")
+                            .clone(),
                     )
                     .await?;
                 let Some(json) = json else { continue };
@@ -502,13 +514,18 @@ impl ClusterStore for RedisStore {
     fn shared(&self) -> StoreFuture<'_, Vec<(String, serde_json::Value)>> {
         Box::pin(async move {
             let all: Vec<(String, String)> = self
-                .run("HGETALL sg:shared", ::redis::cmd("HGETALL").arg(SHARED).clone())
+                .run(
+                    "HGETALL sg:shared",
+                    ::redis::cmd("HGETALL").arg(SHARED).clone(),
+                )
                 .await?;
             let mut out = Vec::with_capacity(all.len());
             for (k, v) in all {
                 match serde_json::from_str(&v) {
                     Ok(v) => out.push((k, v)),
-                    Err(e) => tracing::warn!(key = %k, "cluster store: ignoring an unreadable shared setting ({e})"),
+                    Err(e) => {
+                        tracing::warn!(key = %k, "cluster store: ignoring an unreadable shared setting ({e})")
+                    }
                 }
             }
             Ok(out)
@@ -531,11 +548,11 @@ impl ClusterStore for RedisStore {
                 )
                 .await?;
             let get = |i: usize| sp.get(i).and_then(|s| s.as_deref());
-            let current = |v: usize, s: usize, start: i64| {
-                match num(get(s)).and_then(|x| i64::try_from(x).ok()) {
-                    Some(at) if at >= start => MicroUsd(num(get(v)).unwrap_or(0)),
-                    _ => MicroUsd::ZERO,
-                }
+            let current = |v: usize, s: usize, start: i64| match num(get(s))
+                .and_then(|x| i64::try_from(x).ok())
+            {
+                Some(at) if at >= start => MicroUsd(num(get(v)).unwrap_or(0)),
+                _ => MicroUsd::ZERO,
             };
             let spent = [
                 current(0, 1, starts.day),
@@ -544,7 +561,10 @@ impl ClusterStore for RedisStore {
                 MicroUsd(num(get(6)).unwrap_or(0)),
             ];
             let out: Option<u64> = self
-                .run("GET out", ::redis::cmd("GET").arg(key("out", agent)).clone())
+                .run(
+                    "GET out",
+                    ::redis::cmd("GET").arg(key("out", agent)).clone(),
+                )
                 .await?;
             let held: Vec<(String, u64)> = self
                 .run(
@@ -617,7 +637,10 @@ mod tests {
 
     #[test]
     fn urls_are_shown_without_credentials() {
-        assert_eq!(redact("redis://u:secret@10.0.0.1:6379/0"), "redis://10.0.0.1:6379/0");
+        assert_eq!(
+            redact("redis://u:secret@10.0.0.1:6379/0"),
+            "redis://10.0.0.1:6379/0"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
