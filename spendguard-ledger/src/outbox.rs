@@ -192,7 +192,10 @@ impl State {
 
     /// A refusal other than an exhausted budget (the store knew of a pause, an expiry or a
     /// per-call limit before this node's mirror did).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the denial's parts, as State::blocked takes them"
+    )]
     pub(crate) fn store_refused(
         &mut self,
         agent: &AgentName,
