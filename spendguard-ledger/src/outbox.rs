@@ -255,3 +255,168 @@ impl State {
         self.reserve_or_refuse(req, refusal, now, fx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::state::SettleKind;
+    use crate::store::{Store, WriteSet};
+
+    fn agent() -> AgentName {
+        "acme.bot".parse().expect("name")
+    }
+
+    fn cluster_state() -> State {
+        let mut st = State::new(Limits::default());
+        st.cluster = true;
+        st.lease_max = 1_000_000;
+        st
+    }
+
+    fn req(amount: u64) -> ReserveRequest {
+        ReserveRequest {
+            agent: agent(),
+            amount: MicroUsd(amount),
+            audit: AuditContext::default(),
+        }
+    }
+
+    /// Grants 1,000 µUSD as the committer would (one batch, committed).
+    fn granted(st: &mut State, now: DateTime<Utc>) {
+        let mut fx = Effects::default();
+        st.begin_batch();
+        st.record_cluster_grant(&agent(), MicroUsd(1_000), now, &mut fx);
+        st.seal_outbox(now, &mut fx);
+        st.end_batch();
+        assert!(
+            st.outbox.is_empty(),
+            "a grant is the store's own record: nothing to send"
+        );
+    }
+
+    #[test]
+    fn a_settled_carve_sends_its_charge_and_hands_back_its_worst_case() {
+        let now = Utc::now();
+        let mut st = cluster_state();
+        granted(&mut st, now);
+        let c = st.try_carve(&req(300), now).expect("carve from the slice");
+        let mut fx = Effects::default();
+        st.begin_batch();
+        st.settle(
+            c.reservation.id,
+            MicroUsd(200),
+            SettleKind::Usage,
+            now,
+            &mut fx,
+        )
+        .expect("settle");
+        st.seal_outbox(now, &mut fx);
+        st.end_batch();
+        let e: Vec<_> = st.outbox.values().cloned().collect();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].charge, e[0].release), (200, 300));
+        assert_eq!(fx.outbox.len(), 1, "written with the batch");
+        // What the store still counts as held = the lease row.
+        let row = st.leases[&agent()].row;
+        assert_eq!(st.reservations[&row].amount, MicroUsd(700));
+    }
+
+    #[test]
+    fn a_failed_commit_takes_its_outbox_entries_back() {
+        let now = Utc::now();
+        let mut st = cluster_state();
+        granted(&mut st, now);
+        let c = st.try_carve(&req(300), now).expect("carve");
+        let before = st.next_outbox;
+        let mut fx = Effects::default();
+        st.begin_batch();
+        st.settle(
+            c.reservation.id,
+            MicroUsd(300),
+            SettleKind::Usage,
+            now,
+            &mut fx,
+        )
+        .expect("settle");
+        st.seal_outbox(now, &mut fx);
+        st.rollback_batch();
+        assert!(st.outbox.is_empty());
+        assert_eq!(st.next_outbox, before);
+        assert!(
+            st.carves.contains_key(&c.reservation.id),
+            "the carve is open again"
+        );
+    }
+
+    #[test]
+    fn a_slice_left_by_a_crash_is_charged_and_released_whole() {
+        let now = Utc::now();
+        let mut st = cluster_state();
+        granted(&mut st, now);
+        let mut fx = Effects::default();
+        let (n, sum) = st.recover_open(now, &mut fx);
+        st.seal_outbox(now, &mut fx);
+        assert_eq!((n, sum), (1, MicroUsd(1_000)));
+        let e: Vec<_> = st.outbox.values().cloned().collect();
+        assert_eq!((e[0].charge, e[0].release), (1_000, 1_000));
+    }
+
+    #[test]
+    fn idle_slices_are_handed_back_busy_ones_kept() {
+        let now = Utc::now();
+        let mut st = cluster_state();
+        granted(&mut st, now);
+        let idle = std::time::Duration::from_secs(1);
+        assert!(st.idle_leases(now, idle).is_empty());
+        let later = now + chrono::Duration::seconds(2);
+        assert_eq!(st.idle_leases(later, idle), vec![agent()]);
+        let mut fx = Effects::default();
+        st.begin_batch();
+        st.reclaim_idle(&[agent()], later, idle, &mut fx);
+        st.seal_outbox(later, &mut fx);
+        st.end_batch();
+        let e: Vec<_> = st.outbox.values().cloned().collect();
+        assert_eq!((e[0].charge, e[0].release), (0, 1_000));
+        assert!(st.leases.get(&agent()).is_none_or(|l| l.available() == 0));
+    }
+
+    #[test]
+    fn the_outbox_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.redb");
+        let p = path.clone();
+        let store = Store::new(path, Box::new(move || redb::Database::create(&p)));
+        store.open().expect("open");
+        let now = Utc::now();
+        let mut st = cluster_state();
+        granted(&mut st, now);
+        let c = st.try_carve(&req(300), now).expect("carve");
+        let mut fx = Effects::default();
+        st.settle(
+            c.reservation.id,
+            MicroUsd(250),
+            SettleKind::Usage,
+            now,
+            &mut fx,
+        )
+        .expect("settle");
+        st.seal_outbox(now, &mut fx);
+        store
+            .write(&WriteSet::build(&st, &fx, None).expect("write set"))
+            .expect("write");
+        let loaded = store.load(Limits::default()).expect("load");
+        assert_eq!(loaded.outbox, st.outbox);
+        assert_eq!(loaded.next_outbox, st.next_outbox);
+        // Delivered: deleted durably.
+        let ids: Vec<u64> = st.outbox.keys().copied().collect();
+        let mut fx = Effects::default();
+        st.outbox_done(&ids, &mut fx);
+        store
+            .write(&WriteSet::build(&st, &fx, None).expect("write set"))
+            .expect("write");
+        let loaded = store.load(Limits::default()).expect("load");
+        assert!(loaded.outbox.is_empty());
+        assert_eq!(loaded.next_outbox, st.next_outbox, "ids are never reused");
+    }
+}
