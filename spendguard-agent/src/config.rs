@@ -411,6 +411,36 @@ mod tests {
     }
 
     #[test]
+    fn cluster_store_and_node_name() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(c.cluster_store, None);
+        assert!(!c.node_name.is_empty(), "falls back to the host name");
+        let raw: RawConfig = toml::from_str(
+            "cluster_store = \"redis://u:secret@10.0.0.5:6379\"\nnode_name = \"file\"",
+        )
+        .expect("toml");
+        let c = Config::from_raw(raw, &env(&[("NODE_NAME", "k8s-node")])).expect("valid");
+        assert_eq!(
+            c.node_name, "file",
+            "the config's node_name beats NODE_NAME"
+        );
+        let shown = serde_json::to_string(&c).expect("json");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("10.0.0.5:6379"), "{shown}");
+        let c = Config::load(None, &env(&[("NODE_NAME", "k8s-node")])).expect("valid");
+        assert_eq!(c.node_name, "k8s-node");
+        let c = Config::load(
+            None,
+            &env(&[("NODE_NAME", "k8s-node"), (ENV_NODE_NAME, "explicit")]),
+        )
+        .expect("valid");
+        assert_eq!(c.node_name, "explicit");
+        let e = Config::load(None, &env(&[(ENV_CLUSTER_STORE, "http://x:6379")]))
+            .expect_err("not redis://");
+        assert!(e.to_string().contains("cluster_store"), "{e}");
+    }
+
+    #[test]
     fn env_overrides_file() {
         let raw: RawConfig =
             toml::from_str("listen = \"127.0.0.1:1000\"\nstate_dir = \"/a\"").expect("toml");
