@@ -650,6 +650,20 @@ mod tests {
         let (status, _, _) = get(addr, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
 
+        // Ready until something says otherwise; then 503 and why.
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let why = Arc::new(std::sync::Mutex::new(None::<String>));
+        let w = why.clone();
+        metrics.set_readiness(Box::new(move || w.lock().expect("lock").clone()));
+        *why.lock().expect("lock") = Some("cluster store redis://10.0.0.9:6379 unreachable".into());
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("cluster store"), "{body}");
+        *why.lock().expect("lock") = None;
+        let (status, _, _) = get(addr, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
