@@ -21,9 +21,10 @@ need_root() {
 
 apt_packages() {
   # iproute2: test namespaces/veth; python3-venv for the SDK tests' venv on Debian's python;
-  # bpftool: inspection only, handy for operators.
+  # bpftool: inspection only, handy for operators. redis-server (+ redis-tools): the cluster-budget tests
+  # start their own instances on loopback (Debian 12: Redis 7.0).
   local missing=()
-  for p in iproute2 bpftool util-linux procps curl fonts-dejavu-core linux-perf; do
+  for p in iproute2 bpftool util-linux procps curl fonts-dejavu-core linux-perf redis-server redis-tools; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -41,6 +41,10 @@ pub const ENV_TAG_RECONCILE_SECONDS: &str = "SPENDGUARD_TAG_RECONCILE_SECONDS";
 pub const DEFAULT_TAG_RECONCILE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Milliseconds a carved request's settle may stay without an fsync (0: every settle durable).
 pub const ENV_SETTLE_DURABLE_MS: &str = "SPENDGUARD_SETTLE_DURABLE_MS";
+/// `redis://` or `rediss://` URL of the cluster store (one budget across every node naming it).
+pub const ENV_CLUSTER_STORE: &str = "SPENDGUARD_CLUSTER_STORE";
+/// This node's name in the cluster store (default: `NODE_NAME`, else the host name).
+pub const ENV_NODE_NAME: &str = "SPENDGUARD_NODE_NAME";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +93,10 @@ pub struct RawConfig {
     pub explicit_default_agent: Option<String>,
     /// Explicit mode: host → IP overrides instead of DNS (air-gapped nodes).
     pub explicit_resolve: Option<HashMap<String, IpAddr>>,
+    /// Cluster store URL (`redis://…`, `rediss://…`): budgets are one across every node.
+    pub cluster_store: Option<String>,
+    /// This node's name in the cluster store.
+    pub node_name: Option<String>,
 }
 
 /// The validated configuration the agent runs on.
@@ -123,6 +131,37 @@ pub struct Config {
     pub explicit_resolve: Vec<(String, IpAddr)>,
     #[serde(skip)]
     pub tag_reconcile_every: std::time::Duration,
+    /// Shown without its credentials.
+    #[serde(serialize_with = "redacted_url")]
+    pub cluster_store: Option<String>,
+    pub node_name: String,
+}
+
+fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        None => s.serialize_none(),
+        Some(u) => match (u.split_once("://"), u.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => {
+                s.serialize_str(&format!("{scheme}://***@{host}"))
+            }
+            _ => s.serialize_str(u),
+        },
+    }
+}
+
+/// `SPENDGUARD_NODE_NAME`, the config's `node_name`, `NODE_NAME` (Kubernetes downward API), the
+/// host name — the first that is set.
+fn node_name(env: &dyn EnvSource, raw: Option<String>) -> String {
+    env.get(ENV_NODE_NAME)
+        .or(raw)
+        .or_else(|| env.get(spendguard_k8s::ENV_NODE_NAME))
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "unnamed-node".into())
+        })
 }
 
 /// Budget lease slice by default: takes the durable commit off the request path while a crash
@@ -286,6 +325,8 @@ impl Config {
                 Some(0) | None => DEFAULT_TAG_RECONCILE,
                 Some(n) => std::time::Duration::from_secs(n),
             },
+            cluster_store: env.get(ENV_CLUSTER_STORE).or(raw.cluster_store),
+            node_name: node_name(env, raw.node_name),
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,
                 Some(_) | None => raw.metering.unwrap_or(true),
@@ -316,6 +357,14 @@ impl Config {
                 field: "output_cap",
                 why: "must be at least 1 token".into(),
             });
+        }
+        if let Some(u) = &self.cluster_store {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    field: "cluster_store",
+                    why: "must be a redis:// or rediss:// URL".into(),
+                });
+            }
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Pair {
@@ -386,6 +435,36 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:15443");
         assert_eq!(c.metrics.to_string(), "127.0.0.1:9464");
         assert_eq!(c.redirect_ip, None);
+    }
+
+    #[test]
+    fn cluster_store_and_node_name() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(c.cluster_store, None);
+        assert!(!c.node_name.is_empty(), "falls back to the host name");
+        let raw: RawConfig = toml::from_str(
+            "cluster_store = \"redis://u:secret@10.0.0.5:6379\"\nnode_name = \"file\"",
+        )
+        .expect("toml");
+        let c = Config::from_raw(raw, &env(&[("NODE_NAME", "k8s-node")])).expect("valid");
+        assert_eq!(
+            c.node_name, "file",
+            "the config's node_name beats NODE_NAME"
+        );
+        let shown = serde_json::to_string(&c).expect("json");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("10.0.0.5:6379"), "{shown}");
+        let c = Config::load(None, &env(&[("NODE_NAME", "k8s-node")])).expect("valid");
+        assert_eq!(c.node_name, "k8s-node");
+        let c = Config::load(
+            None,
+            &env(&[("NODE_NAME", "k8s-node"), (ENV_NODE_NAME, "explicit")]),
+        )
+        .expect("valid");
+        assert_eq!(c.node_name, "explicit");
+        let e = Config::load(None, &env(&[(ENV_CLUSTER_STORE, "http://x:6379")]))
+            .expect_err("not redis://");
+        assert!(e.to_string().contains("cluster_store"), "{e}");
     }
 
     #[test]

@@ -61,7 +61,12 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     pub metering: MeteringMetrics,
     pub notify: NotifyMetrics,
+    /// Why the node cannot take new budget now (`/readyz`); unset = always ready.
+    readiness: std::sync::OnceLock<Readiness>,
 }
+
+/// `None` when ready, else the reason (e.g. the cluster store is unreachable).
+pub type Readiness = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -86,7 +91,17 @@ impl Metrics {
             proxy,
             metering,
             notify,
+            readiness: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what `/readyz` asks (once; later calls are ignored).
+    pub fn set_readiness(&self, f: Readiness) {
+        let _ = self.readiness.set(f);
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        self.readiness.get().and_then(|f| f())
     }
 
     /// The whole exposition, `# EOF` included.
@@ -372,7 +387,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
     sock.listen(64).map_err(err)
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let (stream, _peer) = tokio::select! {
@@ -439,10 +454,19 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
             }
         },
         "/healthz" => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok")),
+        // Alive but unable to lease budget (the cluster store is away): says why.
+        "/readyz" => match metrics.not_ready() {
+            None => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok")),
+            Some(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                Bytes::from(format!("not ready: {why}\n")),
+            ),
+        },
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            Bytes::from_static(b"not found: try /metrics or /healthz\n"),
+            Bytes::from_static(b"not found: try /metrics, /healthz or /readyz\n"),
         ),
     }
 }
@@ -625,6 +649,20 @@ mod tests {
 
         let (status, _, _) = get(addr, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Ready until something says otherwise; then 503 and why.
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        let why = Arc::new(std::sync::Mutex::new(None::<String>));
+        let w = why.clone();
+        metrics.set_readiness(Box::new(move || w.lock().expect("lock").clone()));
+        *why.lock().expect("lock") = Some("cluster store redis://10.0.0.9:6379 unreachable".into());
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("cluster store"), "{body}");
+        *why.lock().expect("lock") = None;
+        let (status, _, _) = get(addr, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
 
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), server)

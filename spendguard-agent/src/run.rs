@@ -111,6 +111,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let ledger_path = paths::ledger_file(&cfg.state_dir);
     crate::statedir::check_before_open(&cfg.state_dir)?;
+    let cluster = match &cfg.cluster_store {
+        Some(url) => Some(connect_cluster_store(url, &cfg.node_name).await?),
+        None => None,
+    };
     let ledger = Ledger::open(
         &ledger_path,
         LedgerOptions {
@@ -118,6 +122,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             audit_retention: chrono::Duration::days(i64::from(cfg.audit_retention_days)),
             lease_max: cfg.lease_usd,
             settle_durable_within: std::time::Duration::from_millis(cfg.settle_durable_ms),
+            cluster,
             ..LedgerOptions::default()
         },
     )
@@ -143,6 +148,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
 
     let metrics = Arc::new(Metrics::new());
+    {
+        let ledger = ledger.clone();
+        metrics.set_readiness(Box::new(move || ledger.cluster_not_ready()));
+    }
     // Metrics must never stop enforcement: a port in use is reported, not fatal.
     match crate::metrics::bind(cfg.metrics) {
         Ok(l) => {
@@ -185,6 +194,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         control_ctx,
         shutdown.clone(),
     ));
+
+    if ledger.is_clustered() {
+        // `price set` on another node reaches this one's settings through the cluster store.
+        let (prices, ledger, stop) = (prices.clone(), ledger.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => prices.reload_if_changed(&ledger),
+                }
+            }
+        });
+    }
 
     let reconcile_tags = tags.clone();
     let reconcile_stop = shutdown.clone();
@@ -296,11 +319,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "could not hand back budget leases: {e}; the next start charges their unused part"
         ),
     }
+    if ledger.is_clustered() {
+        // Tell the store now, so other nodes can use what this one handed back.
+        let pushed = tokio::time::timeout(CLUSTER_PUSH_WAIT, ledger.push_cluster_outbox()).await;
+        if !matches!(pushed, Ok(true)) {
+            tracing::warn!(
+                pending = ledger.cluster_outbox_len(),
+                "the cluster store has not heard of every charge and hand-back yet; they are kept and sent at the next start"
+            );
+        }
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     let _ = std::fs::remove_file(&ready_file);
     // The pinned redirect stays in force: tagged clients are refused until the agent is back.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a graceful stop waits to tell the cluster store what it spent and hands back.
+const CLUSTER_PUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to the cluster store: the agent does not start without it (a node that cannot
+/// reach it could not lease any budget); once started, an outage is survived (README).
+async fn connect_cluster_store(
+    url: &str,
+    node: &str,
+) -> anyhow::Result<spendguard_ledger::cluster::ClusterOptions> {
+    use spendguard_ledger::cluster::{ClusterOptions, ClusterStore as _, RedisStore};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match RedisStore::connect(url).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("{e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("connecting to the cluster store"),
+        }
+    };
+    tracing::info!(store = %store.describe(), cluster = store.is_cluster(), node, "cluster store: budgets are one across every node that names it");
+    Ok(ClusterOptions::new(Arc::new(store), node))
 }
 
 /// How long a graceful stop waits for the settles of drained requests.

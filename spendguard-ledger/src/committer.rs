@@ -72,13 +72,49 @@ pub(crate) enum Op {
     ReleaseLeases { reply: Reply<MicroUsd> },
     /// A reservation was orphaned (see [`Granted`]): run a batch to release it.
     Wake,
+    /// The cluster store granted this node a slice: record it (durably) before carving from it.
+    ClusterGrant {
+        agent: AgentName,
+        amount: MicroUsd,
+        reply: Reply<()>,
+    },
+    /// The cluster store refused (or a local check blocks): the audited 402.
+    ClusterDeny {
+        req: ReserveRequest,
+        refusal: Option<crate::cluster::Refusal>,
+        reply: Reply<Denial>,
+    },
+    /// The cluster store has these outbox entries.
+    OutboxDone { ids: Vec<u64> },
+    /// The cluster store's policies and shared settings.
+    SyncPolicies {
+        policies: Vec<(AgentName, crate::cluster::Policy)>,
+        shared: Vec<(String, serde_json::Value)>,
+        reply: Reply<()>,
+    },
+    /// Hand back these agents' cluster slices if they are still idle.
+    ReclaimIdle { agents: Vec<AgentName> },
+    /// An operator action on the budget, for the audit log (`node forget`).
+    Audit {
+        agent: AgentName,
+        ctx: AuditContext,
+        amount: MicroUsd,
+        reply: Reply<()>,
+    },
 }
 
 impl Op {
     /// Someone waits for this answer before a request can go out (or an operator waits for it).
     /// Settles and lease renewals are not: the client already has its response.
     fn urgent(&self) -> bool {
-        !matches!(self, Op::Settle { .. } | Op::Renew { .. } | Op::Wake)
+        !matches!(
+            self,
+            Op::Settle { .. }
+                | Op::Renew { .. }
+                | Op::Wake
+                | Op::OutboxDone { .. }
+                | Op::ReclaimIdle { .. }
+        )
     }
 
     fn fail(self, e: &LedgerError) {
@@ -90,7 +126,11 @@ impl Op {
             Op::SetLimits { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::SetPaused { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
-            Op::Renew { .. } | Op::Wake => Ok(()),
+            Op::Renew { .. } | Op::Wake | Op::OutboxDone { .. } | Op::ReclaimIdle { .. } => Ok(()),
+            Op::ClusterGrant { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::ClusterDeny { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::SyncPolicies { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::Audit { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
             Op::ReleaseLeases { reply } => reply.send(Err(e.clone())).map_err(drop),
         };
@@ -229,6 +269,10 @@ pub(crate) struct Committer {
     pub durable_within: std::time::Duration,
     /// Since when commits without an fsync are waiting for a durable one.
     pub unsynced_since: Option<std::time::Instant>,
+    /// Woken after a commit that queued cluster outbox entries.
+    pub outbox_wake: Option<Arc<tokio::sync::Notify>>,
+    /// How long a cluster slice may sit unused.
+    pub idle: std::time::Duration,
 }
 
 impl Committer {
@@ -305,7 +349,11 @@ impl Committer {
     /// Whether `batch` (with no orphans to release) may be committed without an fsync: nothing in
     /// it but settles of carves, whose worst cases the durable lease rows still cover.
     fn lazy(&self, batch: &[Op], orphans: &[u64]) -> bool {
-        !self.durable_within.is_zero()
+        // With a cluster store a settle queues an outbox entry that is pushed to the store once
+        // committed: it must be durable first, or a crash could lose the node's record of a
+        // charge the store already holds.
+        self.outbox_wake.is_none()
+            && !self.durable_within.is_zero()
             && orphans.is_empty()
             && batch.iter().all(|op| match op {
                 Op::Settle { id, .. } => id & crate::lease::CARVE_BIT != 0,
@@ -411,8 +459,9 @@ impl Committer {
                 wake: self.wake.clone(),
             };
             for op in batch.drain(..) {
-                pending.push(apply(&mut st, op, now, &mut fx, &grant));
+                pending.push(apply(&mut st, op, now, &mut fx, &grant, self.idle));
             }
+            st.seal_outbox(now, &mut fx);
             if fx.is_empty() {
                 None
             } else {
@@ -436,6 +485,11 @@ impl Committer {
                     self.unsynced_since = Some(std::time::Instant::now());
                 }
                 self.lock_state().end_batch();
+                if let Some(w) = &self.outbox_wake {
+                    if !fx.outbox.is_empty() {
+                        w.notify_one();
+                    }
+                }
                 // Before the answers, so a caller sees the notifications its call caused.
                 self.notifier.send(fx.notifications);
                 for p in pending {
@@ -470,8 +524,56 @@ fn apply(
     now: chrono::DateTime<chrono::Utc>,
     fx: &mut Effects,
     grant: &impl Fn(Reservation) -> Granted,
+    idle: std::time::Duration,
 ) -> Pending {
     match op {
+        Op::ClusterGrant {
+            agent,
+            amount,
+            reply,
+        } => {
+            st.record_cluster_grant(&agent, amount, now, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::ClusterDeny {
+            req,
+            refusal,
+            reply,
+        } => {
+            let r = st.cluster_deny(req, refusal, now, fx);
+            Pending::Denial(
+                reply,
+                match r {
+                    Err(d) => Ok(d),
+                    Ok(_) => Err(LedgerError::Closed),
+                },
+            )
+        }
+        Op::OutboxDone { ids } => {
+            st.outbox_done(&ids, fx);
+            Pending::Nothing
+        }
+        Op::SyncPolicies {
+            policies,
+            shared,
+            reply,
+        } => {
+            st.sync_policies(policies, shared, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::Audit {
+            agent,
+            ctx,
+            amount,
+            reply,
+        } => {
+            st.audit_note(agent, ctx, amount, now, fx);
+            Pending::Unit(reply, Ok(()))
+        }
+        Op::ReclaimIdle { agents } => {
+            st.reclaim_idle(&agents, now, idle, fx);
+            Pending::Nothing
+        }
         Op::Reserve { req, reply } => {
             // Capacity may have been granted since the caller found none.
             if let Some(c) = st.try_carve(&req, now) {

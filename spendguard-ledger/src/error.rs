@@ -123,6 +123,11 @@ pub enum LedgerError {
          log and restart spendguard-agent"
     )]
     Closed,
+
+    /// The cluster store did not answer (the node spends only the slices it holds; past them
+    /// requests are refused with 503).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl LedgerError {

@@ -65,6 +65,8 @@ pub(crate) struct Lease {
     pub target: u64,
     /// A renewal is queued; do not queue another.
     pub renewing: bool,
+    /// Last carve or grant (a cluster slice unused for a while is handed back).
+    pub last_used: Option<DateTime<Utc>>,
 }
 
 impl Lease {
@@ -93,6 +95,7 @@ pub(crate) struct Grant {
     pub agent: AgentName,
     pub row: u64,
     pub amount: u64,
+    pub at: DateTime<Utc>,
 }
 
 /// A carve made on the request path.
@@ -118,6 +121,7 @@ impl State {
         }
         let lease = self.leases.get_mut(&req.agent)?;
         lease.carved = lease.carved.saturating_add(amount.0);
+        lease.last_used = Some(now);
         let renew = !lease.renewing && lease.wants_more();
         if renew {
             lease.renewing = true;
@@ -147,7 +151,7 @@ impl State {
         })
     }
 
-    fn carve_allowed(
+    pub(crate) fn carve_allowed(
         &self,
         levels: &[AgentName],
         eff: &[Limits],
@@ -194,7 +198,7 @@ impl State {
         now: DateTime<Utc>,
         fx: &mut Effects,
     ) {
-        if self.lease_max == 0 {
+        if self.lease_max == 0 || self.cluster {
             return;
         }
         let pending: u64 = self
@@ -223,6 +227,19 @@ impl State {
         if amount == 0 {
             return;
         }
+        self.add_to_lease(agent, levels, amount, now, fx);
+    }
+
+    /// Grows the agent's lease row by `amount` at every level (a new row if it has none); the
+    /// capacity is carvable once this batch is on disk.
+    pub(crate) fn add_to_lease(
+        &mut self,
+        agent: &AgentName,
+        levels: &[AgentName],
+        amount: u64,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) {
         let row = match self.leases.get(agent).map(|l| l.row) {
             Some(row) if self.reservations.contains_key(&row) => {
                 self.remember_reservation(row);
@@ -276,6 +293,7 @@ impl State {
             agent: agent.clone(),
             row,
             amount,
+            at: now,
         });
     }
 
@@ -325,7 +343,13 @@ impl State {
 
     /// Takes `amount` out of a lease row and its levels' outstanding; drops the row (and the
     /// lease) once it covers nothing.
-    fn shrink_row(&mut self, agent: &AgentName, row: u64, amount: u64, fx: &mut Effects) {
+    pub(crate) fn shrink_row(
+        &mut self,
+        agent: &AgentName,
+        row: u64,
+        amount: u64,
+        fx: &mut Effects,
+    ) {
         self.remember_reservation(row);
         let empty = match self.reservations.get_mut(&row) {
             Some(r) => {
@@ -337,6 +361,7 @@ impl State {
             None => false,
         };
         fx.reservations.insert(row);
+        self.note_release(agent, amount);
         for l in agent.ancestors_and_self() {
             let e = self.agent_mut(&l);
             e.outstanding = e.outstanding.saturating_sub(amount);
@@ -428,6 +453,7 @@ impl State {
                 Some(l) if l.row == g.row => {
                     l.cap = l.cap.saturating_add(g.amount);
                     l.target = g.amount;
+                    l.last_used = Some(g.at);
                 }
                 _ => {
                     self.leases.insert(
@@ -438,6 +464,7 @@ impl State {
                             carved: 0,
                             target: g.amount,
                             renewing: false,
+                            last_used: Some(g.at),
                         },
                     );
                 }
@@ -449,6 +476,7 @@ impl State {
     /// mirror is reloaded from disk) into this fresh one, where their rows still exist.
     pub(crate) fn adopt_leases(&mut self, old: &mut State) {
         self.lease_max = old.lease_max;
+        self.cluster = old.cluster;
         self.next_carve = old.next_carve;
         for (agent, lease) in std::mem::take(&mut old.leases) {
             if self.reservations.contains_key(&lease.row) {

@@ -8,6 +8,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::AgentName;
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::link::Acquired;
+use crate::cluster::{ClusterError, ClusterOptions, ClusterUsage, Link};
 use crate::committer::{Committer, Granted, Op};
 use crate::error::{LedgerError, ReserveError};
 use crate::limits::{Limits, LimitsPatch};
@@ -56,7 +58,17 @@ pub struct LedgerOptions {
     /// loses their audit events, never their money: the lease row on disk still covers them at
     /// their worst case and is charged in full. Zero: every settle is durable before it returns.
     pub settle_durable_within: std::time::Duration,
+    /// Lease budget slices from a cluster store (one budget across every node naming it).
+    /// Needs a tokio runtime when the ledger is opened. `lease_max` is then the largest slice
+    /// ([`DEFAULT_CLUSTER_SLICE`] if zero).
+    pub cluster: Option<ClusterOptions>,
 }
+
+/// The largest slice with a cluster store when `lease_max` sets none: $1.
+pub const DEFAULT_CLUSTER_SLICE: MicroUsd = MicroUsd(1_000_000);
+
+/// How many grants one request may see carved by others before it gives up (contention).
+const MAX_GRANT_ROUNDS: usize = 32;
 
 impl Default for LedgerOptions {
     fn default() -> Self {
@@ -69,6 +81,7 @@ impl Default for LedgerOptions {
             lease_max: MicroUsd::ZERO,
             settle_linger: std::time::Duration::from_millis(5),
             settle_durable_within: std::time::Duration::from_secs(1),
+            cluster: None,
         }
     }
 }
@@ -96,6 +109,9 @@ struct Shared {
     /// Leases on (`lease_max > 0`): the request path tries to carve first.
     leases: bool,
     ledger_id: u64,
+    /// Largest slice (µUSD).
+    lease_max: u64,
+    cluster: Option<Arc<Link>>,
 }
 
 /// The durable budget ledger. Cheap to clone; all clones share one committer.
@@ -152,9 +168,25 @@ impl Ledger {
         let ledger_id = store.ledger_id()?;
         let mut state = store.load(options.default_limits.clone())?;
         state.lease_max = options.lease_max.0;
+        state.cluster = options.cluster.is_some();
+        if state.cluster && state.lease_max == 0 {
+            state.lease_max = DEFAULT_CLUSTER_SLICE.0;
+        }
+        let lease_max = state.lease_max;
+        let runtime = match &options.cluster {
+            Some(c) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                LedgerError::Cluster(ClusterError::Unreachable {
+                    url: c.store.describe(),
+                    detail: "the ledger was opened outside a tokio runtime".into(),
+                })
+            })?),
+            None => None,
+        };
         let now = options.clock.now();
         let mut fx = Effects::default();
         let (count, sum) = state.recover_open(now, &mut fx);
+        // Recovered cluster slices: the store hears of them as spent (the outbox).
+        state.seal_outbox(now, &mut fx);
         let ws = WriteSet::build(&state, &fx, now.checked_sub_signed(options.audit_retention))?;
         store.write(&ws, true)?;
         if count > 0 {
@@ -166,6 +198,7 @@ impl Ledger {
             );
         }
 
+        let link = options.cluster.clone().map(|c| Arc::new(Link::new(c)));
         let state = Arc::new(Mutex::new(state));
         let notifier = Arc::new(Notifier::new(options.notification_capacity));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -184,6 +217,11 @@ impl Ledger {
             linger: options.settle_linger,
             durable_within: options.settle_durable_within,
             unsynced_since: None,
+            outbox_wake: link.as_ref().map(|l| l.outbox_wake.clone()),
+            idle: options
+                .cluster
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(1), |c| c.idle),
         };
         let handle = std::thread::Builder::new()
             .name("spendguard-ledger".into())
@@ -191,6 +229,12 @@ impl Ledger {
             .map_err(|e| LedgerError::Spawn {
                 source: Arc::new(e),
             })?;
+        if let (Some(link), Some(rt)) = (&link, runtime) {
+            rt.spawn(
+                link.clone()
+                    .run(state.clone(), tx.downgrade(), options.clock.clone()),
+            );
+        }
         Ok(Ledger {
             tx,
             shared: Arc::new(Shared {
@@ -199,8 +243,10 @@ impl Ledger {
                 notifier,
                 clock: options.clock,
                 path,
-                leases: options.lease_max > MicroUsd::ZERO,
                 ledger_id,
+                leases: lease_max > 0,
+                lease_max,
+                cluster: link,
             }),
             _committer: Arc::new(CommitterThread(Some(handle))),
         })
@@ -258,6 +304,9 @@ impl Ledger {
     /// If this future is dropped after the reservation was committed, the ledger releases it
     /// (nothing can have been forwarded).
     pub async fn reserve(&self, req: ReserveRequest) -> Result<Reservation, ReserveError> {
+        if let Some(link) = &self.shared.cluster {
+            return self.reserve_cluster(link, req).await;
+        }
         // Fast path: carve from the agent's lease, durable already (no commit, no wait).
         let carved = if self.shared.leases {
             let now = self.shared.clock.now();
@@ -281,6 +330,221 @@ impl Ledger {
             Ok(r) => r.map(Granted::take),
             Err(e) => Err(ReserveError::Ledger(e)),
         }
+    }
+
+    /// With a cluster store: carve from this node's slices; lease more from the store when they
+    /// do not cover the request; a refusal of the store becomes the audited 402.
+    async fn reserve_cluster(
+        &self,
+        link: &Arc<Link>,
+        req: ReserveRequest,
+    ) -> Result<Reservation, ReserveError> {
+        let clock = self.shared.clock.clone();
+        for _ in 0..MAX_GRANT_ROUNDS {
+            let now = clock.now();
+            let carved = self.state().try_carve(&req, now);
+            if let Some(c) = carved {
+                if c.renew {
+                    self.top_up(link, &c.reservation.agent);
+                }
+                return Ok(c.reservation);
+            }
+            let blocked = {
+                let st = self.state();
+                let levels = req.agent.ancestors_and_self();
+                let eff = st.effective_all(&levels);
+                !st.carve_allowed(&levels, &eff, req.amount, now)
+            };
+            if blocked {
+                return self.cluster_deny(req, None).await;
+            }
+            let want = MicroUsd(self.shared.lease_max.max(req.amount.0));
+            let has_room = || {
+                self.state()
+                    .leases
+                    .get(&req.agent)
+                    .is_some_and(|l| l.available() >= req.amount.0)
+            };
+            let got = link
+                .acquire(
+                    &req.agent,
+                    req.amount,
+                    want,
+                    clock.as_ref(),
+                    &self.tx,
+                    true,
+                    has_room,
+                )
+                .await;
+            match got {
+                Ok(None) | Ok(Some(Acquired::Granted)) => continue,
+                Ok(Some(Acquired::Refused(r))) => return self.cluster_deny(req, Some(r)).await,
+                Err(e) => return Err(ReserveError::Ledger(LedgerError::Cluster(e))),
+            }
+        }
+        Err(ReserveError::Ledger(LedgerError::Cluster(
+            ClusterError::Unreachable {
+                url: link.opts.store.describe(),
+                detail: "every slice leased for this request was carved by others first; retry"
+                    .into(),
+            },
+        )))
+    }
+
+    /// A slice runs low: lease more in the background (nobody waits for it).
+    fn top_up(&self, link: &Arc<Link>, agent: &AgentName) {
+        let me = self.clone();
+        let link = link.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let want = MicroUsd(me.shared.lease_max);
+            let clock = me.shared.clock.clone();
+            let r = link
+                .acquire(
+                    &agent,
+                    MicroUsd(1),
+                    want,
+                    clock.as_ref(),
+                    &me.tx,
+                    false,
+                    || false,
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(agent = %agent, "cluster slice top-up failed: {e}");
+            }
+            if let Some(l) = me.state().leases.get_mut(&agent) {
+                l.renewing = false;
+            }
+        });
+    }
+
+    async fn cluster_deny(
+        &self,
+        req: ReserveRequest,
+        refusal: Option<crate::cluster::Refusal>,
+    ) -> Result<Reservation, ReserveError> {
+        match self
+            .call(|reply| Op::ClusterDeny {
+                req,
+                refusal,
+                reply,
+            })
+            .await
+        {
+            Ok(Ok(d)) => Err(ReserveError::Denied(d)),
+            Ok(Err(e)) | Err(e) => Err(ReserveError::Ledger(e)),
+        }
+    }
+
+    /// With a cluster store: why this node cannot lease budget now (`/readyz`); `None` if it
+    /// can, or without a store.
+    pub fn cluster_not_ready(&self) -> Option<String> {
+        self.shared.cluster.as_ref().and_then(|l| l.not_ready())
+    }
+
+    /// Whether a cluster store is configured.
+    pub fn is_clustered(&self) -> bool {
+        self.shared.cluster.is_some()
+    }
+
+    /// This node's name in the cluster store.
+    pub fn cluster_node(&self) -> Option<&str> {
+        self.shared.cluster.as_ref().map(|l| l.opts.node.as_str())
+    }
+
+    /// What this node still has to tell the cluster store (charges and hand-backs not yet sent).
+    pub fn cluster_outbox_len(&self) -> usize {
+        self.state().outbox.len()
+    }
+
+    /// Sends the outbox to the store now (a graceful stop, after [`Ledger::release_leases`]);
+    /// returns whether it is empty afterwards.
+    pub async fn push_cluster_outbox(&self) -> bool {
+        match &self.shared.cluster {
+            Some(link) => {
+                link.push(&self.shared.state, &self.tx, self.shared.clock.as_ref())
+                    .await
+            }
+            None => true,
+        }
+    }
+
+    /// Cluster-wide status: spent, reserved (every node's slices) and remaining from the store,
+    /// and what each node holds leased for this agent. `None` without a store.
+    pub async fn cluster_status(
+        &self,
+        agent: &AgentName,
+    ) -> Option<Result<ClusterUsage, LedgerError>> {
+        let link = self.shared.cluster.as_ref()?;
+        Some(self.usage(link, agent).await)
+    }
+
+    async fn usage(&self, link: &Link, agent: &AgentName) -> Result<ClusterUsage, LedgerError> {
+        let now = self.shared.clock.now();
+        let starts = crate::cluster::PeriodStarts::at(now);
+        let levels = agent.ancestors_and_self();
+        let mut usages = Vec::with_capacity(levels.len());
+        for l in &levels {
+            usages.push(link.opts.store.usage(l, starts).await?);
+        }
+        let mut status = self.status(agent);
+        let eff = self.state().effective_all(&levels);
+        let mut remaining = crate::types::RemainingByPeriod::default();
+        for ((lim, u), _) in eff.iter().zip(&usages).zip(&levels) {
+            for p in crate::period::Period::ALL {
+                let Some(limit) = lim.period(p) else { continue };
+                let used = u.spent[p.index()].saturating_add(u.outstanding);
+                let rem = MicroUsd(limit.0.saturating_sub(used.0));
+                let slot = remaining.slot(p);
+                *slot = Some(slot.map_or(rem, |r| r.min(rem)));
+            }
+        }
+        let own = usages.last().cloned().unwrap_or_default();
+        for p in crate::period::Period::ALL {
+            *status.spent.slot(p) = own.spent[p.index()];
+        }
+        status.reserved = own.outstanding;
+        status.remaining = remaining;
+        if status.status == crate::types::AgentState::Active
+            && status.remaining.tightest() == MicroUsd::ZERO
+        {
+            status.status = crate::types::AgentState::Exhausted;
+        }
+        Ok(ClusterUsage {
+            status,
+            nodes: own.held.into_iter().collect(),
+        })
+    }
+
+    /// `spendguard node forget NODE`: releases every slice a (dead) node holds in the store,
+    /// audited here; returns how much. Never run it for a node that is still running.
+    pub async fn forget_node(&self, node: &str) -> Result<MicroUsd, LedgerError> {
+        let Some(link) = &self.shared.cluster else {
+            return Ok(MicroUsd::ZERO);
+        };
+        let store = link.opts.store.clone();
+        let mut total = MicroUsd::ZERO;
+        for agent in store.held_by(node).await? {
+            let before = store.set_held(node, &agent, MicroUsd::ZERO).await?;
+            total = total.saturating_add(before);
+            if before > MicroUsd::ZERO {
+                tracing::warn!(node, agent = %agent, released = %before, "node forget: released a dead node's budget slices");
+                let ctx = AuditContext {
+                    model: format!("(node forget {node}: released {before})"),
+                    ..AuditContext::default()
+                };
+                self.call(|reply| Op::Audit {
+                    agent: agent.clone(),
+                    ctx,
+                    amount: before,
+                    reply,
+                })
+                .await??;
+            }
+        }
+        store.drop_holder(node).await?;
+        Ok(total)
     }
 
     /// Replaces reservation `id` by the real cost `actual` (charged even if it exceeds the
@@ -315,13 +579,38 @@ impl Ledger {
         agent: &AgentName,
         patch: LimitsPatch,
     ) -> Result<Limits, LedgerError> {
-        let agent = agent.clone();
-        self.call(|reply| Op::SetLimits {
-            agent,
-            patch,
-            reply,
-        })
-        .await?
+        let name = agent.clone();
+        let limits = self
+            .call(|reply| Op::SetLimits {
+                agent: name,
+                patch,
+                reply,
+            })
+            .await??;
+        self.publish_policy(agent).await?;
+        Ok(limits)
+    }
+
+    /// With a cluster store: writes the agent's policy (as this node now has it) to the store,
+    /// where every node's grants see it at once and every node's mirror within a poll.
+    async fn publish_policy(&self, agent: &AgentName) -> Result<(), LedgerError> {
+        let Some(link) = &self.shared.cluster else {
+            return Ok(());
+        };
+        let policy = {
+            let st = self.state();
+            let e = st.agents.get(agent);
+            crate::cluster::Policy {
+                limits: e.map(|e| e.limits.clone()).unwrap_or_default(),
+                paused: e.is_some_and(|e| e.paused),
+            }
+        };
+        let r = link.opts.store.put_policy(agent, &policy).await;
+        if r.is_err() {
+            // This node changed already: make its next poll re-read the store, which wins.
+            link.resync();
+        }
+        Ok(r?)
     }
 
     /// Blocks the agent and its descendants (`agent_paused`) until [`Ledger::resume`].
@@ -335,13 +624,14 @@ impl Ledger {
     }
 
     async fn set_paused(&self, agent: &AgentName, paused: bool) -> Result<(), LedgerError> {
-        let agent = agent.clone();
+        let name = agent.clone();
         self.call(|reply| Op::SetPaused {
-            agent,
+            agent: name,
             paused,
             reply,
         })
-        .await?
+        .await??;
+        self.publish_policy(agent).await
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -435,6 +725,19 @@ impl Ledger {
             reply,
         })
         .await?
+    }
+
+    /// [`Ledger::put_setting`], and with a cluster store also for every other node (within a
+    /// poll): prices set by `price set`.
+    pub async fn put_shared_setting(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        if let Some(link) = &self.shared.cluster {
+            link.opts.store.put_shared(key, Some(&value)).await?;
+        }
+        self.put_setting(key, value).await
     }
 
     /// Removes `key` (no error if it did not exist).

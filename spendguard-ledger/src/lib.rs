@@ -8,6 +8,9 @@
 //!
 //! Money is [`MicroUsd`] (integer micro-dollars) throughout; JSON shows dollars.
 //!
+//! With a cluster store ([`LedgerOptions::cluster`], see [`cluster`]) budgets are one across
+//! every node: slices are leased from the store, the request path stays in memory.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use spendguard_ledger::*;
@@ -24,6 +27,7 @@
 
 mod agent;
 mod clock;
+pub mod cluster;
 mod committer;
 mod error;
 mod lease;
@@ -31,6 +35,7 @@ mod ledger;
 mod limits;
 pub use spendguard_pricing::money;
 mod notify;
+mod outbox;
 mod period;
 mod state;
 mod store;

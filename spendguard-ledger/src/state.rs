@@ -21,10 +21,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentName;
+use crate::cluster::Refusal;
 use crate::error::LedgerError;
 use crate::lease::{Carve, Grant, Lease, CARVE_BIT};
 use crate::limits::{LimitKind, Limits, LimitsPatch};
 use crate::money::MicroUsd;
+use crate::outbox::OutboxEntry;
 use crate::period::Period;
 use crate::types::{
     AgentState, AgentStatus, AuditContext, AuditEvent, Decision, Denial, DenyReason, Notification,
@@ -149,6 +151,8 @@ pub(crate) struct OpenReservation {
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub agents: BTreeSet<AgentName>,
+    /// Cluster outbox entries touched: written if still queued, deleted otherwise.
+    pub outbox: BTreeSet<u64>,
     /// Reservation ids touched: written if still open, deleted otherwise.
     pub reservations: BTreeSet<u64>,
     pub audit: BTreeMap<u64, AuditRecord>,
@@ -159,6 +163,7 @@ pub(crate) struct Effects {
 impl Effects {
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
+            && self.outbox.is_empty()
             && self.reservations.is_empty()
             && self.audit.is_empty()
             && self.settings.is_empty()
@@ -189,6 +194,10 @@ pub(crate) struct Undo {
     leases: HashMap<AgentName, Option<Lease>>,
     /// Carves this batch settled.
     pub carves: Vec<(u64, Carve)>,
+    /// Cluster outbox: the counter, entries this batch added, entries it removed.
+    pub(crate) next_outbox: u64,
+    pub(crate) outbox_added: Vec<u64>,
+    pub(crate) outbox_removed: Vec<(u64, OutboxEntry)>,
 }
 
 #[derive(Debug)]
@@ -209,6 +218,14 @@ pub(crate) struct State {
     /// Capacity granted by the batch being decided, carvable once it is on disk.
     pub pending_grants: Vec<Grant>,
     pub(crate) undo: Option<Undo>,
+    /// Slices come from a cluster store (see `cluster.rs`): no local grants; limits, pauses and
+    /// spend of the store bind, and every charge and hand-back goes to the outbox.
+    pub cluster: bool,
+    /// What the store still has to hear from this node (durable: the `cluster_outbox` table).
+    pub outbox: BTreeMap<u64, OutboxEntry>,
+    pub next_outbox: u64,
+    /// Charges and hand-backs of the batch being decided, per agent: (charge, release) µUSD.
+    pub(crate) cluster_deltas: BTreeMap<AgentName, (u64, u64)>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -239,6 +256,10 @@ impl State {
             lease_max: 0,
             pending_grants: Vec::new(),
             undo: None,
+            cluster: false,
+            outbox: BTreeMap::new(),
+            next_outbox: 1,
+            cluster_deltas: BTreeMap::new(),
         }
     }
 
@@ -247,6 +268,7 @@ impl State {
         self.undo = Some(Undo {
             next_reservation_id: self.next_reservation_id,
             next_audit_id: self.next_audit_id,
+            next_outbox: self.next_outbox,
             ..Undo::default()
         });
     }
@@ -298,6 +320,14 @@ impl State {
             self.carves.insert(id, c);
         }
         self.pending_grants.clear();
+        self.next_outbox = u.next_outbox;
+        for id in u.outbox_added {
+            self.outbox.remove(&id);
+        }
+        for (id, e) in u.outbox_removed {
+            self.outbox.insert(id, e);
+        }
+        self.cluster_deltas.clear();
     }
 
     /// Mutable access to a lease, remembering its old value for undo.
@@ -394,7 +424,7 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn blocked(
+    pub(crate) fn blocked(
         &mut self,
         requester: &AgentName,
         binding: &AgentName,
@@ -449,6 +479,22 @@ impl State {
     pub fn reserve(
         &mut self,
         req: ReserveRequest,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Result<Reservation, Denial> {
+        self.reserve_or_refuse(req, None, now, fx)
+    }
+
+    /// [`State::reserve`]; with a cluster store, the store decided (`refusal`): only the denial
+    /// is built here (pause, expiry and per-call limit as the local mirror knows them first).
+    #[expect(
+        clippy::result_large_err,
+        reason = "a denial carries the whole 402 body; it is moved once, off the hot path"
+    )]
+    pub(crate) fn reserve_or_refuse(
+        &mut self,
+        req: ReserveRequest,
+        refusal: Option<Refusal>,
         now: DateTime<Utc>,
         fx: &mut Effects,
     ) -> Result<Reservation, Denial> {
@@ -547,11 +593,37 @@ impl State {
             }
         }
 
-        let mut binding = self.binding(&levels, &eff, amount, now);
-        // Unused leased capacity is anyone's who needs it: hand it back and decide again.
-        if binding.is_some() && self.reclaim_leases(&levels[0], fx) {
-            binding = self.binding(&levels, &eff, amount, now);
-        }
+        let binding = if self.cluster {
+            match refusal {
+                Some(Refusal::Exhausted {
+                    level,
+                    period,
+                    limit,
+                    spent,
+                    outstanding,
+                }) => Some((
+                    limit
+                        .0
+                        .saturating_sub(spent.0.saturating_add(outstanding.0)),
+                    level.min(levels.len() - 1),
+                    period,
+                    limit.0,
+                    spent.0,
+                    outstanding.0,
+                )),
+                other => {
+                    return Err(self
+                        .store_refused(&agent, &levels, other, amount, remaining, audit, now, fx));
+                }
+            }
+        } else {
+            let mut binding = self.binding(&levels, &eff, amount, now);
+            // Unused leased capacity is anyone's who needs it: hand it back and decide again.
+            if binding.is_some() && self.reclaim_leases(&levels[0], fx) {
+                binding = self.binding(&levels, &eff, amount, now);
+            }
+            binding
+        };
         if let Some((_, i, p, limit, spent, outstanding)) = binding {
             let remaining = self.remaining(&levels, &eff, now);
             let l = &levels[i];
@@ -708,6 +780,8 @@ impl State {
             .remove(&id)
             .ok_or(LedgerError::UnknownReservation { id })?;
         fx.reservations.insert(id);
+        // A lease row closed whole (recovery): the store stops counting it as held.
+        self.note_release(&res.agent, res.amount.0);
         self.charge(id, res, actual, kind, true, now, fx)
     }
 
@@ -733,6 +807,7 @@ impl State {
                 "actual cost exceeds the reservation; charging the actual cost (the worst-case estimate was too low)"
             );
         }
+        self.note_charge(&res.agent, actual.0);
         let levels = res.agent.ancestors_and_self();
         self.ensure(&levels, fx);
         let eff = self.effective_all(&levels);

@@ -7,6 +7,7 @@
 //! | `reservations` | reservation id `u64`      | open reservation: agent, amount, created, audit id |
 //! | `audit`        | event id `u64` (in commit order) | one request: time, agent, context, decision, reason, requested, reserved, final cost |
 //! | `settings`     | key `&str`                | any JSON value (tags, price overrides, ...)        |
+//! | `cluster_outbox` | entry id `u64`          | what the cluster store still has to hear: agent, charge, release (see `outbox.rs`) |
 //!
 //! Every batch is one write transaction with `Durability::Immediate`: when `commit` returns, the
 //! reservations in it survive a crash. Open reservations are exactly the `reservations` rows, so
@@ -31,6 +32,9 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const RESERVATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("reservations");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
+/// Added with cluster budgets (additive: a database without it simply has an empty outbox).
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("cluster_outbox");
+const KEY_NEXT_OUTBOX: &str = "next_outbox_id";
 
 /// Version 1: release 0.1. Version 2 adds the ledger's identity (`ledger_id`, `created_at`),
 /// which the agent's state manifest records, so a ledger that went missing (or was swapped for
@@ -135,8 +139,10 @@ pub(crate) struct WriteSet {
     reservations: Vec<(u64, Option<Vec<u8>>)>,
     audit: Vec<(u64, Vec<u8>)>,
     settings: Vec<(String, Option<Vec<u8>>)>,
+    outbox: Vec<(u64, Option<Vec<u8>>)>,
     next_reservation_id: u64,
     next_audit_id: u64,
+    next_outbox_id: u64,
     compact_before: Option<DateTime<Utc>>,
 }
 
@@ -149,9 +155,17 @@ impl WriteSet {
         let mut ws = WriteSet {
             next_reservation_id: state.next_reservation_id,
             next_audit_id: state.next_audit_id,
+            next_outbox_id: state.next_outbox,
             compact_before,
             ..WriteSet::default()
         };
+        for id in &fx.outbox {
+            let row = match state.outbox.get(id) {
+                Some(e) => Some(encode("a cluster outbox entry", e)?),
+                None => None,
+            };
+            ws.outbox.push((*id, row));
+        }
         for name in &fx.agents {
             if let Some(e) = state.agents.get(name) {
                 ws.agents.push((name.to_string(), encode_agent(e)?));
@@ -357,6 +371,7 @@ impl Store {
             txn.open_table(RESERVATIONS).map_err(|e| err(e.into()))?;
             txn.open_table(AUDIT).map_err(|e| err(e.into()))?;
             txn.open_table(SETTINGS).map_err(|e| err(e.into()))?;
+            txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))?;
         *self.slot.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(db));
@@ -404,6 +419,7 @@ impl Store {
         };
         state.next_reservation_id = get(KEY_NEXT_RESERVATION)?.unwrap_or(1);
         state.next_audit_id = get(KEY_NEXT_AUDIT)?.unwrap_or(1);
+        state.next_outbox = get(KEY_NEXT_OUTBOX)?.unwrap_or(1);
 
         let agents = txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
         for item in agents.iter().map_err(|e| err(e.into()))? {
@@ -495,6 +511,15 @@ impl Store {
             let value = decode(path, "settings", &key, v.value())?;
             state.settings.insert(key.to_string(), value);
         }
+
+        let outbox = txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+        for item in outbox.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            let id = k.value();
+            let e = decode(path, "cluster_outbox", &id, v.value())?;
+            state.next_outbox = state.next_outbox.max(id + 1);
+            state.outbox.insert(id, e);
+        }
         Ok(state)
     }
 
@@ -547,7 +572,19 @@ impl Store {
                     .map_err(|e| err(e.into()))?;
                 }
             }
+            if !ws.outbox.is_empty() {
+                let mut outbox = txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
+                for (id, row) in &ws.outbox {
+                    match row {
+                        Some(bytes) => outbox.insert(*id, bytes.as_slice()),
+                        None => outbox.remove(*id),
+                    }
+                    .map_err(|e| err(e.into()))?;
+                }
+            }
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(KEY_NEXT_OUTBOX, ws.next_outbox_id)
+                .map_err(|e| err(e.into()))?;
             meta.insert(KEY_NEXT_RESERVATION, ws.next_reservation_id)
                 .map_err(|e| err(e.into()))?;
             meta.insert(KEY_NEXT_AUDIT, ws.next_audit_id)

@@ -17,6 +17,7 @@
 pub mod fake_provider;
 pub mod loopfs;
 pub mod metered;
+pub mod redis_server;
 pub mod sdk;
 pub mod servers;
 

@@ -101,6 +101,18 @@ enum Command {
         #[arg(long, required = true)]
         confirm: bool,
     },
+    /// Cluster store nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Release every budget slice a dead node still holds in the cluster store (audited on this
+    /// node). Only for a node that is gone for good: a running node would spend past its slices.
+    Forget { node: String },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +262,9 @@ fn run(cli: Cli) -> Result<(), ClientError> {
             }
             Request::RecoverConfirm
         }
+        Command::Node {
+            command: NodeCommand::Forget { node },
+        } => Request::NodeForget { node },
         Command::Prices => Request::Prices,
         Command::Status { agent } => Request::Status {
             agent: agent_arg(&agent)?,

@@ -53,6 +53,10 @@ pub enum Request {
     Prices,
     /// Lift the recovery hold (`spendguard recover --confirm`).
     RecoverConfirm,
+    /// Release every budget slice a dead node holds in the cluster store (audited).
+    NodeForget {
+        node: String,
+    },
 }
 
 /// Why a request line was refused before it reached a handler.

@@ -224,9 +224,41 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
             Err(e) => err(&e),
         },
         Request::Status { agent } => match name(&agent) {
-            Ok(n) => Response::Status { status: serde_json::to_value(ctx.ledger.status(&n)).unwrap_or_default() },
+            Ok(n) => match ctx.ledger.cluster_status(&n).await {
+                None => Response::Status { status: serde_json::to_value(ctx.ledger.status(&n)).unwrap_or_default() },
+                // Cluster-wide numbers, plus who holds what leased.
+                Some(Ok(u)) => {
+                    let mut status = serde_json::to_value(&u.status).unwrap_or_default();
+                    let nodes: serde_json::Map<String, serde_json::Value> = u
+                        .nodes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), serde_json::json!(v.as_usd_f64())))
+                        .collect();
+                    if let Some(obj) = status.as_object_mut() {
+                        obj.insert("nodes".into(), serde_json::Value::Object(nodes));
+                        obj.insert("node".into(), serde_json::json!(ctx.ledger.cluster_node()));
+                    }
+                    Response::Status { status }
+                }
+                Some(Err(e)) => err(&e),
+            },
             Err(e) => err(&e),
         },
+        Request::NodeForget { node } => {
+            if !ctx.ledger.is_clustered() {
+                return Response::Error { message: "no cluster store is configured (cluster_store / SPENDGUARD_CLUSTER_STORE): there is nothing to forget".into() };
+            }
+            if Some(node.as_str()) == ctx.ledger.cluster_node() {
+                return Response::Error { message: format!("{node} is this node; run `node forget` from another node, for a node that is gone") };
+            }
+            match ctx.ledger.forget_node(&node).await {
+                Ok(released) => {
+                    tracing::warn!(node, %released, "node forget");
+                    Response::Done { message: format!("released {released} of budget slices held by node {node}") }
+                }
+                Err(e) => err(&e),
+            }
+        }
         Request::Pause { agent } => match name(&agent) {
             Ok(n) => match ctx.ledger.pause(&n).await {
                 Ok(()) => Response::Done { message: format!("paused {n}: its requests and its descendants' are blocked until `spendguard resume {n}`") },

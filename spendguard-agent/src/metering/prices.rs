@@ -33,6 +33,8 @@ pub struct PriceOverride {
 #[derive(Clone)]
 pub struct Prices {
     table: Arc<RwLock<PriceTable>>,
+    /// The stored overrides last applied (to notice ones another node set, via the cluster store).
+    applied: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
 }
 
 impl Prices {
@@ -40,15 +42,34 @@ impl Prices {
     pub fn load(ledger: &Ledger) -> Prices {
         let prices = Prices {
             table: Arc::new(RwLock::new(PriceTable::bundled())),
+            applied: Arc::default(),
         };
-        for (key, value) in ledger.settings_with_prefix(SETTING_PREFIX) {
+        prices.apply_stored(ledger);
+        prices
+    }
+
+    /// Applies the stored overrides if they changed since the last call (with a cluster store,
+    /// `price set` on another node arrives in the ledger's settings within a poll).
+    pub fn reload_if_changed(&self, ledger: &Ledger) {
+        let now = ledger.settings_with_prefix(SETTING_PREFIX);
+        let changed = *self.applied.lock().unwrap_or_else(|p| p.into_inner()) != now;
+        if changed {
+            tracing::info!("price overrides changed in the cluster store; applying them");
+            self.apply_stored(ledger);
+        }
+    }
+
+    fn apply_stored(&self, ledger: &Ledger) {
+        let prices = self;
+        let stored = ledger.settings_with_prefix(SETTING_PREFIX);
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = stored.clone();
+        for (key, value) in stored {
             let model = key.trim_start_matches(SETTING_PREFIX);
             match serde_json::from_value::<PriceOverride>(value) {
                 Ok(o) => prices.apply(model, &o),
                 Err(e) => tracing::warn!(model, "ignoring unreadable stored price override: {e}"),
             }
         }
-        prices
     }
 
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, PriceTable> {
@@ -86,9 +107,11 @@ impl Prices {
     ) -> Result<(), spendguard_ledger::LedgerError> {
         let v = serde_json::to_value(&o).unwrap_or_default();
         ledger
-            .put_setting(&format!("{SETTING_PREFIX}{model}"), v)
+            .put_shared_setting(&format!("{SETTING_PREFIX}{model}"), v)
             .await?;
         self.apply(model, &o);
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) =
+            ledger.settings_with_prefix(SETTING_PREFIX);
         Ok(())
     }
 
