@@ -411,22 +411,7 @@ impl World {
 
     /// Starts the agent and expects it to refuse: returns its exit status and log.
     pub fn start_agent_expect_failure(&self) -> (std::process::ExitStatus, String) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.path().join("agent.log"))
-            .expect("agent log");
-        let mut cmd = Command::new(bin("spendguard-agent"));
-        self.agent_env(&mut cmd);
-        cmd.stdout(Stdio::null()).stderr(log);
-        place(
-            &mut cmd,
-            Place {
-                netns: Some(&self.node),
-                ..Default::default()
-            },
-        );
-        let mut child = cmd.spawn().expect("spawn agent");
+        let mut child = self.spawn_agent();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -509,9 +494,9 @@ impl World {
         }
     }
 
-    /// Starts the agent in the node namespace and waits until its control socket answers.
-    pub fn start_agent(&self) {
-        assert!(self.agent_slot().is_none(), "agent already running");
+    /// The agent process as configured (binary, environment, cgroup, netns, RLIMIT_NOFILE), its
+    /// stderr appended to the world's agent log.
+    fn spawn_agent(&self) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -554,7 +539,14 @@ impl World {
                 });
             }
         }
-        *self.agent_slot() = Some(cmd.spawn().expect("spawn agent"));
+        cmd.spawn().expect("spawn agent")
+    }
+
+    /// Starts the agent in the node namespace and waits until its control socket answers.
+    pub fn start_agent(&self) {
+        assert!(self.agent_slot().is_none(), "agent already running");
+        let child = self.spawn_agent();
+        *self.agent_slot() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.cli(&["ping"]).status.success() {
