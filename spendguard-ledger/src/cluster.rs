@@ -96,6 +96,20 @@ pub struct GrantCall {
     pub divisor: u64,
 }
 
+/// The slice-sizing rule, as `grant.lua` applies it (a test runs both on the same inputs): a
+/// node asking for `want` to cover a request of `min` gets at most 1/(`divisor` × nodes holding
+/// slices of this agent, itself included) of what the tightest level has left (`avail`, after
+/// every node's outstanding slices; `None`: no limit), never less than the request itself while
+/// it fits, and nothing once it does not. So slices shrink geometrically as a budget nears its end
+/// and the last dollars are reserved exactly; `cargo xtask sim` measures what that costs at scale.
+pub fn slice_size(want: u64, min: u64, avail: Option<u64>, holders: u64, divisor: u64) -> u64 {
+    match avail {
+        None => want,
+        Some(a) if min > a => 0,
+        Some(a) => want.min((a / (divisor.max(1) * holders.max(1))).max(min)),
+    }
+}
+
 /// Why a grant was refused (or smaller than asked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -125,16 +139,26 @@ pub struct GrantReply {
     pub refusal: Option<Refusal>,
 }
 
-/// What one node sends back for one agent: `charge` spent (counts against every level), and
-/// `release` of the slice it no longer holds.
+/// What one node sends back for one agent: every outbox entry it has for it, oldest first. The
+/// store applies the entries above its watermark for (node, agent), so a retry or a restart that
+/// resends an entry never counts it twice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SettleCall {
-    pub id: String,
     pub node: String,
+    /// The node ledger's identity: a re-created ledger numbers its entries from 1 again.
+    pub epoch: u64,
     pub agent: AgentName,
+    pub entries: Vec<SettleEntry>,
+    pub starts: PeriodStarts,
+}
+
+/// One outbox entry: `charge` spent (counts against every level), `release` of the slice the
+/// node no longer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SettleEntry {
+    pub seq: u64,
     pub charge: MicroUsd,
     pub release: MicroUsd,
-    pub starts: PeriodStarts,
 }
 
 /// An agent's cluster-wide policy: its own limits and pause flag.
@@ -161,7 +185,7 @@ pub trait ClusterStore: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Grants a slice (see [`GrantCall`]).
     fn grant<'a>(&'a self, call: &'a GrantCall) -> StoreFuture<'a, GrantReply>;
-    /// Charges and releases (see [`SettleCall`]); returns what was released.
+    /// Charges and releases (see [`SettleCall`]); returns what was released by this call.
     fn settle<'a>(&'a self, call: &'a SettleCall) -> StoreFuture<'a, MicroUsd>;
     /// Sets what `node` holds of `agent` (reconcile, `node forget`); returns what it held.
     fn set_held<'a>(

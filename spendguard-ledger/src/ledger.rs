@@ -198,7 +198,10 @@ impl Ledger {
             );
         }
 
-        let link = options.cluster.clone().map(|c| Arc::new(Link::new(c)));
+        let link = options
+            .cluster
+            .clone()
+            .map(|c| Arc::new(Link::new(c, ledger_id)));
         let state = Arc::new(Mutex::new(state));
         let notifier = Arc::new(Notifier::new(options.notification_capacity));
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);

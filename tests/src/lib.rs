@@ -20,6 +20,8 @@ pub mod metered;
 pub mod redis_server;
 pub mod sdk;
 pub mod servers;
+pub mod store_net;
+pub mod swarm;
 
 use std::io::Write as _;
 use std::os::fd::{AsRawFd as _, OwnedFd};
@@ -113,7 +115,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-fn run(cmd: &str, args: &[&str]) {
+pub(crate) fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -128,7 +130,7 @@ fn run(cmd: &str, args: &[&str]) {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique short name for this test's objects (interface names are limited to 15 bytes).
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     format!(
         "sg{}x{}",
         std::process::id() % 100_000,
@@ -267,6 +269,23 @@ pub fn place(cmd: &mut Command, place: Place<'_>) {
                 if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Adds a pre_exec hook that moves the child into the network namespace at `ns` (a process with
+/// no cgroup or uid change, e.g. a `redis-server` inside a test's store namespace).
+pub fn in_netns(cmd: &mut Command, ns: &Path) {
+    let fd: OwnedFd = std::fs::File::open(ns)
+        .unwrap_or_else(|e| panic!("open {}: {e}", ns.display()))
+        .into();
+    // SAFETY: setns is async-signal-safe; the fd was opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

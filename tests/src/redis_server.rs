@@ -36,6 +36,13 @@ fn free_port() -> u16 {
 /// One `redis-server` process.
 pub struct RedisServer {
     pub port: u16,
+    /// The address it binds and is reached at (127.0.0.1, or an address inside `netns`).
+    host: String,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<PathBuf>,
+    /// `requirepass` (a server reached from other namespaces is not on loopback, so Redis's
+    /// protected mode wants a password, as any real deployment has).
+    password: Option<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
@@ -47,10 +54,39 @@ impl RedisServer {
         Self::start_with(free_port(), Vec::new())
     }
 
+    /// Starts a standalone server inside the network namespace `ns`, bound to `host:6379` there
+    /// (the namespace is the test's own, so the port is free), with a password.
+    pub fn start_in(ns: &crate::Netns, host: &str) -> RedisServer {
+        let pass = format!("sg-{}", std::process::id());
+        Self::spawn_new(
+            6379,
+            host.to_string(),
+            Some(ns.path()),
+            vec!["--requirepass".into(), pass],
+        )
+    }
+
     fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
+        Self::spawn_new(port, "127.0.0.1".into(), None, extra)
+    }
+
+    fn spawn_new(
+        port: u16,
+        host: String,
+        netns: Option<PathBuf>,
+        extra: Vec<String>,
+    ) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
+        let password = extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .cloned();
         let mut s = RedisServer {
             port,
+            host,
+            netns,
+            password,
             dir,
             child: None,
             extra,
@@ -65,8 +101,12 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("redis log");
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        if let Some(ns) = &self.netns {
+            crate::in_netns(&mut cmd, ns);
+        }
+        let child = cmd
+            .args(["--bind", &self.host, "--port", &self.port.to_string()])
             .arg("--dir")
             .arg(self.dir.path())
             .args([
@@ -97,9 +137,12 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://[:PASSWORD@]HOST:PORT`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@{}:{}", self.host, self.port),
+            None => format!("redis://{}:{}", self.host, self.port),
+        }
     }
 
     /// Whether it answers PING now.
@@ -107,10 +150,18 @@ impl RedisServer {
         self.cli(&["PING"]).is_some_and(|o| o.trim() == "PONG")
     }
 
-    /// Runs `redis-cli -p PORT ARGS…`; its stdout, or `None` if it failed.
+    /// Runs `redis-cli -h HOST -p PORT ARGS…` (in its namespace); its stdout, or `None` if it
+    /// failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        if let Some(ns) = &self.netns {
+            crate::in_netns(&mut cmd, ns);
+        }
+        if let Some(p) = &self.password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd
+            .args(["-h", &self.host, "-p", &self.port.to_string()])
             .args(args)
             .stderr(Stdio::null())
             .output()

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spendguard_ledger::cluster::{ClusterOptions, RedisStore};
+use spendguard_ledger::cluster::{
+    slice_size, ClusterOptions, ClusterStore as _, GrantCall, PeriodStarts, RedisStore, SettleCall,
+    SettleEntry,
+};
 use spendguard_ledger::{
     AgentName, AuditContext, AuditFilter, DenyReason, Ledger, LedgerOptions, LimitKind,
     LimitsPatch, MicroUsd, ReserveError, ReserveRequest,
@@ -704,4 +707,133 @@ async fn shared_setting_on_one_node_reaches_another_within_2s() {
         "B did not see A's price within 2 s"
     );
     eprintln!("price set on A seen on B after {:?}", t0.elapsed());
+}
+
+/// `grant.lua` sizes slices exactly as [`slice_size`] (the rule `cargo xtask sim` runs), and a
+/// grant retried with the same id gets the first answer, not a second slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_script_sizes_slices_by_the_documented_rule() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = open(&redis.url(), "node-a").await;
+    set(&a, "acme", LimitKind::Daily, 10_000_000).await;
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let bot = name("acme.bot");
+    let starts = PeriodStarts::at(chrono::Utc::now());
+    let call = |id: &str, node: &str, want: u64, min: u64| GrantCall {
+        id: id.into(),
+        node: node.into(),
+        agent: bot.clone(),
+        want: MicroUsd(want),
+        min: MicroUsd(min),
+        starts,
+        divisor: 8,
+    };
+    let mut outstanding = 0u64;
+    let mut holders = std::collections::BTreeSet::new();
+    for (i, (node, want, min)) in [
+        ("n1", 1_000_000, 10_000),
+        ("n2", 1_000_000, 10_000),
+        ("n3", 5_000_000, 2_000_000),
+        ("n1", 1_000_000, 10_000),
+        ("n4", 9_000_000, 9_000_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        holders.insert(node);
+        let avail = 10_000_000 - outstanding;
+        let expect = slice_size(want, min, Some(avail), holders.len() as u64, 8);
+        let id = format!("{node}:t:{i}");
+        let got = store
+            .grant(&call(&id, node, want, min))
+            .await
+            .expect("grant");
+        assert_eq!(got.granted.0, expect, "grant {i} ({node}, {want}, {min})");
+        if expect == 0 {
+            assert!(got.refusal.is_some());
+            holders.remove(node);
+        }
+        outstanding += got.granted.0;
+        // The same id again: the first answer, nothing more held.
+        let again = store
+            .grant(&call(&id, node, want, min))
+            .await
+            .expect("retry");
+        assert_eq!(again, got);
+        assert_eq!(store_out(&redis, "acme"), outstanding);
+    }
+}
+
+/// Settles are idempotent by a watermark per (node, agent): resending entries (a retry after a
+/// lost answer, or a restart resending its outbox) never charges twice, a new ledger (epoch)
+/// starts its own numbering, and the store keeps one field per pair, not a key per settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_apply_each_outbox_entry_once() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let a = open(&redis.url(), "node-a").await;
+    set(&a, "acme", LimitKind::Daily, 10_000_000).await;
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let bot = name("acme.bot");
+    let starts = PeriodStarts::at(chrono::Utc::now());
+    let g = store
+        .grant(&GrantCall {
+            id: "n1:g1".into(),
+            node: "n1".into(),
+            agent: bot.clone(),
+            want: MicroUsd(1_000_000),
+            min: MicroUsd(1_000),
+            starts,
+            divisor: 1,
+        })
+        .await
+        .expect("grant");
+    assert_eq!(g.granted, MicroUsd(1_000_000));
+    let e = |seq: u64, charge: u64, release: u64| SettleEntry {
+        seq,
+        charge: MicroUsd(charge),
+        release: MicroUsd(release),
+    };
+    let settle = |epoch: u64, entries: Vec<SettleEntry>| SettleCall {
+        node: "n1".into(),
+        epoch,
+        agent: bot.clone(),
+        entries,
+        starts,
+    };
+    store
+        .settle(&settle(7, vec![e(1, 100, 200), e(2, 50, 50)]))
+        .await
+        .expect("settle");
+    assert_eq!(store_total(&redis, "acme"), 150);
+    assert_eq!(store_out(&redis, "acme"), 1_000_000 - 250);
+    // Resent with a newer entry: only entry 3 counts.
+    store
+        .settle(&settle(7, vec![e(1, 100, 200), e(2, 50, 50), e(3, 10, 10)]))
+        .await
+        .expect("settle again");
+    assert_eq!(store_total(&redis, "acme"), 160);
+    assert_eq!(store_out(&redis, "acme"), 1_000_000 - 260);
+    // Nothing new at all: nothing changes.
+    store
+        .settle(&settle(7, vec![e(3, 10, 10)]))
+        .await
+        .expect("replay");
+    assert_eq!(store_total(&redis, "acme"), 160);
+    // A re-created ledger (another epoch) numbers from 1 again and is applied.
+    store
+        .settle(&settle(8, vec![e(1, 5, 5)]))
+        .await
+        .expect("new epoch");
+    assert_eq!(store_total(&redis, "acme"), 165);
+    let keys = redis.cli(&["KEYS", "sg:{acme}:*"]).unwrap_or_default();
+    assert!(
+        !keys.contains(":done:"),
+        "a key per request would grow without bound: {keys}"
+    );
 }

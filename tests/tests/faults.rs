@@ -15,6 +15,7 @@ use serde_json::Value;
 use spendguard_pricing::Usage;
 use spendguard_tests::loopfs::LoopFs;
 use spendguard_tests::metered::{chat_quote, curl_out, price, CurlOut, Metered};
+use spendguard_tests::swarm::Swarm;
 use spendguard_tests::{eventually, helper_bin, place, privileged, skip, Place, UPSTREAM_A};
 
 const OPENAI: &str = "api.openai.com";
@@ -109,65 +110,6 @@ fn fds_drop_to(pid: u32, max: usize, limit: Duration) -> usize {
 // ---------------------------------------------------------------------------------------------
 // sg-swarm, run in the tagged cgroup
 // ---------------------------------------------------------------------------------------------
-
-/// A running `sg-swarm`; killed on drop.
-struct Swarm {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Swarm {
-    fn start(at: Place<'_>, args: &[&str]) -> Swarm {
-        let mut cmd = Command::new(helper_bin("sg-swarm"));
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        place(&mut cmd, at);
-        let mut child = cmd.spawn().expect("spawn sg-swarm");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Swarm { child, lines }
-    }
-
-    /// The next `{"event": event}` line, within `limit`.
-    fn event(&mut self, event: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) if v["event"] == event => return v,
-                Ok(_) => {}
-                Err(e) => panic!("sg-swarm: no {event:?} line within {limit:?} ({e})"),
-            }
-        }
-    }
-
-    /// Closes its stdin (idle mode lets go) and waits for its summary.
-    fn finish(&mut self, limit: Duration) -> Value {
-        drop(self.child.stdin.take());
-        let v = self.event("done", limit);
-        let _ = self.child.wait();
-        v
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn swarm_target(e: &Metered) -> (String, String) {
     (

@@ -202,7 +202,10 @@ impl Metering {
                 tracing::error!(%agent, "ledger unavailable, request refused: {e}");
                 // The workload learns what happened, not the node's paths: the operator has
                 // the full error (database path, cause, what to check) in the log line above.
-                let what = if e.is_transient() {
+                let what = if matches!(e, spendguard_ledger::LedgerError::Cluster(_)) {
+                    "the cluster budget store is unreachable and this node's budget slices \
+                     are used up"
+                } else if e.is_transient() {
                     "its ledger cannot write to the node's disk"
                 } else {
                     "its ledger is unavailable"

@@ -1,13 +1,20 @@
 -- Grants one node a slice of one agent's budget, atomically (one slot: every key shares the
 -- agent tree's hash tag).
--- KEYS[1] done marker of this request id   KEYS[2] held hash of the requesting agent (node -> µUSD)
+-- KEYS[1] last-grant hash of the agent (node -> "id answer")   KEYS[2] held hash of the agent
+-- (node -> µUSD)
 -- then per level i (root first): KEYS[3i] limits hash, KEYS[3i+1] spent hash, KEYS[3i+2] outstanding
 -- ARGV: request id, node, levels, want, min, day start, week start, month start, now (unix s), divisor
 -- Returns "granted level period limit spent outstanding reason" (reason 0 ok/limit, 1 paused,
--- 2 expired, 3 per-call); a retried request id returns what the first call returned.
-local prev = redis.call('GET', KEYS[1])
-if prev then return prev end
+-- 2 expired, 3 per-call); a retried request id returns what the first call returned. A node asks
+-- for one agent's slices one at a time and retries a lost answer with the same id before it asks
+-- anything new, so remembering the last answer per (node, agent) is enough: the store keeps one
+-- field per pair, not a key per grant.
 local node = ARGV[2]
+local prev = redis.call('HGET', KEYS[1], node)
+if prev then
+  local sp = string.find(prev, ' ', 1, true)
+  if sp and string.sub(prev, 1, sp - 1) == ARGV[1] then return string.sub(prev, sp + 1) end
+end
 local n = tonumber(ARGV[3])
 local want = tonumber(ARGV[4])
 local min = tonumber(ARGV[5])
@@ -64,5 +71,5 @@ if g > 0 then
   for i = 1, n do redis.call('INCRBY', KEYS[3 * i + 2], gs) end
 end
 local res = string.format('%.0f %d %d %.0f %.0f %.0f %d', g, bl, bp, blim, bspent, bout, reason)
-redis.call('SET', KEYS[1], res, 'EX', 86400)
+redis.call('HSET', KEYS[1], node, ARGV[1] .. ' ' .. res)
 return res

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{ClusterError, ClusterStore, GrantCall, GrantReply, PeriodStarts, Refusal, SettleCall};
+use super::{
+    ClusterError, ClusterStore, GrantCall, GrantReply, PeriodStarts, Refusal, SettleCall,
+    SettleEntry,
+};
 use crate::agent::AgentName;
 use crate::clock::Clock;
 use crate::committer::Op;
@@ -83,6 +86,15 @@ struct Health {
 /// See [`Health::failed_at`].
 const FAIL_FAST: Duration = Duration::from_millis(1000);
 
+/// How many outbox entries one push reads at a time.
+const PUSH_MAX_ENTRIES: usize = 4096;
+
+/// After the outbox gets an entry, the pusher waits this long for more before it sends, so a busy
+/// node sends one settle per agent per this interval instead of one per commit. The store's
+/// numbers lag the node's by about this much; budget is never at risk (a slice counts in full
+/// until its settle arrives).
+pub const PUSH_GATHER: Duration = Duration::from_millis(200);
+
 pub(crate) struct Link {
     pub opts: ClusterOptions,
     /// Per agent: serialises this node's grants for it, and holds the id of a grant whose answer
@@ -96,6 +108,8 @@ pub(crate) struct Link {
     pub outbox_wake: Arc<Notify>,
     /// Re-read every policy at the next poll, whatever the version.
     force_sync: std::sync::atomic::AtomicBool,
+    /// The node ledger's id: the epoch of its outbox sequence numbers in the store.
+    epoch: u64,
 }
 
 /// How long a refused request waits for other nodes' idle slices to come back before it is
@@ -111,7 +125,7 @@ pub(crate) enum Acquired {
 }
 
 impl Link {
-    pub fn new(opts: ClusterOptions) -> Link {
+    pub fn new(opts: ClusterOptions, epoch: u64) -> Link {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
@@ -125,6 +139,7 @@ impl Link {
             ready: tokio::sync::watch::channel(false).0,
             outbox_wake: Arc::new(Notify::new()),
             force_sync: std::sync::atomic::AtomicBool::new(false),
+            epoch,
         }
     }
 
@@ -308,6 +323,8 @@ impl Link {
     }
 
     /// Pushes the outbox until it is empty or the store fails; returns whether it emptied.
+    /// One settle call per agent carries all of that agent's entries (oldest first), so the store
+    /// sees at most one call per agent per push, however many requests settled in between.
     pub async fn push(
         &self,
         state: &Mutex<State>,
@@ -315,32 +332,39 @@ impl Link {
         clock: &dyn Clock,
     ) -> bool {
         loop {
-            let entries: Vec<(u64, crate::outbox::OutboxEntry)> = {
+            let mut by_agent: BTreeMap<AgentName, Vec<SettleEntry>> = BTreeMap::new();
+            {
                 let st = state.lock().unwrap_or_else(PoisonError::into_inner);
-                st.outbox
-                    .iter()
-                    .take(256)
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect()
-            };
-            if entries.is_empty() {
+                for (seq, e) in st.outbox.iter().take(PUSH_MAX_ENTRIES) {
+                    by_agent
+                        .entry(e.agent.clone())
+                        .or_default()
+                        .push(SettleEntry {
+                            seq: *seq,
+                            charge: MicroUsd(e.charge),
+                            release: MicroUsd(e.release),
+                        });
+                }
+            }
+            if by_agent.is_empty() {
                 return true;
             }
-            let mut done = Vec::with_capacity(entries.len());
+            let mut done = Vec::new();
             let mut ok = true;
-            for (seq, e) in &entries {
+            let starts = PeriodStarts::at(clock.now());
+            for (agent, entries) in by_agent {
+                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
                 let call = SettleCall {
-                    id: format!("{}:o{seq}:{:x}", self.opts.node, e.stamp),
                     node: self.opts.node.clone(),
-                    agent: e.agent.clone(),
-                    charge: MicroUsd(e.charge),
-                    release: MicroUsd(e.release),
-                    starts: PeriodStarts::at(clock.now()),
+                    epoch: self.epoch,
+                    agent,
+                    entries,
+                    starts,
                 };
                 let r = self.store().settle(&call).await;
                 self.note(&r);
                 match r {
-                    Ok(_) => done.push(*seq),
+                    Ok(_) => done.extend(seqs),
                     Err(_) => {
                         ok = false;
                         break;
@@ -475,7 +499,12 @@ impl Link {
                     } else {
                         Duration::from_millis(250)
                     };
-                    let _ = tokio::time::timeout(wait, me.outbox_wake.notified()).await;
+                    if tokio::time::timeout(wait, me.outbox_wake.notified())
+                        .await
+                        .is_ok()
+                    {
+                        tokio::time::sleep(PUSH_GATHER).await;
+                    }
                 }
             })
         };

@@ -9,7 +9,8 @@
 //! | `sg:{R}:sp:AGENT`       | hash   | spent of the subtree: `d ds w ws m ms t` (amount, period start) |
 //! | `sg:{R}:out:AGENT`      | string | Σ every node's slices of the subtree (µUSD)             |
 //! | `sg:{R}:held:AGENT`     | hash   | node → µUSD it holds leased for exactly AGENT           |
-//! | `sg:{R}:done:ID`        | string | the answer to request ID (idempotent retries), 24 h     |
+//! | `sg:{R}:gr:AGENT`       | hash   | node → its last grant's id and answer (a retry gets it) |
+//! | `sg:{R}:wm:AGENT`       | hash   | node → `epoch:seq`, the last outbox entry applied       |
 //! | `sg:agents`             | set    | every agent with a policy                               |
 //! | `sg:ver`                | string | policy version, bumped by every policy/setting change   |
 //! | `sg:shared`             | hash   | shared settings (prices set by `price set`), JSON       |
@@ -32,7 +33,6 @@ use crate::period::Period;
 
 /// A store call that takes longer fails (the node then spends only what it holds).
 const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
-const DONE_PREFIX: &str = "done";
 
 #[derive(Clone)]
 enum Conn {
@@ -106,10 +106,6 @@ fn tag(agent: &AgentName) -> &str {
 
 fn key(kind: &str, agent: &AgentName) -> String {
     format!("sg:{{{}}}:{kind}:{agent}", tag(agent))
-}
-
-fn done_key(agent: &AgentName, id: &str) -> String {
-    format!("sg:{{{}}}:{DONE_PREFIX}:{id}", tag(agent))
 }
 
 const AGENTS: &str = "sg:agents";
@@ -297,8 +293,7 @@ impl ClusterStore for RedisStore {
         Box::pin(async move {
             let levels = c.agent.ancestors_and_self();
             let mut inv = self.scripts.grant.prepare_invoke();
-            inv.key(done_key(&c.agent, &c.id))
-                .key(key("held", &c.agent));
+            inv.key(key("gr", &c.agent)).key(key("held", &c.agent));
             for l in &levels {
                 inv.key(key("lim", l)).key(key("sp", l)).key(key("out", l));
             }
@@ -321,19 +316,19 @@ impl ClusterStore for RedisStore {
         Box::pin(async move {
             let levels = c.agent.ancestors_and_self();
             let mut inv = self.scripts.settle.prepare_invoke();
-            inv.key(done_key(&c.agent, &c.id))
-                .key(key("held", &c.agent));
+            inv.key(key("wm", &c.agent)).key(key("held", &c.agent));
             for l in &levels {
                 inv.key(key("sp", l)).key(key("out", l));
             }
-            inv.arg(&c.id)
-                .arg(&c.node)
+            inv.arg(&c.node)
                 .arg(levels.len())
-                .arg(c.charge.0)
-                .arg(c.release.0)
+                .arg(c.epoch)
                 .arg(c.starts.day)
                 .arg(c.starts.week)
                 .arg(c.starts.month);
+            for e in &c.entries {
+                inv.arg(e.seq).arg(e.charge.0).arg(e.release.0);
+            }
             let s: String = self.script("the settle script", inv).await?;
             s.parse()
                 .map(MicroUsd)
@@ -630,7 +625,7 @@ mod tests {
     fn keys_of_one_tree_share_a_hash_tag() {
         let a: AgentName = "acme.research.sum".parse().expect("name");
         assert_eq!(key("sp", &a), "sg:{acme}:sp:acme.research.sum");
-        assert_eq!(done_key(&a, "n1:g:7"), "sg:{acme}:done:n1:g:7");
+        assert_eq!(key("wm", &a), "sg:{acme}:wm:acme.research.sum");
         let r: AgentName = "acme".parse().expect("name");
         assert_eq!(key("out", &r), "sg:{acme}:out:acme");
     }

@@ -1,16 +1,34 @@
 -- Settles part of one node's slice of one agent: charges what was spent, returns what it no
--- longer holds. Idempotent by request id.
--- KEYS[1] done marker   KEYS[2] held hash of the agent
+-- longer holds. One call carries every outbox entry the node has for the agent, oldest first.
+-- Idempotent by a watermark per (node, agent): the node sends an agent's entries in sequence
+-- order and each call is atomic, so what the store has applied is always a prefix; a retry (or a
+-- restart resending its outbox) applies only the entries above the watermark. One hash field per
+-- pair, not a key per settle.
+-- KEYS[1] watermark hash of the agent (node -> "epoch:seq")   KEYS[2] held hash of the agent
 -- then per level i (root first): KEYS[2i+1] spent hash, KEYS[2i+2] outstanding
--- ARGV: request id, node, levels, charge, release, day start, week start, month start
--- Returns what was released (a release above what the node holds is clamped).
-local prev = redis.call('GET', KEYS[1])
-if prev then return prev end
-local node = ARGV[2]
-local n = tonumber(ARGV[3])
-local charge = tonumber(ARGV[4])
-local release = tonumber(ARGV[5])
-local starts = {ARGV[6], ARGV[7], ARGV[8]}
+-- ARGV: node, levels, epoch (the node ledger's id: a re-created ledger counts from 1 again),
+--       day start, week start, month start, then per entry: seq, charge, release
+-- Returns what was released now (a release above what the node holds is clamped).
+local node = ARGV[1]
+local n = tonumber(ARGV[2])
+local epoch = ARGV[3]
+local starts = {ARGV[4], ARGV[5], ARGV[6]}
+local last = -1
+local wm = redis.call('HGET', KEYS[1], node)
+if wm then
+  local e, s = string.match(wm, '^(%d+):(%d+)$')
+  if e == epoch then last = tonumber(s) end
+end
+local charge, release, top = 0, 0, last
+for j = 7, #ARGV, 3 do
+  local seq = tonumber(ARGV[j])
+  if seq > last then
+    charge = charge + tonumber(ARGV[j + 1])
+    release = release + tonumber(ARGV[j + 2])
+    if seq > top then top = seq end
+  end
+end
+if top == last then return '0' end
 local held = tonumber(redis.call('HGET', KEYS[2], node) or '0')
 local rel = release
 if rel > held then rel = held end
@@ -40,6 +58,5 @@ for i = 1, n do
     redis.call('HINCRBY', sk, 't', cs)
   end
 end
-local res = string.format('%.0f', rel)
-redis.call('SET', KEYS[1], res, 'EX', 86400)
-return res
+redis.call('HSET', KEYS[1], node, epoch .. ':' .. string.format('%.0f', top))
+return string.format('%.0f', rel)

@@ -17,6 +17,9 @@
 //!   sg-swarm load   ADDR SNI CA C S BODY   C clients, each a loop of one request per new connection
 //!                                          (POST BODY to /v1/chat/completions, 15 s bound each) for
 //!                                          S seconds; done: one record per request
+//!   sg-swarm burst  ADDR SNI CA N BODY USAGE  N connections made first (ready), then N requests
+//!                                          sent at the same moment, the fake provider asked to
+//!                                          report USAGE (`x-fake-usage`); done: one record each
 //!
 //! Network safety: ADDR must be in 127.0.0.0/8 or 10.77.0.0/16 (the test namespaces); anything else is
 //! refused before a socket is made.
@@ -35,6 +38,8 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 /// How long any one connect or TLS handshake may take.
 const STEP: Duration = Duration::from_secs(10);
+/// What the fake provider reports for `load` and `streams` requests.
+const SMALL_USAGE: &str = "prompt=20,completion=10";
 /// How long one request of `load` may take, end to end.
 const REQUEST_BOUND: Duration = Duration::from_secs(15);
 
@@ -86,6 +91,11 @@ fn main() {
         "load" => {
             let body = args.get(6).cloned().unwrap_or_else(|| usage());
             rt.block_on(load(t, num(4) as usize, num(5), body))
+        }
+        "burst" => {
+            let body = args.get(5).cloned().unwrap_or_else(|| usage());
+            let spec = args.get(6).cloned().unwrap_or_else(|| usage());
+            rt.block_on(burst(t, num(4) as usize, body, spec))
         }
         _ => usage(),
     };
@@ -397,7 +407,7 @@ async fn delayed_hello(t: Target, ms: u64) -> Value {
     };
     let body =
         r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#;
-    match request(tls, &t.sni, body).await {
+    match request(tls, &t.sni, body, SMALL_USAGE).await {
         Ok((status, headers)) => {
             json!({"event": "done", "stage": "response", "status": status, "headers": headers})
         }
@@ -406,7 +416,7 @@ async fn delayed_hello(t: Target, ms: u64) -> Value {
 }
 
 /// One HTTP/1.1 POST to /v1/chat/completions on `io`; (status, response headers), body read whole.
-async fn request<S>(io: S, host: &str, body: &str) -> Result<(u16, Value), String>
+async fn request<S>(io: S, host: &str, body: &str, usage: &str) -> Result<(u16, Value), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -417,7 +427,7 @@ where
     let req = hyper::Request::post("/v1/chat/completions")
         .header("host", host)
         .header("content-type", "application/json")
-        .header("x-fake-usage", "prompt=20,completion=10")
+        .header("x-fake-usage", usage)
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
     let resp = send
@@ -553,7 +563,7 @@ async fn one_request(t: &Target, body: &str) -> Value {
             .tls(tcp)
             .await
             .map_err(|e| ("tls", kind(&e), e.to_string()))?;
-        request(tls, &t.sni, body)
+        request(tls, &t.sni, body, SMALL_USAGE)
             .await
             .map_err(|e| ("http", "error".to_string(), e))
     })
@@ -600,6 +610,56 @@ async fn load(t: Target, clients: usize, secs: u64, body: String) -> Value {
     for j in joins {
         if let Ok(v) = j.await {
             results.extend(v);
+        }
+    }
+    json!({"event": "done", "results": results})
+}
+
+// ---------------------------------------------------------------------------------------------
+// burst
+// ---------------------------------------------------------------------------------------------
+
+/// N requests that reach the proxy at the same moment: every connection (TCP + TLS) is made first,
+/// then one barrier releases all the requests.
+async fn burst(t: Target, n: usize, body: String, usage: String) -> Value {
+    let t = Arc::new(t);
+    let body = Arc::new(body);
+    let usage = Arc::new(usage);
+    let go = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let mut joins = Vec::new();
+    for _ in 0..n {
+        let (t, body, usage, go) = (t.clone(), body.clone(), usage.clone(), go.clone());
+        joins.push(tokio::spawn(async move {
+            let conn = tokio::time::timeout(STEP * 2, async {
+                let tcp = t.tcp().await.map_err(|e| ("connect", kind(&e)))?;
+                t.tls(tcp).await.map_err(|e| ("tls", kind(&e)))
+            })
+            .await;
+            go.wait().await;
+            let tls = match conn {
+                Err(_) => return json!({"outcome": "timeout", "stage": "connect"}),
+                Ok(Err((stage, kind))) => {
+                    return json!({"outcome": "error", "stage": stage, "kind": kind})
+                }
+                Ok(Ok(tls)) => tls,
+            };
+            match tokio::time::timeout(REQUEST_BOUND, request(tls, &t.sni, &body, &usage)).await {
+                Err(_) => json!({"outcome": "timeout", "stage": "http"}),
+                Ok(Err(e)) => json!({"outcome": "error", "stage": "http", "detail": e}),
+                Ok(Ok((status, headers))) => json!({
+                    "outcome": if status == 200 { "ok" } else { "status" },
+                    "status": status,
+                    "metered": headers.get("x-spendguard-agent").is_some(),
+                }),
+            }
+        }));
+    }
+    go.wait().await;
+    emit(&json!({"event": "ready"}));
+    let mut results = Vec::new();
+    for j in joins {
+        if let Ok(v) = j.await {
+            results.push(v);
         }
     }
     json!({"event": "done", "results": results})
