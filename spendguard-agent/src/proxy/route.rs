@@ -56,6 +56,8 @@ pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
     "openrouter.ai",
     "api.x.ai",
     "*.openai.azure.com",
+    "bedrock-runtime.*.amazonaws.com",
+    "bedrock-runtime-fips.*.amazonaws.com",
 ];
 
 impl HostList {
@@ -273,6 +275,26 @@ mod tests {
         assert!(!v.matches("-aiplatform.googleapis.com"));
         assert!(!v.matches("x.us-central1-aiplatform.googleapis.com"));
         assert!(!v.matches("us-central1-aiplatform.googleapis.com.evil.net"));
+    }
+
+    /// Every bundled provider host is served by a pricing adapter: none can be intercepted only to
+    /// block every request, and none falls back to a pass-through.
+    #[test]
+    fn every_bundled_provider_host_has_an_adapter() {
+        for pattern in DEFAULT_PROVIDER_HOSTS {
+            let host = pattern
+                .strip_prefix("*.")
+                .map(|s| format!("myresource.{s}"))
+                .unwrap_or_else(|| pattern.replace('*', "us-east-1"));
+            assert!(
+                spendguard_pricing::ProviderId::from_host(&host).is_some(),
+                "{pattern} ({host}) has no pricing adapter"
+            );
+            assert!(
+                HostList::new(DEFAULT_PROVIDER_HOSTS).matches(&host),
+                "{host}"
+            );
+        }
     }
 
     /// A real first flight from rustls for `host`.
