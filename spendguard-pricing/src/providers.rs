@@ -2,7 +2,8 @@
 //!
 //! One module per wire format behind one trait ([`Adapter`]): [`openai`] (Chat Completions,
 //! Responses, Embeddings, Completions; also the OpenAI-compatible Mistral, Groq, DeepSeek,
-//! Together, OpenRouter and xAI), [`azure`], [`anthropic`], [`gemini`]. Each module's docs say
+//! Together, OpenRouter and xAI), [`azure`], [`anthropic`], [`gemini`], [`bedrock`] (AWS),
+//! [`vertex`] (Google Vertex AI: Gemini and Claude). Each module's docs say
 //! how its provider reports usage when streaming.
 //!
 //! # The worst case is an upper bound, and why
@@ -33,6 +34,7 @@ pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 mod rewrite;
+pub mod vertex;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -69,11 +71,12 @@ pub enum ProviderId {
     OpenRouter,
     Xai,
     Bedrock,
+    Vertex,
 }
 
 impl ProviderId {
     /// Every provider.
-    pub const ALL: [ProviderId; 11] = [
+    pub const ALL: [ProviderId; 12] = [
         ProviderId::OpenAi,
         ProviderId::AzureOpenAi,
         ProviderId::Anthropic,
@@ -85,12 +88,13 @@ impl ProviderId {
         ProviderId::OpenRouter,
         ProviderId::Xai,
         ProviderId::Bedrock,
+        ProviderId::Vertex,
     ];
 
     /// The provider serving `host` (a TLS SNI or Host header; case, a trailing dot and a port are
     /// ignored): `api.openai.com`, `*.openai.azure.com`, `api.anthropic.com`,
     /// `generativelanguage.googleapis.com`, `api.mistral.ai`, `api.groq.com`, `api.deepseek.com`,
-    /// `api.together.xyz`, `openrouter.ai`, `api.x.ai`, `bedrock-runtime[-fips].{region}.amazonaws.com`.
+    /// `api.together.xyz`, `openrouter.ai`, `api.x.ai`, `bedrock-runtime[-fips].{region}.amazonaws.com`, `[{region}-]aiplatform.googleapis.com`.
     pub fn from_host(host: &str) -> Option<ProviderId> {
         let host = host.trim();
         let host = match host.rsplit_once(':') {
@@ -109,6 +113,7 @@ impl ProviderId {
             "openrouter.ai" => ProviderId::OpenRouter,
             "api.x.ai" => ProviderId::Xai,
             h if is_bedrock_runtime(h) => ProviderId::Bedrock,
+            h if is_vertex(h) => ProviderId::Vertex,
             h => {
                 let sub = h.strip_suffix(".openai.azure.com")?;
                 if sub.is_empty() || sub.contains('.') {
@@ -134,8 +139,22 @@ impl ProviderId {
             ProviderId::OpenRouter => "openrouter",
             ProviderId::Xai => "xai",
             ProviderId::Bedrock => "bedrock",
+            ProviderId::Vertex => "vertex",
         }
     }
+}
+
+/// `aiplatform.googleapis.com` or `{region}-aiplatform.googleapis.com`.
+fn is_vertex(host: &str) -> bool {
+    host == "aiplatform.googleapis.com"
+        || host
+            .strip_suffix("-aiplatform.googleapis.com")
+            .is_some_and(|region| {
+                !region.is_empty()
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
 }
 
 /// `bedrock-runtime.{region}.amazonaws.com` or `bedrock-runtime-fips.{region}.amazonaws.com`
@@ -231,6 +250,7 @@ pub fn adapter_for(id: ProviderId) -> &'static dyn Adapter {
         ProviderId::Anthropic => &anthropic::ANTHROPIC,
         ProviderId::Gemini => &gemini::GEMINI,
         ProviderId::Bedrock => &bedrock::BEDROCK,
+        ProviderId::Vertex => &vertex::VERTEX,
         other => openai::compatible(other),
     }
 }
@@ -855,6 +875,13 @@ mod tests {
             ("api.together.xyz", Some(ProviderId::Together)),
             ("openrouter.ai", Some(ProviderId::OpenRouter)),
             ("api.x.ai", Some(ProviderId::Xai)),
+            (
+                "us-central1-aiplatform.googleapis.com",
+                Some(ProviderId::Vertex),
+            ),
+            ("aiplatform.googleapis.com", Some(ProviderId::Vertex)),
+            ("-aiplatform.googleapis.com", None),
+            ("x.us-central1-aiplatform.googleapis.com", None),
             ("evil-api.openai.com", None),
             ("api.openai.com.evil.net", None),
             ("", None),

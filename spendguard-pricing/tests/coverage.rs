@@ -75,6 +75,22 @@ fn cases() -> Vec<(ProviderId, &'static str, &'static str, Vec<&'static str>)> {
                 "cohere.command-text-v14",
             ],
         ),
+        (
+            ProviderId::Vertex,
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/MODEL:rawPredict",
+            r#"{"anthropic_version":"vertex-2023-10-16","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
+            vec![
+                "claude-sonnet-4-5@20250929",
+                "claude-haiku-4-5@20251001",
+                "claude-opus-4-6@default",
+            ],
+        ),
+        (
+            ProviderId::Vertex,
+            "/v1/projects/p/locations/us-central1/publishers/google/models/MODEL:generateContent",
+            r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+            vec!["gemini-2.5-flash", "gemini-2.5-pro"],
+        ),
     ]
 }
 

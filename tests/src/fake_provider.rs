@@ -20,6 +20,8 @@
 //! - `x-fake-status: 500` answer with that status in the provider's error shape.
 //! - `x-fake-delta-usage: full` Anthropic `message_delta.usage` repeats the input/cache fields
 //!   (as newer API versions do); by default it carries only `output_tokens`.
+//! - Vertex AI: `…/publishers/anthropic/models/M:rawPredict|streamRawPredict` answer as Anthropic
+//!   Messages, `…/publishers/google/models/M:generateContent|streamGenerateContent` as Gemini.
 //! - Bedrock (`POST /model/{id}/{converse|converse-stream|invoke|invoke-with-response-stream}`):
 //!   Converse `usage` = {inputTokens: prompt, outputTokens: completion, cacheReadInputTokens:
 //!   cached, cacheWriteInputTokens: cache_write, totalTokens: all four}; streams are
@@ -412,9 +414,22 @@ impl Route {
                 };
             }
         }
+        // Vertex AI: Claude's rawPredict is the Messages API with the model in the path; Gemini
+        // publisher models are the Gemini API under a longer path.
+        if let (true, Some((_, model_verb))) =
+            (post, path.split_once("/publishers/anthropic/models/"))
+        {
+            if model_verb.ends_with(":rawPredict") || model_verb.ends_with(":streamRawPredict") {
+                return Route::Messages;
+            }
+        }
         let rest = path
             .strip_prefix("/v1beta/models/")
-            .or_else(|| path.strip_prefix("/v1/models/"));
+            .or_else(|| path.strip_prefix("/v1/models/"))
+            .or_else(|| {
+                path.split_once("/publishers/google/models/")
+                    .map(|(_, r)| r)
+            });
         if let (true, Some(rest)) = (post, rest) {
             let sse = query.unwrap_or("").split('&').any(|kv| kv == "alt=sse");
             if let Some(model) = rest.strip_suffix(":generateContent") {

@@ -215,3 +215,92 @@ fn bedrock_four_operations_are_metered_and_signed_requests_reach_the_provider_un
     assert!(out.contains("unknown_model"), "{out}");
     assert_eq!(e.fake.request_count(), before);
 }
+
+#[test]
+fn vertex_claude_and_gemini_are_metered() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.vertex.bot");
+    let host = "us-east5-aiplatform.googleapis.com";
+    let base = "/v1/projects/my-proj/locations/us-east5/publishers";
+    let claude = r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+    let claude_stream = r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let call = |path: &str, body: &str, usage: &str| {
+        let (status, _, out) = curl_host(
+            e.at(),
+            &e.ca,
+            host,
+            path,
+            &[
+                "-H",
+                "authorization: Bearer ya29.test-token",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("x-fake-usage: {usage}"),
+                "--data-binary",
+                body,
+            ],
+        );
+        assert_eq!(status, 200, "{path}: {out}");
+        out
+    };
+    let mut want = 0;
+    call(
+        &format!("{base}/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"),
+        claude,
+        "prompt=500,completion=40",
+    );
+    let out = call(
+        &format!("{base}/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"),
+        claude_stream,
+        "prompt=300,completion=20",
+    );
+    assert!(out.contains("message_delta"), "{out}");
+    for (p, c) in [(500, 40), (300, 20)] {
+        want += cost(
+            "claude-sonnet-4-5",
+            Usage {
+                input_uncached: p,
+                output: c,
+                ..Usage::default()
+            },
+        );
+    }
+    assert_eq!(e.settled_spend("acme.vertex.bot"), want, "claude on vertex");
+    let gemini = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":64}}"#;
+    call(
+        &format!("{base}/google/models/gemini-2.5-flash:generateContent"),
+        gemini,
+        "prompt=80,completion=8",
+    );
+    call(
+        &format!("{base}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+        gemini,
+        "prompt=60,completion=6",
+    );
+    for (p, c) in [(80, 8), (60, 6)] {
+        want += cost(
+            "gemini-2.5-flash",
+            Usage {
+                input_uncached: p,
+                output: c,
+                ..Usage::default()
+            },
+        );
+    }
+    assert_eq!(e.settled_spend("acme.vertex.bot"), want, "gemini on vertex");
+    // A publisher that is not priced is refused, not passed unmetered.
+    let before = e.fake.request_count();
+    let (status, _, out) = curl_host(
+        e.at(),
+        &e.ca,
+        host,
+        &format!("{base}/meta/models/llama-4-maverick-17b-128e-instruct-maas:rawPredict"),
+        &["--data-binary", "{}"],
+    );
+    assert_eq!(status, 402, "{out}");
+    assert!(out.contains("unpriced_request"), "{out}");
+    assert_eq!(e.fake.request_count(), before);
+}

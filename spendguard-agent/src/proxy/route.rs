@@ -58,6 +58,8 @@ pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
     "*.openai.azure.com",
     "bedrock-runtime.*.amazonaws.com",
     "bedrock-runtime-fips.*.amazonaws.com",
+    "aiplatform.googleapis.com",
+    "*-aiplatform.googleapis.com",
 ];
 
 impl HostList {
