@@ -69,7 +69,7 @@ fn check(wire: &[u8], split: usize, hosts: &HostList, want: Want) {
                 "intercepted without a handshake record"
             );
         }
-        Decision::Done(Route::Passthrough { .. }) => {}
+        Decision::Done(Route::Passthrough { .. } | Route::OtherHost { .. }) => {}
         // Closing is only for what starts like TLS (anything else is relayed untouched).
         Decision::Done(Route::Refuse { .. }) => assert_eq!(
             wire.first(),
@@ -138,8 +138,8 @@ fn crafted(rest: &[u8], hosts: &HostList) -> Option<(Vec<u8>, Want)> {
             Ok(ServerName::DnsName(d)) if hosts.matches(d.as_ref()) => Route::Intercept {
                 sni: d.as_ref().to_ascii_lowercase(),
             },
-            Ok(ServerName::DnsName(_)) => Route::Passthrough {
-                why: "SNI is not a provider host",
+            Ok(ServerName::DnsName(d)) => Route::OtherHost {
+                sni: d.as_ref().to_ascii_lowercase(),
             },
             Ok(ServerName::IpAddress(_)) => Route::Passthrough { why: "no SNI" },
             // Empty or not a name: rustls refuses the hello, and a TLS hello we cannot read is

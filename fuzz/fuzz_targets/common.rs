@@ -2,7 +2,7 @@
 
 use spendguard_pricing::providers::ProviderId;
 
-pub const PROVIDERS: [ProviderId; 10] = [
+pub const PROVIDERS: [ProviderId; 12] = [
     ProviderId::OpenAi,
     ProviderId::AzureOpenAi,
     ProviderId::Anthropic,
@@ -13,9 +13,11 @@ pub const PROVIDERS: [ProviderId; 10] = [
     ProviderId::Together,
     ProviderId::OpenRouter,
     ProviderId::Xai,
+    ProviderId::Bedrock,
+    ProviderId::Vertex,
 ];
 
-pub const PATHS: [&str; 10] = [
+pub const PATHS: [&str; 14] = [
     "/v1/chat/completions",
     "/v1/responses",
     "/v1/embeddings",
@@ -26,6 +28,10 @@ pub const PATHS: [&str; 10] = [
     "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21",
     "/openai/v1/chat/completions",
     "/v1/chat/completions?x=1",
+    "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
+    "/model/amazon.nova-pro-v1%3A0/converse",
+    "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
+    "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
 ];
 
 /// Splits the selector byte off the input.

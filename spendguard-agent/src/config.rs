@@ -67,6 +67,9 @@ pub struct RawConfig {
     pub provider_hosts: Option<Vec<String>>,
     /// Extra hosts terminated in addition to the bundled list.
     pub extra_provider_hosts: Option<Vec<String>>,
+    /// Hosts (exact, or `*.suffix`) a tagged agent may reach, passed through, even when its
+    /// `other_hosts` policy is deny.
+    pub allowed_hosts: Option<Vec<String>>,
     /// When a request sets no output limit, write this one into it (tokens) so reservations stay small.
     pub output_cap: Option<u64>,
     /// Azure OpenAI deployment name → model name (deployments are priced as their model).
@@ -117,6 +120,7 @@ pub struct Config {
     pub attach_cgroup: Option<PathBuf>,
     pub drain_seconds: u64,
     pub provider_hosts: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
     pub default_limits: spendguard_ledger::Limits,
@@ -279,6 +283,7 @@ impl Config {
                 hosts.extend(raw.extra_provider_hosts.unwrap_or_default());
                 hosts
             },
+            allowed_hosts: raw.allowed_hosts.unwrap_or_default(),
             output_cap: raw.output_cap,
             azure_deployments: raw.azure_deployments.unwrap_or_default(),
             default_limits: {
@@ -350,6 +355,18 @@ impl Config {
                         value: p.clone(),
                     });
                 }
+            }
+        }
+        for h in self.provider_hosts.iter().chain(&self.allowed_hosts) {
+            let literal_label = h.split('.').any(|l| !l.is_empty() && !l.contains('*'));
+            let one_star_per_label = h.split('.').all(|l| l.matches('*').count() <= 1);
+            if !literal_label || !one_star_per_label || h.contains('/') || h.contains(':') {
+                return Err(ConfigError::Invalid {
+                    field: "provider_hosts/allowed_hosts",
+                    why: format!(
+                        "{h:?} is not a host name (exact, *.suffix for any name under suffix, or one * per label)"
+                    ),
+                });
             }
         }
         if self.output_cap == Some(0) {

@@ -499,6 +499,7 @@ mod tests {
             },
             paused: false,
             paused_by: None,
+            other_hosts: spendguard_ledger::OtherHosts::Allow,
         }
     }
 

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod body;
+pub mod egress;
 pub mod explicit;
 pub mod forward;
 pub mod inbound;
@@ -47,6 +48,8 @@ pub struct ProxyContext {
     pub redirects: Arc<dyn OrigDstSource>,
     pub tags: TagStore,
     pub hosts: route::HostList,
+    /// `other_hosts` / `allowed_hosts`: which non-provider connections may pass through.
+    pub egress: egress::Egress,
     pub interceptor: Arc<intercept::Interceptor>,
     pub shutdown: CancellationToken,
     /// `open_connections` (and the rest of the agent's metrics).
@@ -118,12 +121,26 @@ pub async fn dispatch(mut inbound: Inbound, ctx: Arc<ProxyContext>) {
                 "closing a redirected connection whose destination cannot be told"
             );
         }
-        route::Route::Passthrough { why } => {
-            tracing::debug!(why, "passing through");
-            if let Err(e) = passthrough::splice(inbound, &hello).await {
-                tracing::debug!("passthrough ended: {e}");
+        route::Route::OtherHost { sni } => {
+            if !ctx.egress.allows(&inbound, Some(&sni)) {
+                return ctx.egress.refuse(inbound, Some(&sni), &hello).await;
             }
+            tracing::debug!(%sni, why = "SNI is not a provider host", "passing through");
+            pass(inbound, &hello).await;
         }
+        route::Route::Passthrough { why } => {
+            if !ctx.egress.allows(&inbound, None) {
+                return ctx.egress.refuse(inbound, None, &hello).await;
+            }
+            tracing::debug!(why, "passing through");
+            pass(inbound, &hello).await;
+        }
+    }
+}
+
+async fn pass(inbound: Inbound, hello: &[u8]) {
+    if let Err(e) = passthrough::splice(inbound, hello).await {
+        tracing::debug!("passthrough ended: {e}");
     }
 }
 

@@ -249,6 +249,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         redirects: redirect.clone(),
         tags,
         hosts: HostList::new(&cfg.provider_hosts),
+        egress: crate::proxy::egress::Egress::new(
+            &cfg.allowed_hosts,
+            ledger.clone(),
+            metrics.clone(),
+        ),
         interceptor,
         shutdown: shutdown.clone(),
         metrics,

@@ -653,6 +653,11 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// The egress policy in force for `agent` (its own, inherited, or the default): memory only.
+    pub fn other_hosts(&self, agent: &AgentName) -> crate::limits::OtherHosts {
+        self.state().other_hosts(agent)
+    }
+
     /// Waits until every operation queued before this call (lease renewals included) is on disk.
     pub async fn flush(&self) -> Result<(), LedgerError> {
         self.call(|reply| Op::Flush { reply }).await?

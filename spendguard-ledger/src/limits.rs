@@ -36,6 +36,47 @@ pub struct Limits {
     pub webhook: Option<String>,
     /// Share (percent) of a budget whose spending fires a `Threshold` notification, once per period.
     pub soft_threshold_pct: u8,
+    /// Egress policy for hosts that are not provider hosts; `None` = inherited from the nearest
+    /// ancestor that sets one (else `default_limits`, else allow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_hosts: Option<OtherHosts>,
+}
+
+/// What a tagged connection to a host that is neither a provider host nor in `allowed_hosts` gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherHosts {
+    /// Passed through byte for byte, never decrypted (unmetered: not an LLM provider we know).
+    #[default]
+    Allow,
+    /// Closed before any byte reaches the destination, audited `host_not_allowed`.
+    Deny,
+}
+
+impl OtherHosts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtherHosts::Allow => "allow",
+            OtherHosts::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for OtherHosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OtherHosts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "allow" => Ok(OtherHosts::Allow),
+            "deny" => Ok(OtherHosts::Deny),
+            other => Err(format!("{other:?} is not allow or deny")),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -50,6 +91,7 @@ impl Default for Limits {
             pause_on_exhaust: false,
             webhook: None,
             soft_threshold_pct: DEFAULT_SOFT_THRESHOLD_PCT,
+            other_hosts: None,
         }
     }
 }
@@ -128,6 +170,7 @@ impl Limits {
         set(&mut self.total, &patch.total);
         set(&mut self.expires_at, &patch.expires_at);
         set(&mut self.webhook, &patch.webhook);
+        set(&mut self.other_hosts, &patch.other_hosts);
         if let Some(p) = patch.pause_on_exhaust {
             self.pause_on_exhaust = p;
         }
@@ -149,6 +192,7 @@ impl Limits {
             pause_on_exhaust: self.pause_on_exhaust || defaults.pause_on_exhaust,
             webhook: self.webhook.clone().or_else(|| defaults.webhook.clone()),
             soft_threshold_pct: self.soft_threshold_pct,
+            other_hosts: self.other_hosts.or(defaults.other_hosts),
         }
     }
 }
@@ -182,6 +226,12 @@ pub struct LimitsPatch {
     pub webhook: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soft_threshold_pct: Option<u8>,
+    /// `Some(None)`: inherit again.
+    #[serde(
+        with = "crate::usd::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub other_hosts: Option<Option<OtherHosts>>,
 }
 
 impl LimitsPatch {

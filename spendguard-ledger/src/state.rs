@@ -891,6 +891,15 @@ impl State {
                  blocked; add one with `spendguard price set {}`",
                 ctx.model, ctx.model
             ),
+            DenyReason::HostNotAllowed => format!(
+                "Connection of agent {agent} to {} closed: it is not a provider host nor in \
+                 allowed_hosts, and the agent's other_hosts policy is deny",
+                if ctx.host.is_empty() {
+                    "a host without SNI"
+                } else {
+                    &ctx.host
+                }
+            ),
             DenyReason::UnpricedRequest => format!(
                 "This {} request of agent {agent} cannot be priced before it runs (batch, realtime \
                  or file upload) and was blocked; add a pricing rule for it to allow it",
@@ -1007,6 +1016,18 @@ impl State {
         fx.settings.insert(key, value);
     }
 
+    /// The egress policy of `agent`: its own, else the nearest ancestor's, else `default_limits`',
+    /// else allow.
+    pub fn other_hosts(&self, agent: &AgentName) -> crate::limits::OtherHosts {
+        agent
+            .ancestors_and_self()
+            .iter()
+            .rev()
+            .find_map(|l| self.agents.get(l).and_then(|e| e.limits.other_hosts))
+            .or(self.defaults.other_hosts)
+            .unwrap_or_default()
+    }
+
     pub fn status(&self, agent: &AgentName, now: DateTime<Utc>) -> AgentStatus {
         let levels = agent.ancestors_and_self();
         let eff = self.effective_all(&levels);
@@ -1052,6 +1073,7 @@ impl State {
             },
             paused: paused_by.is_some() || held,
             paused_by,
+            other_hosts: self.other_hosts(agent),
         }
     }
 }

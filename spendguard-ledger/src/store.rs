@@ -76,6 +76,8 @@ struct StoredLimits {
     pause_on_exhaust: bool,
     webhook: Option<String>,
     soft_threshold_pct: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    other_hosts: Option<crate::limits::OtherHosts>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,6 +116,7 @@ fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
             pause_on_exhaust: l.pause_on_exhaust,
             webhook: l.webhook.clone(),
             soft_threshold_pct: l.soft_threshold_pct,
+            other_hosts: l.other_hosts,
         },
         paused: e.paused,
         counters: e.counters,
@@ -446,6 +449,7 @@ impl Store {
                         pause_on_exhaust: l.pause_on_exhaust,
                         webhook: l.webhook,
                         soft_threshold_pct: l.soft_threshold_pct,
+                        other_hosts: l.other_hosts,
                     },
                     paused: s.paused,
                     counters: s.counters,

@@ -71,6 +71,9 @@ pub enum DenyReason {
     AgentPaused,
     UnknownModel,
     UnpricedRequest,
+    /// A tagged connection to a host that is neither a provider host nor allowed, under
+    /// `other_hosts = deny`: closed before any byte reached it.
+    HostNotAllowed,
 }
 
 impl DenyReason {
@@ -105,6 +108,7 @@ impl DenyReason {
             DenyReason::AgentPaused => "agent_paused",
             DenyReason::UnknownModel => "unknown_model",
             DenyReason::UnpricedRequest => "unpriced_request",
+            DenyReason::HostNotAllowed => "host_not_allowed",
         }
     }
 }
@@ -286,6 +290,8 @@ pub struct AgentStatus {
     pub paused: bool,
     /// The level that is paused (this agent or an ancestor).
     pub paused_by: Option<AgentName>,
+    /// The egress policy in force for hosts that are not provider hosts (inherited).
+    pub other_hosts: crate::limits::OtherHosts,
 }
 
 /// Whether an audited request went out.

@@ -13,6 +13,7 @@
 #[rustfmt::skip]
 #[expect(clippy::float_arithmetic, reason = "MicroUsd::as_usd_f64 is the documented display-only float edge")]
 pub mod money;
+pub mod eventstream;
 pub mod prices;
 pub mod providers;
 pub mod sse;

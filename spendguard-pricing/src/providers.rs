@@ -2,7 +2,8 @@
 //!
 //! One module per wire format behind one trait ([`Adapter`]): [`openai`] (Chat Completions,
 //! Responses, Embeddings, Completions; also the OpenAI-compatible Mistral, Groq, DeepSeek,
-//! Together, OpenRouter and xAI), [`azure`], [`anthropic`], [`gemini`]. Each module's docs say
+//! Together, OpenRouter and xAI), [`azure`], [`anthropic`], [`gemini`], [`bedrock`] (AWS),
+//! [`vertex`] (Google Vertex AI: Gemini and Claude). Each module's docs say
 //! how its provider reports usage when streaming.
 //!
 //! # The worst case is an upper bound, and why
@@ -29,9 +30,11 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 mod rewrite;
+pub mod vertex;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -67,11 +70,13 @@ pub enum ProviderId {
     Together,
     OpenRouter,
     Xai,
+    Bedrock,
+    Vertex,
 }
 
 impl ProviderId {
     /// Every provider.
-    pub const ALL: [ProviderId; 10] = [
+    pub const ALL: [ProviderId; 12] = [
         ProviderId::OpenAi,
         ProviderId::AzureOpenAi,
         ProviderId::Anthropic,
@@ -82,12 +87,14 @@ impl ProviderId {
         ProviderId::Together,
         ProviderId::OpenRouter,
         ProviderId::Xai,
+        ProviderId::Bedrock,
+        ProviderId::Vertex,
     ];
 
     /// The provider serving `host` (a TLS SNI or Host header; case, a trailing dot and a port are
     /// ignored): `api.openai.com`, `*.openai.azure.com`, `api.anthropic.com`,
     /// `generativelanguage.googleapis.com`, `api.mistral.ai`, `api.groq.com`, `api.deepseek.com`,
-    /// `api.together.xyz`, `openrouter.ai`, `api.x.ai`.
+    /// `api.together.xyz`, `openrouter.ai`, `api.x.ai`, `bedrock-runtime[-fips].{region}.amazonaws.com`, `[{region}-]aiplatform.googleapis.com`.
     pub fn from_host(host: &str) -> Option<ProviderId> {
         let host = host.trim();
         let host = match host.rsplit_once(':') {
@@ -105,6 +112,8 @@ impl ProviderId {
             "api.together.xyz" => ProviderId::Together,
             "openrouter.ai" => ProviderId::OpenRouter,
             "api.x.ai" => ProviderId::Xai,
+            h if is_bedrock_runtime(h) => ProviderId::Bedrock,
+            h if is_vertex(h) => ProviderId::Vertex,
             h => {
                 let sub = h.strip_suffix(".openai.azure.com")?;
                 if sub.is_empty() || sub.contains('.') {
@@ -129,8 +138,40 @@ impl ProviderId {
             ProviderId::Together => "together",
             ProviderId::OpenRouter => "openrouter",
             ProviderId::Xai => "xai",
+            ProviderId::Bedrock => "bedrock",
+            ProviderId::Vertex => "vertex",
         }
     }
+}
+
+/// `aiplatform.googleapis.com` or `{region}-aiplatform.googleapis.com`.
+fn is_vertex(host: &str) -> bool {
+    host == "aiplatform.googleapis.com"
+        || host
+            .strip_suffix("-aiplatform.googleapis.com")
+            .is_some_and(|region| {
+                !region.is_empty()
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+}
+
+/// `bedrock-runtime.{region}.amazonaws.com` or `bedrock-runtime-fips.{region}.amazonaws.com`
+/// (one label of letters, digits and dashes for the region).
+fn is_bedrock_runtime(host: &str) -> bool {
+    let Some(rest) = host
+        .strip_prefix("bedrock-runtime.")
+        .or_else(|| host.strip_prefix("bedrock-runtime-fips."))
+    else {
+        return false;
+    };
+    rest.strip_suffix(".amazonaws.com").is_some_and(|region| {
+        !region.is_empty()
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    })
 }
 
 impl std::fmt::Display for ProviderId {
@@ -208,6 +249,8 @@ pub fn adapter_for(id: ProviderId) -> &'static dyn Adapter {
         ProviderId::AzureOpenAi => &azure::AZURE,
         ProviderId::Anthropic => &anthropic::ANTHROPIC,
         ProviderId::Gemini => &gemini::GEMINI,
+        ProviderId::Bedrock => &bedrock::BEDROCK,
+        ProviderId::Vertex => &vertex::VERTEX,
         other => openai::compatible(other),
     }
 }
@@ -247,6 +290,14 @@ pub(crate) enum TapSpec {
     },
     /// Gemini embeddings: usage is read if present (it usually is not: the reservation stands).
     GeminiEmbed,
+    /// Bedrock Converse (JSON `usage`).
+    BedrockConverse,
+    /// Bedrock InvokeModel: the token-count headers, else the model family's native body.
+    BedrockInvoke {
+        family: Option<bedrock::Family>,
+    },
+    /// Bedrock ConverseStream / InvokeModelWithResponseStream (binary event stream).
+    BedrockStream,
 }
 
 impl Quote {
@@ -259,8 +310,41 @@ impl Quote {
     /// yields no usage (the reservation is charged) and, when the injected usage chunk must be
     /// filtered, is only forwarded at the end.
     pub fn response_tap(&self, status: u16, content_type: Option<&str>) -> Box<dyn UsageTap> {
+        self.tap_for(status, content_type, None)
+    }
+
+    /// [`Quote::response_tap`] for a response whose headers are known: some providers report
+    /// usage in them (Bedrock InvokeModel's `x-amzn-bedrock-*-token-count`).
+    pub fn response_tap_for(&self, status: u16, headers: &http::HeaderMap) -> Box<dyn UsageTap> {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        self.tap_for(status, ct, Some(headers))
+    }
+
+    fn tap_for(
+        &self,
+        status: u16,
+        content_type: Option<&str>,
+        headers: Option<&http::HeaderMap>,
+    ) -> Box<dyn UsageTap> {
         if status >= 400 {
             return Box::new(ErrorTap);
+        }
+        match self.tap {
+            TapSpec::BedrockStream => return Box::<bedrock::EventStreamTap>::default(),
+            TapSpec::BedrockInvoke { family } => {
+                if let Some(u) = headers.and_then(bedrock::header_usage) {
+                    return Box::new(KnownUsageTap(u));
+                }
+                return Box::new(JsonTap::new(Box::new(move |v: &Value| {
+                    bedrock::invoke_body_usage(family, v)
+                })));
+            }
+            TapSpec::BedrockConverse => {
+                return Box::new(JsonTap::new(Box::new(bedrock::converse_body_usage)))
+            }
+            _ => {}
         }
         let sse = match content_type {
             Some(ct) => ct.to_ascii_lowercase().contains("text/event-stream"),
@@ -280,7 +364,10 @@ impl Quote {
                 TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => {
                     (Box::<gemini::GenerateStream>::default(), false)
                 }
-                TapSpec::OpenAiEmbeddings => (Box::new(NoStreamUsage), false),
+                TapSpec::OpenAiEmbeddings
+                | TapSpec::BedrockConverse
+                | TapSpec::BedrockInvoke { .. }
+                | TapSpec::BedrockStream => (Box::new(NoStreamUsage), false),
             };
             return Box::new(SseTap::new(state, filter));
         }
@@ -290,8 +377,11 @@ impl Quote {
             TapSpec::OpenAiEmbeddings => openai::embeddings_body_usage,
             TapSpec::Anthropic => anthropic::body_usage,
             TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => gemini::body_usage,
+            TapSpec::BedrockConverse | TapSpec::BedrockStream => bedrock::converse_body_usage,
+            // Handled above; if ever reached, no usage: the reservation stands.
+            TapSpec::BedrockInvoke { .. } => return Box::new(JsonTap::new(Box::new(|_| None))),
         };
-        Box::new(JsonTap::new(parse))
+        Box::new(JsonTap::new(Box::new(parse)))
     }
 }
 
@@ -319,15 +409,29 @@ impl UsageTap for ErrorTap {
     }
 }
 
+/// Usage the response headers already told: the body is forwarded untouched.
+struct KnownUsageTap(Usage);
+
+impl UsageTap for KnownUsageTap {
+    fn on_chunk(&mut self, chunk: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(chunk)
+    }
+    fn finish(&mut self) -> (Bytes, Option<Usage>) {
+        (Bytes::new(), Some(self.0))
+    }
+}
+
+type ParseUsage = Box<dyn Fn(&Value) -> Option<Usage> + Send>;
+
 /// A non-streamed body: forwarded unchanged, a bounded copy parsed at the end.
 struct JsonTap {
     buf: Vec<u8>,
     overflow: bool,
-    parse: fn(&Value) -> Option<Usage>,
+    parse: ParseUsage,
 }
 
 impl JsonTap {
-    fn new(parse: fn(&Value) -> Option<Usage>) -> JsonTap {
+    fn new(parse: ParseUsage) -> JsonTap {
         JsonTap {
             buf: Vec::new(),
             overflow: false,
@@ -771,6 +875,13 @@ mod tests {
             ("api.together.xyz", Some(ProviderId::Together)),
             ("openrouter.ai", Some(ProviderId::OpenRouter)),
             ("api.x.ai", Some(ProviderId::Xai)),
+            (
+                "us-central1-aiplatform.googleapis.com",
+                Some(ProviderId::Vertex),
+            ),
+            ("aiplatform.googleapis.com", Some(ProviderId::Vertex)),
+            ("-aiplatform.googleapis.com", None),
+            ("x.us-central1-aiplatform.googleapis.com", None),
             ("evil-api.openai.com", None),
             ("api.openai.com.evil.net", None),
             ("", None),

@@ -20,6 +20,15 @@
 //! - `x-fake-status: 500` answer with that status in the provider's error shape.
 //! - `x-fake-delta-usage: full` Anthropic `message_delta.usage` repeats the input/cache fields
 //!   (as newer API versions do); by default it carries only `output_tokens`.
+//! - Vertex AI: `…/publishers/anthropic/models/M:rawPredict|streamRawPredict` answer as Anthropic
+//!   Messages, `…/publishers/google/models/M:generateContent|streamGenerateContent` as Gemini.
+//! - Bedrock (`POST /model/{id}/{converse|converse-stream|invoke|invoke-with-response-stream}`):
+//!   Converse `usage` = {inputTokens: prompt, outputTokens: completion, cacheReadInputTokens:
+//!   cached, cacheWriteInputTokens: cache_write, totalTokens: all four}; streams are
+//!   `application/vnd.amazon.eventstream` (ConverseStream's `metadata` event, InvokeModel
+//!   stream chunks with `amazon-bedrock-invocationMetrics` on the last); InvokeModel answers in
+//!   the Anthropic shape with the `x-amzn-bedrock-*-token-count` headers
+//!   (`x-fake-bedrock-headers: off` leaves them out).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -363,6 +372,7 @@ enum Flavor {
     OpenAi,
     Anthropic,
     Gemini,
+    Bedrock,
 }
 
 enum Route {
@@ -374,6 +384,10 @@ enum Route {
         model: String,
         stream: bool,
         sse: bool,
+    },
+    Bedrock {
+        model: String,
+        op: String,
     },
     Models,
     Upload,
@@ -392,9 +406,30 @@ impl Route {
             "/v1/models" if method == "GET" => return Route::Models,
             _ => {}
         }
+        if let (true, Some(rest)) = (post, path.strip_prefix("/model/")) {
+            if let Some((model, op)) = rest.split_once('/') {
+                return Route::Bedrock {
+                    model: model.replace("%3A", ":").replace("%3a", ":"),
+                    op: op.to_owned(),
+                };
+            }
+        }
+        // Vertex AI: Claude's rawPredict is the Messages API with the model in the path; Gemini
+        // publisher models are the Gemini API under a longer path.
+        if let (true, Some((_, model_verb))) =
+            (post, path.split_once("/publishers/anthropic/models/"))
+        {
+            if model_verb.ends_with(":rawPredict") || model_verb.ends_with(":streamRawPredict") {
+                return Route::Messages;
+            }
+        }
         let rest = path
             .strip_prefix("/v1beta/models/")
-            .or_else(|| path.strip_prefix("/v1/models/"));
+            .or_else(|| path.strip_prefix("/v1/models/"))
+            .or_else(|| {
+                path.split_once("/publishers/google/models/")
+                    .map(|(_, r)| r)
+            });
         if let (true, Some(rest)) = (post, rest) {
             let sse = query.unwrap_or("").split('&').any(|kv| kv == "alt=sse");
             if let Some(model) = rest.strip_suffix(":generateContent") {
@@ -419,6 +454,7 @@ impl Route {
         match self {
             Route::Messages => Flavor::Anthropic,
             Route::Gemini { .. } => Flavor::Gemini,
+            Route::Bedrock { .. } => Flavor::Bedrock,
             _ => Flavor::OpenAi,
         }
     }
@@ -441,6 +477,7 @@ struct Control {
     delay: Duration,
     status: Option<u16>,
     delta_full_usage: bool,
+    bedrock_headers_off: bool,
     reset_after: Option<usize>,
     /// The connection's socket (for `reset_after`).
     sock: Option<Arc<OwnedFd>>,
@@ -486,6 +523,7 @@ impl Control {
                 .and_then(|s| u16::try_from(s).ok())
                 .filter(|s| (400..=599).contains(s)),
             delta_full_usage: get("x-fake-delta-usage") == Some("full"),
+            bedrock_headers_off: get("x-fake-bedrock-headers") == Some("off"),
             reset_after: num("x-fake-reset-after-chunks").map(|n| n as usize),
             sock: None,
         }
@@ -621,6 +659,7 @@ async fn handle(
         Route::Embeddings => embeddings(&state, &ctl, &request),
         Route::Messages => messages(&state, &ctl, &request),
         Route::Gemini { model, stream, sse } => gemini(&state, &ctl, &model, stream, sse),
+        Route::Bedrock { model, op } => bedrock(&state, &ctl, &model, &op),
         Route::Upload | Route::Models | Route::NotFound => {
             error_response(&state, Flavor::OpenAi, 500, "unreachable route")
         }
@@ -682,6 +721,7 @@ fn provider_headers(
             .header("openai-processing-ms", "1"),
         Flavor::Anthropic => builder.header("request-id", format!("req_{}", state.id())),
         Flavor::Gemini => builder.header("server", "fake-provider"),
+        Flavor::Bedrock => builder.header("x-amzn-requestid", format!("req-{}", state.id())),
     }
 }
 
@@ -743,6 +783,7 @@ fn error_response(state: &State, flavor: Flavor, status: u16, message: &str) -> 
             };
             json!({"type": "error", "error": {"type": ty, "message": message}})
         }
+        Flavor::Bedrock => json!({"message": message}),
         Flavor::Gemini => {
             let st = match status {
                 400 => "INVALID_ARGUMENT",
@@ -871,6 +912,7 @@ fn sse_response(
     });
     let content_type = match flavor {
         Flavor::Gemini => "text/event-stream",
+        Flavor::Bedrock => "application/vnd.amazon.eventstream",
         _ => "text/event-stream; charset=utf-8",
     };
     let builder = Response::builder()
@@ -1200,6 +1242,125 @@ fn messages(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
     }));
     push(json!({"type": "message_stop"}));
     sse_response(state, Flavor::Anthropic, events, ctl)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bedrock
+// ---------------------------------------------------------------------------------------------
+
+fn bedrock_event(kind: &str, payload: &Value) -> Bytes {
+    Bytes::from(spendguard_pricing::eventstream::encode(
+        &[
+            (":event-type", kind),
+            (":content-type", "application/json"),
+            (":message-type", "event"),
+        ],
+        payload.to_string().as_bytes(),
+    ))
+}
+
+fn bedrock(state: &Arc<State>, ctl: &Control, model: &str, op: &str) -> Response<Body> {
+    let u = &ctl.usage;
+    let usage = json!({
+        "inputTokens": u.prompt,
+        "outputTokens": u.completion,
+        "cacheReadInputTokens": u.cached,
+        "cacheWriteInputTokens": u.cache_write,
+        "totalTokens": u.prompt + u.completion + u.cached + u.cache_write
+    });
+    match op {
+        "converse" => {
+            let body = json!({
+                "output": {"message": {"role": "assistant", "content": [{"text": expected_text(ctl.chunks)}]}},
+                "stopReason": "end_turn",
+                "usage": usage,
+                "metrics": {"latencyMs": 1}
+            });
+            json_response(state, Flavor::Bedrock, 200, &body)
+        }
+        "converse-stream" => {
+            let mut events = vec![bedrock_event("messageStart", &json!({"role": "assistant"}))];
+            for i in 0..ctl.chunks {
+                events.push(bedrock_event(
+                    "contentBlockDelta",
+                    &json!({"contentBlockIndex": 0, "delta": {"text": delta_text(i)}}),
+                ));
+            }
+            events.push(bedrock_event(
+                "contentBlockStop",
+                &json!({"contentBlockIndex": 0}),
+            ));
+            events.push(bedrock_event(
+                "messageStop",
+                &json!({"stopReason": "end_turn"}),
+            ));
+            events.push(bedrock_event(
+                "metadata",
+                &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+            ));
+            sse_response(state, Flavor::Bedrock, events, ctl)
+        }
+        "invoke" => {
+            let body = json!({
+                "id": format!("msg_bdrk_{}", state.id()),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": expected_text(ctl.chunks)}],
+                "stop_reason": "end_turn",
+                "usage": anthropic_usage(u, u.completion)
+            });
+            let mut resp = json_response(state, Flavor::Bedrock, 200, &body);
+            if !ctl.bedrock_headers_off {
+                let h = resp.headers_mut();
+                h.insert(
+                    "x-amzn-bedrock-input-token-count",
+                    HeaderValue::from(u.prompt),
+                );
+                h.insert(
+                    "x-amzn-bedrock-output-token-count",
+                    HeaderValue::from(u.completion),
+                );
+                h.insert(
+                    "x-amzn-bedrock-cache-read-input-token-count",
+                    HeaderValue::from(u.cached),
+                );
+                h.insert(
+                    "x-amzn-bedrock-cache-write-input-token-count",
+                    HeaderValue::from(u.cache_write),
+                );
+            }
+            resp
+        }
+        "invoke-with-response-stream" => {
+            let chunk = |v: Value| {
+                bedrock_event("chunk", &json!({"bytes": base64(v.to_string().as_bytes())}))
+            };
+            let mut events = vec![chunk(json!({"type": "message_start", "message": {
+                "type": "message", "role": "assistant", "model": model, "content": [],
+                "usage": anthropic_usage(u, 1)}}))];
+            for i in 0..ctl.chunks {
+                events.push(chunk(json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": delta_text(i)}})));
+            }
+            events.push(chunk(json!({
+                "type": "message_stop",
+                "amazon-bedrock-invocationMetrics": {
+                    "inputTokenCount": u.prompt,
+                    "outputTokenCount": u.completion,
+                    "cacheReadInputTokenCount": u.cached,
+                    "cacheWriteInputTokenCount": u.cache_write,
+                    "invocationLatency": 1,
+                    "firstByteLatency": 1
+                }
+            })));
+            sse_response(state, Flavor::Bedrock, events, ctl)
+        }
+        other => {
+            let msg = format!("unknown operation {other}");
+            error_response(state, Flavor::Bedrock, 404, &msg)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -341,6 +341,9 @@ pub struct World {
     pub agent_nofile: std::sync::Mutex<Option<(u64, u64)>>,
     /// The agent binary to start (default: this build's `spendguard-agent`).
     pub agent_bin: std::sync::Mutex<Option<PathBuf>>,
+    /// A TOML configuration file the agent starts with (`--config`), set by
+    /// [`World::set_agent_config`].
+    pub agent_config: std::sync::Mutex<Option<PathBuf>>,
     // Dropped last (fields drop in order): the cgroup root outlives everything above.
     pub cgroup: Cgroup,
 }
@@ -414,6 +417,7 @@ impl World {
             agent_extra_env: std::sync::Mutex::new(Vec::new()),
             agent_nofile: std::sync::Mutex::new(None),
             agent_bin: std::sync::Mutex::new(None),
+            agent_config: std::sync::Mutex::new(None),
             agent_cgroup: std::sync::Mutex::new(None),
             cgroup,
         }
@@ -458,6 +462,30 @@ impl World {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((key.to_string(), value.to_string()));
+    }
+
+    /// The agent's `/metrics` text (scraped inside the node namespace, where the agent listens on
+    /// 127.0.0.1:9464).
+    pub fn metrics(&self) -> String {
+        self.node.enter(|| {
+            use std::io::Read as _;
+            let mut s =
+                std::net::TcpStream::connect("127.0.0.1:9464").expect("connect to /metrics");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s.write_all(b"GET /metrics HTTP/1.0\r\nhost: metrics\r\n\r\n")
+                .expect("send scrape");
+            let mut text = String::new();
+            s.read_to_string(&mut text).expect("read /metrics");
+            text
+        })
+    }
+
+    /// Writes `toml` as the agent's configuration file for its next start (`--config`).
+    pub fn set_agent_config(&self, toml: &str) {
+        let path = self.state.path().join("agent.toml");
+        std::fs::write(&path, toml).expect("write agent config");
+        *self.agent_config.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -529,6 +557,9 @@ impl World {
             .unwrap_or_else(|| bin("spendguard-agent"));
         let mut cmd = Command::new(exe);
         self.agent_env(&mut cmd);
+        if let Some(c) = &*self.agent_config.lock().unwrap_or_else(|p| p.into_inner()) {
+            cmd.arg("--config").arg(c);
+        }
         cmd.stdout(Stdio::null()).stderr(log);
         let agent_cg = self
             .agent_cgroup

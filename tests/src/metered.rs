@@ -21,6 +21,8 @@ pub const HOSTS: &[(&str, &str)] = &[
     ("api.openai.com", UPSTREAM_A),
     ("api.anthropic.com", UPSTREAM_A),
     ("generativelanguage.googleapis.com", UPSTREAM_A),
+    ("bedrock-runtime.us-east-1.amazonaws.com", UPSTREAM_A),
+    ("us-east5-aiplatform.googleapis.com", UPSTREAM_A),
 ];
 
 // Fields drop in order: the child cgroup before the World that owns its parent.

@@ -171,6 +171,11 @@ enum LimitCommand {
         /// Percent of a budget that triggers the soft-threshold webhook (default 80).
         #[arg(long)]
         soft_threshold_pct: Option<u8>,
+        /// Connections to hosts that are neither provider hosts nor in `allowed_hosts`: `allow`
+        /// (passed through, unmetered) or `deny` (closed, audited); `inherit` removes the agent's
+        /// own setting. Inherited by descendants; default allow.
+        #[arg(long, value_parser = ["allow", "deny", "inherit"])]
+        other_hosts: Option<String>,
     },
     /// Show an agent's own limits.
     Show { agent: String },
@@ -302,6 +307,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                     pause_on_exhaust,
                     webhook,
                     soft_threshold_pct,
+                    other_hosts,
                 },
         } => {
             let mut patch = LimitsPatch::default();
@@ -324,6 +330,11 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                 });
             }
             patch.pause_on_exhaust = pause_on_exhaust;
+            patch.other_hosts = match other_hosts.as_deref() {
+                None => None,
+                Some("inherit") => Some(None),
+                Some(p) => Some(Some(p.parse().map_err(bad)?)),
+            };
             if let Some(w) = webhook {
                 patch.webhook = Some(if w.eq_ignore_ascii_case("none") {
                     None
@@ -472,6 +483,11 @@ fn print_limits(agent: &str, l: &Value) {
     println!("  {:<18} {}", "pause_on_exhaust", l["pause_on_exhaust"]);
     println!(
         "  {:<18} {}",
+        "other_hosts",
+        l["other_hosts"].as_str().unwrap_or("inherit")
+    );
+    println!(
+        "  {:<18} {}",
         "webhook",
         l["webhook"].as_str().unwrap_or("none")
     );
@@ -509,6 +525,10 @@ fn print_status(s: &Value) {
         );
     }
     println!("  reserved in flight: {}", usd(&s["reserved"]));
+    println!(
+        "  other hosts: {}",
+        s["other_hosts"].as_str().unwrap_or("allow")
+    );
 }
 
 fn print_audit(events: &Value) {

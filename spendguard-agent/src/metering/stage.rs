@@ -232,11 +232,15 @@ impl Metering {
             header::CONTENT_LENGTH,
             header::HeaderValue::from(body.len()),
         );
-        // Usage must be readable in the response: ask for it uncompressed.
-        parts.headers.insert(
-            header::ACCEPT_ENCODING,
-            header::HeaderValue::from_static("identity"),
-        );
+        // Usage must be readable in the response: ask for it uncompressed — unless a SigV4
+        // signature covers the header (Bedrock): changed, the provider would refuse the request.
+        // Compressed, its usage cannot be read and the reservation is the charge.
+        if !sigv4_signs(&parts.headers, "accept-encoding") {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                header::HeaderValue::from_static("identity"),
+            );
+        }
         let request = Request::from_parts(parts, full(body));
         Decision::Forward {
             request,
@@ -282,6 +286,22 @@ impl Metering {
             }
         }
     }
+}
+
+/// Whether an AWS SigV4 `Authorization` header lists `name` among its signed headers.
+fn sigv4_signs(headers: &http::HeaderMap, name: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| a.starts_with("AWS4-"))
+        .and_then(|a| a.split_once("SignedHeaders="))
+        .is_some_and(|(_, rest)| {
+            rest.split([',', ' '])
+                .next()
+                .unwrap_or("")
+                .split(';')
+                .any(|h| h.eq_ignore_ascii_case(name))
+        })
 }
 
 /// HTTP 402 with the Denial's fields at the top level and the provider-shaped `error`.

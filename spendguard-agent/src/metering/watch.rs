@@ -71,11 +71,10 @@ pub fn usd_header(m: MicroUsd) -> HeaderValue {
 impl ResponseWatch for MeterWatch {
     fn on_head(&mut self, head: &mut http::response::Parts) {
         self.got_head = true;
-        let ct = head
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        self.tap = Some(self.quote.response_tap(head.status.as_u16(), ct));
+        self.tap = Some(
+            self.quote
+                .response_tap_for(head.status.as_u16(), &head.headers),
+        );
         if let Ok(v) = HeaderValue::from_str(self.reservation.agent.as_str()) {
             head.headers.insert(HeaderName::from_static(HDR_AGENT), v);
         }

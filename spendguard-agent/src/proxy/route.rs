@@ -18,7 +18,10 @@ pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Route {
     /// Terminate TLS for this provider host.
     Intercept { sni: String },
-    /// Relay untouched; `why` is for logs.
+    /// A TLS connection whose SNI is not a provider host: relayed untouched, unless the agent's
+    /// egress policy refuses it (`proxy::egress`).
+    OtherHost { sni: String },
+    /// Relay untouched (egress policy permitting); `why` is for logs.
     Passthrough { why: &'static str },
     /// Close the connection: it starts like TLS, but we cannot tell where it goes (a ClientHello
     /// too slow, too large or unparseable). Passing it through would let a tagged workload reach a
@@ -27,13 +30,18 @@ pub enum Route {
 }
 
 /// First byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+pub const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Hosts whose TLS is terminated: exact names, or `*.suffix` for any name under the suffix.
+/// Hosts whose TLS is terminated (or, for `allowed_hosts`, passed through): exact names,
+/// `*.suffix` for any name under the suffix, or labels with one `*` each that stands for one or
+/// more characters of exactly one label (`bedrock-runtime.*.amazonaws.com`,
+/// `*-aiplatform.googleapis.com`).
 #[derive(Debug, Clone)]
 pub struct HostList {
     exact: Vec<String>,
     suffixes: Vec<String>,
+    /// Label-wise patterns, each label split at its `*` (`None`: a literal label).
+    globs: Vec<Vec<(String, Option<String>)>>,
 }
 
 /// The bundled provider hosts (INTERFACE.md).
@@ -48,20 +56,37 @@ pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
     "openrouter.ai",
     "api.x.ai",
     "*.openai.azure.com",
+    "bedrock-runtime.*.amazonaws.com",
+    "bedrock-runtime-fips.*.amazonaws.com",
+    "aiplatform.googleapis.com",
+    "*-aiplatform.googleapis.com",
 ];
 
 impl HostList {
     pub fn new<S: AsRef<str>>(hosts: &[S]) -> HostList {
         let mut exact = Vec::new();
         let mut suffixes = Vec::new();
+        let mut globs = Vec::new();
         for h in hosts {
             let h = h.as_ref().trim().trim_end_matches('.').to_ascii_lowercase();
             match h.strip_prefix("*.") {
-                Some(s) => suffixes.push(format!(".{s}")),
-                None => exact.push(h),
+                Some(s) if !s.contains('*') => suffixes.push(format!(".{s}")),
+                _ if h.contains('*') => globs.push(
+                    h.split('.')
+                        .map(|label| match label.split_once('*') {
+                            Some((pre, post)) => (pre.to_string(), Some(post.to_string())),
+                            None => (label.to_string(), None),
+                        })
+                        .collect(),
+                ),
+                _ => exact.push(h),
             }
         }
-        HostList { exact, suffixes }
+        HostList {
+            exact,
+            suffixes,
+            globs,
+        }
     }
 
     pub fn matches(&self, host: &str) -> bool {
@@ -71,7 +96,24 @@ impl HostList {
                 .suffixes
                 .iter()
                 .any(|s| h.ends_with(s.as_str()) && h.len() > s.len())
+            || self.globs.iter().any(|g| glob_matches(g, &h))
     }
+}
+
+fn glob_matches(pattern: &[(String, Option<String>)], host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() == pattern.len()
+        && labels
+            .iter()
+            .zip(pattern)
+            .all(|(l, (pre, post))| match post {
+                None => l == pre,
+                Some(post) => {
+                    l.len() > pre.len() + post.len()
+                        && l.starts_with(pre.as_str())
+                        && l.ends_with(post.as_str())
+                }
+            })
 }
 
 /// What the bytes read so far say about the connection.
@@ -153,8 +195,8 @@ impl HelloPeek {
                         Some(sni) if hosts.matches(sni) => Route::Intercept {
                             sni: sni.to_ascii_lowercase(),
                         },
-                        Some(_) => Route::Passthrough {
-                            why: "SNI is not a provider host",
+                        Some(sni) => Route::OtherHost {
+                            sni: sni.to_ascii_lowercase(),
                         },
                         None => Route::Passthrough { why: "no SNI" },
                     })
@@ -220,6 +262,41 @@ mod tests {
         assert!(!h.matches("openai.azure.com"));
         assert!(!h.matches("api.openai.com.evil.example"));
         assert!(!h.matches("example.com"));
+        let h = HostList::new(&[
+            "bedrock-runtime.*.amazonaws.com",
+            "bedrock-runtime-fips.*.amazonaws.com",
+        ]);
+        assert!(h.matches("bedrock-runtime.us-east-1.amazonaws.com"));
+        assert!(h.matches("bedrock-runtime-fips.us-gov-west-1.amazonaws.com"));
+        assert!(!h.matches("bedrock-runtime.amazonaws.com"));
+        assert!(!h.matches("bedrock-runtime.a.b.amazonaws.com"));
+        assert!(!h.matches("bedrock.us-east-1.amazonaws.com"));
+        let v = HostList::new(&["*-aiplatform.googleapis.com", "aiplatform.googleapis.com"]);
+        assert!(v.matches("us-central1-aiplatform.googleapis.com"));
+        assert!(v.matches("aiplatform.googleapis.com"));
+        assert!(!v.matches("-aiplatform.googleapis.com"));
+        assert!(!v.matches("x.us-central1-aiplatform.googleapis.com"));
+        assert!(!v.matches("us-central1-aiplatform.googleapis.com.evil.net"));
+    }
+
+    /// Every bundled provider host is served by a pricing adapter: none can be intercepted only to
+    /// block every request, and none falls back to a pass-through.
+    #[test]
+    fn every_bundled_provider_host_has_an_adapter() {
+        for pattern in DEFAULT_PROVIDER_HOSTS {
+            let host = pattern
+                .strip_prefix("*.")
+                .map(|s| format!("myresource.{s}"))
+                .unwrap_or_else(|| pattern.replace('*', "us-east-1"));
+            assert!(
+                spendguard_pricing::ProviderId::from_host(&host).is_some(),
+                "{pattern} ({host}) has no pricing adapter"
+            );
+            assert!(
+                HostList::new(DEFAULT_PROVIDER_HOSTS).matches(&host),
+                "{host}"
+            );
+        }
     }
 
     /// A real first flight from rustls for `host`.
@@ -261,8 +338,8 @@ mod tests {
         let hello = client_hello("example.com");
         assert_eq!(
             classify_bytes(&hello, &providers()),
-            Decision::Done(Route::Passthrough {
-                why: "SNI is not a provider host"
+            Decision::Done(Route::OtherHost {
+                sni: "example.com".into()
             })
         );
         // rustls sends no SNI for an IP address.

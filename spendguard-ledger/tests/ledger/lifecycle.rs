@@ -466,3 +466,68 @@ fn a_locked_or_unwritable_database_is_explained() {
     let err = Ledger::open("/nonexistent-dir/ledger.redb", LedgerOptions::default()).unwrap_err();
     assert!(err.to_string().contains("state directory exists"), "{err}");
 }
+
+#[tokio::test]
+async fn other_hosts_policy_is_inherited_stored_and_audited() {
+    let fx = Fixture::at("2026-05-03T12:00:00Z");
+    let ledger = fx.open();
+    let bot = name("acme.team.bot");
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Allow, "default allow");
+    let deny = LimitsPatch {
+        other_hosts: Some(Some(OtherHosts::Deny)),
+        ..LimitsPatch::default()
+    };
+    ledger.set_limits(&name("acme"), deny).await.unwrap();
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Deny, "inherited");
+    assert_eq!(ledger.status(&bot).other_hosts, OtherHosts::Deny);
+    let allow = LimitsPatch {
+        other_hosts: Some(Some(OtherHosts::Allow)),
+        ..LimitsPatch::default()
+    };
+    ledger.set_limits(&name("acme.team"), allow).await.unwrap();
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Allow, "nearest wins");
+    // Another limit change leaves the policy alone.
+    let daily = LimitsPatch::default().set(LimitKind::Daily, Some(usd(5)));
+    ledger.set_limits(&name("acme.team"), daily).await.unwrap();
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Allow);
+
+    // Survives a restart; `inherit` (None) removes the own setting again.
+    drop(ledger);
+    let ledger = fx.open();
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Allow);
+    assert_eq!(
+        ledger.limits(&name("acme")).other_hosts,
+        Some(OtherHosts::Deny)
+    );
+    let inherit = LimitsPatch {
+        other_hosts: Some(None),
+        ..LimitsPatch::default()
+    };
+    ledger
+        .set_limits(&name("acme.team"), inherit)
+        .await
+        .unwrap();
+    assert_eq!(ledger.other_hosts(&bot), OtherHosts::Deny);
+
+    let d = ledger
+        .record_blocked(
+            bot.clone(),
+            DenyReason::HostNotAllowed,
+            MicroUsd::ZERO,
+            AuditContext {
+                host: "api.cohere.example".into(),
+                ..AuditContext::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(d.message.contains("api.cohere.example"), "{}", d.message);
+    let ev = ledger.audit_synced(AuditFilter::default()).await.unwrap();
+    let last = ev.last().expect("an event");
+    assert_eq!(last.reason, Some(DenyReason::HostNotAllowed));
+    assert_eq!(last.decision, Decision::Blocked);
+    assert_eq!(
+        serde_json::to_value(last).unwrap()["reason"],
+        "host_not_allowed"
+    );
+}

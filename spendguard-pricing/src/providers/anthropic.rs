@@ -122,94 +122,126 @@ impl Adapter for Anthropic {
         })?;
         let obj = parse_object(body)?;
         let name = model_field(&obj)?;
-        if !obj.get("messages").is_some_and(Value::is_array) {
-            return Err(malformed("'messages' must be an array"));
-        }
         let (canonical, price) = prices
             .lookup_for(ProviderId::Anthropic, name)
             .ok_or_else(|| PricingError::UnknownModel { model: short(name) })?;
-
-        let tools = obj.get("tools").and_then(Value::as_array);
-        if let Some(tools) = tools {
-            for t in tools {
-                if let Some(kind) = t.get("type").and_then(Value::as_str) {
-                    if is_server_tool(kind) {
-                        return Err(unpriced(
-                            "server tools (web search, web fetch, code execution, tool search, MCP) bill per use and add server-side turns, which cannot be bounded",
-                        ));
-                    }
-                }
-            }
-        }
-        if obj.get("mcp_servers").is_some_and(|v| !v.is_null()) {
-            return Err(unpriced(
-                "the MCP connector runs server-side tool calls, which cannot be bounded",
-            ));
-        }
-        if obj.get("speed").and_then(Value::as_str) == Some("fast") {
-            return Err(unpriced(
-                "fast mode bills at premium rates the price table does not carry",
-            ));
-        }
-        if obj.get("service_tier").and_then(Value::as_str) == Some("priority") {
-            return Err(unpriced(
-                "priority tier bills at rates the price table does not carry",
-            ));
-        }
-
-        let whole = Value::Object(obj.clone());
-        let parts = count_parts(&whole, &classify_part);
-        let tool_count = tools.map_or(0, Vec::len) as u64;
-        let bound = InputBound {
-            body_bytes: u64::try_from(body.len()).unwrap_or(u64::MAX),
-            messages: obj
-                .get("messages")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len) as u64
-                + 1,
-            extra_tokens: if tool_count > 0 {
-                ANTHROPIC_TOOLS_PREAMBLE_TOKENS + tool_count * ANTHROPIC_TOOL_TOKENS
-            } else {
-                0
-            },
-            images: parts.images,
-            per_image_tokens: ANTHROPIC_IMAGE_TOKENS,
-            unbounded: parts.unbounded > 0,
-        };
         let long_context_beta = headers
             .get_all("anthropic-beta")
             .iter()
             .filter_map(|h| h.to_str().ok())
             .any(|h| h.to_ascii_lowercase().contains("context-1m"));
-        let (cap, price) = if long_context_beta && price.context_window < ANTHROPIC_LONG_CONTEXT {
-            (ANTHROPIC_LONG_CONTEXT, with_long_context_tier(price))
-        } else {
-            (price.context_window, price.clone())
-        };
-        let price = &price;
-        let input = bound.tokens(cap);
-
-        let plan = plan_output(max_limit(&obj, &["max_tokens"])?, price, opts);
-        let body_rewrite = match plan.write_limit {
-            Some(limit) => {
-                let splices = rewrite::set_member(body, 0, "max_tokens", &limit.to_string())
-                    .ok_or_else(|| malformed("the body could not be edited"))?;
-                Some(rewrite_body(body, splices)?)
-            }
-            None => None,
-        };
-        Ok(QuoteParts {
+        quote_messages(MessagesCall {
+            obj: &obj,
+            body,
+            long_context_beta,
             model: canonical.to_string(),
-            price: price.clone(),
-            input,
-            output: plan.per_choice,
-            cache_write: cache_write_request(&whole),
+            price,
+            output_cap: opts.output_cap,
             stream: obj.get("stream").and_then(Value::as_bool) == Some(true),
-            body_rewrite,
             tap: TapSpec::Anthropic,
-        }
-        .into_quote())
+        })
     }
+}
+
+/// One Messages-API request body to price, wherever it is sent (Anthropic, Bedrock InvokeModel,
+/// Vertex AI rawPredict): the model is already resolved by the caller.
+pub(crate) struct MessagesCall<'a> {
+    pub obj: &'a Map<String, Value>,
+    pub body: &'a [u8],
+    /// The 1M-context beta is asked for (header, or `anthropic_beta` in the body).
+    pub long_context_beta: bool,
+    pub model: String,
+    pub price: &'a ModelPrice,
+    /// `None` also when the body must never be rewritten (signed requests).
+    pub output_cap: Option<u64>,
+    pub stream: bool,
+    pub tap: TapSpec,
+}
+
+/// The worst case of a Messages-API body (see the module docs of [`super`]).
+pub(crate) fn quote_messages(c: MessagesCall<'_>) -> Result<Quote, PricingError> {
+    let obj = c.obj;
+    let body = c.body;
+    if !obj.get("messages").is_some_and(Value::is_array) {
+        return Err(malformed("'messages' must be an array"));
+    }
+    let tools = obj.get("tools").and_then(Value::as_array);
+    if let Some(tools) = tools {
+        for t in tools {
+            if let Some(kind) = t.get("type").and_then(Value::as_str) {
+                if is_server_tool(kind) {
+                    return Err(unpriced(
+                        "server tools (web search, web fetch, code execution, tool search, MCP) bill per use and add server-side turns, which cannot be bounded",
+                    ));
+                }
+            }
+        }
+    }
+    if obj.get("mcp_servers").is_some_and(|v| !v.is_null()) {
+        return Err(unpriced(
+            "the MCP connector runs server-side tool calls, which cannot be bounded",
+        ));
+    }
+    if obj.get("speed").and_then(Value::as_str) == Some("fast") {
+        return Err(unpriced(
+            "fast mode bills at premium rates the price table does not carry",
+        ));
+    }
+    if obj.get("service_tier").and_then(Value::as_str) == Some("priority") {
+        return Err(unpriced(
+            "priority tier bills at rates the price table does not carry",
+        ));
+    }
+
+    let whole = Value::Object(obj.clone());
+    let parts = count_parts(&whole, &classify_part);
+    let tool_count = tools.map_or(0, Vec::len) as u64;
+    let bound = InputBound {
+        body_bytes: u64::try_from(body.len()).unwrap_or(u64::MAX),
+        messages: obj
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len) as u64
+            + 1,
+        extra_tokens: if tool_count > 0 {
+            ANTHROPIC_TOOLS_PREAMBLE_TOKENS + tool_count * ANTHROPIC_TOOL_TOKENS
+        } else {
+            0
+        },
+        images: parts.images,
+        per_image_tokens: ANTHROPIC_IMAGE_TOKENS,
+        unbounded: parts.unbounded > 0,
+    };
+    let (cap, price) = if c.long_context_beta && c.price.context_window < ANTHROPIC_LONG_CONTEXT {
+        (ANTHROPIC_LONG_CONTEXT, with_long_context_tier(c.price))
+    } else {
+        (c.price.context_window, c.price.clone())
+    };
+    let input = bound.tokens(cap);
+    let opts = QuoteOptions {
+        output_cap: c.output_cap,
+        ..QuoteOptions::none()
+    };
+    let plan = plan_output(max_limit(obj, &["max_tokens"])?, &price, &opts);
+    let body_rewrite = match plan.write_limit {
+        Some(limit) => {
+            let splices = rewrite::set_member(body, 0, "max_tokens", &limit.to_string())
+                .ok_or_else(|| malformed("the body could not be edited"))?;
+            Some(rewrite_body(body, splices)?)
+        }
+        None => None,
+    };
+    Ok(QuoteParts {
+        model: c.model,
+        price,
+        input,
+        output: plan.per_choice,
+        cache_write: cache_write_request(&whole),
+        stream: c.stream,
+        body_rewrite,
+        tap: c.tap,
+    }
+    .into_quote())
 }
 
 /// Input above which Anthropic's 1M-context beta bills the long-context rates.
