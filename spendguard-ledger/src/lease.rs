@@ -9,9 +9,10 @@
 //!
 //! Why this never loses a charge: at every moment the lease row on disk covers every open carve
 //! plus the slice's unused part (`row = (cap - carved) + open carves`, see [`Lease`]). After a
-//! crash the row is an open reservation like any other, so recovery charges it in full: the open
-//! carves are charged at (at least) their worst case, and the over-charge is bounded by the unused
-//! part of one slice per agent — which INTERFACE.md allows ("may count the whole unused slice").
+//! crash the row is an open reservation like any other: recovery charges it minus the unused part
+//! the lease meter vouches for (meter.rs; a process crash on the same boot), else in full — the
+//! open carves at (at least) their worst case, the over-charge bounded by the unused part of one
+//! slice per agent, which INTERFACE.md allows ("may count the whole unused slice").
 //!
 //! Why this never overshoots: a slice is granted only where it fits every limit at every level
 //! (it counts as outstanding there, like a reservation), and a carve never exceeds the slice.
@@ -127,6 +128,8 @@ impl State {
             lease.renewing = true;
         }
         let row = lease.row;
+        // Before the request can leave: a crash from here on charges this carve.
+        self.meter_lease(&req.agent);
         let id = CARVE_BIT | self.next_carve;
         self.next_carve += 1;
         self.carves.insert(
@@ -327,6 +330,8 @@ impl State {
             let give_back = lease.available();
             lease.cap -= give_back;
             let row = lease.row;
+            // Before the hand-back's commit: until it, the row on disk still holds it.
+            self.meter_lease(agent);
             self.shrink_row(agent, row, give_back, fx);
             tracing::debug!(agent = %agent, returned = %MicroUsd(give_back), "unused budget lease handed back");
         }
@@ -377,6 +382,7 @@ impl State {
                 self.lease_mut(agent);
                 self.leases.remove(agent);
             }
+            self.meter.forget(row);
         }
     }
 
@@ -446,9 +452,21 @@ impl State {
         MicroUsd(before)
     }
 
+    /// Tells the meter what `agent`'s lease has left (meter.rs says when: a lower value before it
+    /// takes effect, a higher one once it is durable).
+    pub(crate) fn meter_lease(&mut self, agent: &AgentName) {
+        if let Some(l) = self.leases.get(agent) {
+            let (row, unused) = (l.row, l.available());
+            let reservations = &self.reservations;
+            self.meter
+                .publish(row, unused, || reservations.get(&row).map(|r| r.created));
+        }
+    }
+
     /// Makes the capacity of this batch's grants carvable (its commit succeeded).
     pub(crate) fn apply_grants(&mut self) {
         for g in std::mem::take(&mut self.pending_grants) {
+            let agent = g.agent.clone();
             match self.leases.get_mut(&g.agent) {
                 Some(l) if l.row == g.row => {
                     l.cap = l.cap.saturating_add(g.amount);
@@ -469,6 +487,8 @@ impl State {
                     );
                 }
             }
+            // After the commit that grew the row: never claim more than the disk holds.
+            self.meter_lease(&agent);
         }
     }
 
@@ -485,6 +505,11 @@ impl State {
         }
         for (id, carve) in std::mem::take(&mut old.carves) {
             self.carves.insert(id, carve);
+        }
+        self.meter = std::mem::take(&mut old.meter);
+        let agents: Vec<AgentName> = self.leases.keys().cloned().collect();
+        for a in &agents {
+            self.meter_lease(a);
         }
     }
 }

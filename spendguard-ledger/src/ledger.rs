@@ -13,6 +13,7 @@ use crate::cluster::{ClusterError, ClusterOptions, ClusterUsage, Link};
 use crate::committer::{Committer, Granted, Op};
 use crate::error::{LedgerError, ReserveError};
 use crate::limits::{Limits, LimitsPatch};
+use crate::meter::{self, LeaseMeter};
 use crate::money::MicroUsd;
 use crate::notify::Notifier;
 use crate::state::{Effects, State};
@@ -184,7 +185,14 @@ impl Ledger {
         };
         let now = options.clock.now();
         let mut fx = Effects::default();
-        let (count, sum) = state.recover_open(now, &mut fx);
+        // The meter (after `store.open`, which locks the ledger: one process per meter).
+        let (meter, left) = LeaseMeter::open(
+            &meter::path_for(&path),
+            ledger_id,
+            meter::boot_id().as_deref(),
+        );
+        let (count, sum, back) = state.recover_open(now, &left, &mut fx);
+        state.meter = meter;
         // Recovered cluster slices: the store hears of them as spent (the outbox).
         state.seal_outbox(now, &mut fx);
         let ws = WriteSet::build(&state, &fx, now.checked_sub_signed(options.audit_retention))?;
@@ -194,7 +202,8 @@ impl Ledger {
                 path = %path.display(),
                 reservations = count,
                 charged = %sum,
-                "charged reservations left open by the previous run at their reserved amounts"
+                handed_back = %back,
+                "charged reservations left open by the previous run (open requests at their worst case, unused budget slices handed back where the lease meter vouches for them)"
             );
         }
 

@@ -33,6 +33,7 @@ mod error;
 mod lease;
 mod ledger;
 mod limits;
+mod meter;
 pub use spendguard_pricing::money;
 mod notify;
 mod outbox;

@@ -155,6 +155,7 @@ impl State {
             let back = lease.available();
             lease.cap -= back;
             let row = lease.row;
+            self.meter_lease(a);
             self.shrink_row(a, row, back, fx);
             tracing::debug!(agent = %a, returned = %MicroUsd(back), "idle budget slice handed back to the cluster store");
         }
@@ -355,7 +356,7 @@ mod tests {
         let mut st = cluster_state();
         granted(&mut st, now);
         let mut fx = Effects::default();
-        let (n, sum) = st.recover_open(now, &mut fx);
+        let (n, sum, _) = st.recover_open(now, &crate::meter::Leftover::default(), &mut fx);
         st.seal_outbox(now, &mut fx);
         assert_eq!((n, sum), (1, MicroUsd(1_000)));
         let e: Vec<_> = st.outbox.values().cloned().collect();

@@ -25,6 +25,7 @@ use crate::cluster::Refusal;
 use crate::error::LedgerError;
 use crate::lease::{Carve, Grant, Lease, CARVE_BIT};
 use crate::limits::{LimitKind, Limits, LimitsPatch};
+use crate::meter::{LeaseMeter, Leftover};
 use crate::money::MicroUsd;
 use crate::outbox::OutboxEntry;
 use crate::period::Period;
@@ -226,6 +227,8 @@ pub(crate) struct State {
     pub next_outbox: u64,
     /// Charges and hand-backs of the batch being decided, per agent: (charge, release) µUSD.
     pub(crate) cluster_deltas: BTreeMap<AgentName, (u64, u64)>,
+    /// What each lease has left, where a crash of the process cannot lose it (meter.rs).
+    pub(crate) meter: LeaseMeter,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -260,6 +263,7 @@ impl State {
             outbox: BTreeMap::new(),
             next_outbox: 1,
             cluster_deltas: BTreeMap::new(),
+            meter: LeaseMeter::default(),
         }
     }
 
@@ -309,12 +313,17 @@ impl State {
                     cur.target = b.target;
                 }
                 (Some(b), _) => {
-                    self.leases.insert(agent, b);
+                    self.leases.insert(agent.clone(), b);
                 }
                 (None, _) => {
-                    self.leases.remove(&agent);
+                    if let Some(l) = self.leases.remove(&agent) {
+                        self.meter.forget(l.row);
+                    }
                 }
             }
+            // What the failed batch handed back is the lease's again: the row on disk never
+            // stopped covering it.
+            self.meter_lease(&agent);
         }
         for (id, c) in u.carves {
             self.carves.insert(id, c);
@@ -855,20 +864,31 @@ impl State {
 
     /// Charges every open reservation at its reserved amount (they were left by a previous
     /// process). Returns how many and how much.
-    pub fn recover_open(&mut self, now: DateTime<Utc>, fx: &mut Effects) -> (usize, MicroUsd) {
+    /// process). A lease row the meter vouches for is charged without its unused part, which
+    /// goes back to the budget (and to the cluster store). Returns how many rows, how much was
+    /// charged and how much handed back.
+    pub fn recover_open(
+        &mut self,
+        now: DateTime<Utc>,
+        left: &Leftover,
+        fx: &mut Effects,
+    ) -> (usize, MicroUsd, MicroUsd) {
         let mut ids: Vec<u64> = self.reservations.keys().copied().collect();
         ids.sort_unstable();
-        let mut sum = MicroUsd::ZERO;
+        let (mut sum, mut back) = (MicroUsd::ZERO, MicroUsd::ZERO);
         for id in &ids {
-            let amount = self.reservations[id].amount;
+            let r = &self.reservations[id];
+            let unused = left.unused(*id, r.created).map_or(0, |u| u.min(r.amount.0));
+            let charge = MicroUsd(r.amount.0 - unused);
             if self
-                .settle(*id, amount, SettleKind::Recovered, now, fx)
+                .settle(*id, charge, SettleKind::Recovered, now, fx)
                 .is_ok()
             {
-                sum = sum.saturating_add(amount);
+                sum = sum.saturating_add(charge);
+                back = back.saturating_add(MicroUsd(unused));
             }
         }
-        (ids.len(), sum)
+        (ids.len(), sum, back)
     }
 
     /// Audit event (and 402 content) for a request blocked before any reservation.

@@ -304,8 +304,8 @@ fn unreachable_store_spends_held_slices_then_503s_and_recovers_by_itself() {
 }
 
 /// A node killed with slices: they stay counted (every node's `status` shows who holds them)
-/// until `spendguard node forget` on another node releases them, audited there; and a pause set
-/// on one node binds on another within 2 s.
+/// until it restarts and hands back what it did not spend, or `spendguard node forget` on another
+/// node releases them, audited there; and a pause set on one node binds on another within 2 s.
 #[test]
 fn killed_node_slices_show_in_status_until_node_forget_and_pause_binds_everywhere() {
     if !privileged() || !redis_server::available() {
@@ -338,6 +338,29 @@ fn killed_node_slices_show_in_status_until_node_forget_and_pause_binds_everywher
         "a dead node's slice must count"
     );
 
+    // Restarted, the node hands back what nobody carved (its lease meter outlived the process):
+    // the store charges the one request, nothing stays leased.
+    c.nodes[1].w.start_agent();
+    assert!(
+        eventually(Duration::from_secs(5), || store_out(&c, "acme") == 0),
+        "the restarted node still holds {} µUSD",
+        store_out(&c, "acme")
+    );
+    assert_eq!(store_total(&c, "acme"), W, "the unused slice was charged");
+    let remaining = usd_to_micro(&c.nodes[0].cli_json(&["status", "acme"])["remaining"]["daily"]);
+    assert_eq!(remaining, 400_000 - W);
+
+    // Killed again holding a slice, and this time it stays down: `node forget` on another node.
+    let (code, _, body) = c.nodes[1].curl("/v1/chat/completions", &args);
+    assert_eq!(code, 200, "{body}");
+    assert!(eventually(Duration::from_secs(5), || store_total(
+        &c, "acme"
+    ) == 2 * W));
+    c.nodes[1].w.kill_agent();
+    let slice = usd_to_micro(&held("acme.b")["node-1"]);
+    assert!(slice > 0);
+    assert_eq!(store_out(&c, "acme"), slice);
+
     let out = c.nodes[0].w.cli(&["node", "forget", "node-1"]);
     assert!(
         out.status.success(),
@@ -351,7 +374,7 @@ fn killed_node_slices_show_in_status_until_node_forget_and_pause_binds_everywher
         held("acme.b")
     );
     let remaining = usd_to_micro(&c.nodes[0].cli_json(&["status", "acme"])["remaining"]["daily"]);
-    assert_eq!(remaining, 400_000 - W);
+    assert_eq!(remaining, 400_000 - 2 * W);
     let forgot = c.nodes[0].audit("acme").iter().any(|e| {
         e["model"]
             .as_str()

@@ -6,9 +6,6 @@
 //! Network safety: clients run in the test's tagged cgroup inside its node namespace and reach
 //! `UPSTREAM_A` (on that namespace's `lo`) by pinned names; `sg-swarm` refuses any other address.
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,7 +13,7 @@ use spendguard_pricing::Usage;
 use spendguard_tests::loopfs::LoopFs;
 use spendguard_tests::metered::{chat_quote, curl_out, price, CurlOut, Metered};
 use spendguard_tests::swarm::Swarm;
-use spendguard_tests::{eventually, helper_bin, place, privileged, skip, Place, UPSTREAM_A};
+use spendguard_tests::{eventually, privileged, skip, UPSTREAM_A};
 
 const OPENAI: &str = "api.openai.com";
 const CHAT: &str = "/v1/chat/completions";

@@ -90,3 +90,15 @@ pub fn drain(rx: &mut tokio::sync::mpsc::Receiver<Notification>) -> Vec<Notifica
     }
     v
 }
+
+/// What a machine crash does to the lease meter beside the ledger (`ledger.meter`): the page
+/// cache that held it is gone. The next start charges unused slices in full.
+pub fn lose_meter(fx: &Fixture) {
+    let meter = fx.path.with_extension("meter");
+    assert!(
+        meter.exists(),
+        "the ledger keeps a lease meter at {}",
+        meter.display()
+    );
+    std::fs::write(&meter, b"").unwrap();
+}

@@ -119,9 +119,15 @@ async fn reserve_and_settle_never_overshoot(lease_max: MicroUsd) {
 }
 
 /// The point of leases: after the first request, reservations are decided without a commit, and
-/// a crash charges the open requests plus at most the unused slice.
+/// a crash of the process charges the open requests at their worst case and hands the unused
+/// slice back (the lease meter outlives the process); a crash of the machine charges the slice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leased_reservations_survive_a_crash_as_charges() {
+    leased_crash(false).await;
+    leased_crash(true).await;
+}
+
+async fn leased_crash(machine: bool) {
     let mut fx = Fixture::at("2026-05-03T12:00:00Z");
     fx.options.lease_max = usd(1);
     let ledger = fx.open();
@@ -148,18 +154,28 @@ async fn leased_reservations_survive_a_crash_as_charges() {
     ledger.settle(open[1].id, cents(3)).await.unwrap();
     ledger.flush().await.unwrap();
     let unused = ledger.lease_unused(&agent);
+    assert!(unused > MicroUsd::ZERO);
     drop(ledger);
+    if machine {
+        lose_meter(&fx);
+    }
     let ledger = fx.open();
     let s = ledger.status(&agent);
-    // 5 open requests at their worst case, the settled one at its cost, the unused slice.
-    assert_eq!(s.spent.daily, MicroUsd(cents(50).0 + cents(3).0 + unused.0));
+    // 5 open requests at their worst case, the settled one at its cost (and the unused slice
+    // when the machine, and with it the meter, went down).
+    let lost = if machine { unused.0 } else { 0 };
+    assert_eq!(s.spent.daily, MicroUsd(cents(50).0 + cents(3).0 + lost));
     assert_eq!(s.reserved, MicroUsd::ZERO);
+    assert_eq!(
+        s.remaining.daily,
+        Some(MicroUsd(usd(100).0 - s.spent.daily.0))
+    );
     let audit = ledger.audit(&AuditFilter::default()).unwrap();
     assert!(
-        audit
-            .iter()
-            .any(|e| e.recovered && e.model == "(budget lease)"),
-        "the recovered slice is in the audit log: {audit:#?}"
+        audit.iter().any(|e| e.recovered
+            && e.model == "(budget lease)"
+            && e.final_cost == Some(MicroUsd(cents(40).0 + lost))),
+        "the recovered slice is in the audit log, charged its carves (4 open; the first was exact): {audit:#?}"
     );
 }
 

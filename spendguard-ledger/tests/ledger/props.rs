@@ -24,17 +24,29 @@ fn limits() -> Vec<(&'static str, LimitKind, u64)> {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Reserve { agent: usize, cents: u64 },
-    Settle { pick: usize, pct: u64 },
-    Crash,
-    Advance { hours: i64 },
+    Reserve {
+        agent: usize,
+        cents: u64,
+    },
+    Settle {
+        pick: usize,
+        pct: u64,
+    },
+    /// The process dies (`machine: false`: the lease meter survives in the page cache) or the
+    /// whole machine does (the meter is lost, so unused slices are charged).
+    Crash {
+        machine: bool,
+    },
+    Advance {
+        hours: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => (0..AGENTS.len(), 0u64..=500).prop_map(|(agent, cents)| Step::Reserve { agent, cents }),
         4 => (any::<usize>(), 0u64..=100).prop_map(|(pick, pct)| Step::Settle { pick, pct }),
-        1 => Just(Step::Crash),
+        1 => any::<bool>().prop_map(|machine| Step::Crash { machine }),
         1 => (1i64..=40).prop_map(|hours| Step::Advance { hours }),
     ]
 }
@@ -70,10 +82,13 @@ impl Model {
             .sum()
     }
 
-    /// A crash also charges the unused part of each agent's lease (renewals queued by the last
-    /// carves land first).
-    async fn crash(&mut self, ledger: &Ledger, now: DateTime<Utc>) {
+    /// A machine crash also charges the unused part of each agent's lease; a process crash
+    /// hands it back (renewals queued by the last carves land first).
+    async fn crash(&mut self, ledger: &Ledger, now: DateTime<Utc>, machine: bool) {
         ledger.flush().await.unwrap();
+        if !machine {
+            return;
+        }
         for (i, a) in AGENTS.iter().enumerate() {
             let unused = ledger.lease_unused(&name(a)).0;
             if unused > 0 {
@@ -190,9 +205,12 @@ fn run(steps: Vec<Step>, lease_max: MicroUsd) {
                     model.charges.push((now, agent, actual));
                     model.settled_sum += actual;
                 }
-                Step::Crash => {
-                    model.crash(&ledger, now).await;
+                Step::Crash { machine } => {
+                    model.crash(&ledger, now, machine).await;
                     drop(ledger);
+                    if machine {
+                        lose_meter(&fx);
+                    }
                     for (id, (agent, amount)) in std::mem::take(&mut model.open) {
                         model.charges.push((now, agent, amount));
                         model.open_at_crash_sum += amount;
@@ -217,9 +235,9 @@ fn run(steps: Vec<Step>, lease_max: MicroUsd) {
             }
             check(&ledger, &model, fx.clock.now());
         }
-        // Final crash: nothing left open is lost.
+        // Final crash (of the process): nothing left open is lost, nothing unused is charged.
         let now = fx.clock.now();
-        model.crash(&ledger, now).await;
+        model.crash(&ledger, now, false).await;
         drop(ledger);
         for (_, (agent, amount)) in std::mem::take(&mut model.open) {
             model.charges.push((now, agent, amount));
@@ -242,8 +260,8 @@ proptest! {
     }
 
     /// The same decisions with budget leases: a request is refused only where it does not fit
-    /// once every unused slice is handed back, and a crash charges open requests plus unused
-    /// slices — exactly what the model adds.
+    /// once every unused slice is handed back, and a crash charges open requests (plus unused
+    /// slices when the machine went down) — exactly what the model adds.
     #[test]
     fn interleavings_keep_the_invariants_with_leases(steps in proptest::collection::vec(step(), 1..40)) {
         run(steps, usd(3));
