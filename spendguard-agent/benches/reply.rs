@@ -28,6 +28,7 @@ fn denial() -> Denial {
             total: None,
         },
         resets_at: chrono::Utc.with_ymd_and_hms(2026, 5, 4, 0, 0, 0).single(),
+        observed: false,
     }
 }
 

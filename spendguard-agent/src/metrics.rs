@@ -200,6 +200,8 @@ pub enum Outcome {
     Free,
     /// Refused with HTTP 402 for this reason.
     Blocked(DenyReason),
+    /// `observe` mode: would have been refused for this reason, and was forwarded.
+    WouldBlock(DenyReason),
     /// Refused because the ledger could not record the reservation (HTTP 503).
     LedgerUnavailable,
     /// The request body could not be read (HTTP 400).
@@ -213,6 +215,7 @@ impl Outcome {
             Outcome::Allowed => ("allowed", "none"),
             Outcome::Free => ("allowed", "free"),
             Outcome::Blocked(r) => ("blocked", r.as_str()),
+            Outcome::WouldBlock(r) => ("would_block", r.as_str()),
             Outcome::LedgerUnavailable => ("error", "ledger_unavailable"),
             Outcome::BadRequest => ("error", "bad_request"),
         }
@@ -232,7 +235,7 @@ impl MeteringMetrics {
         let requests = Family::default();
         r.register(
             "requests",
-            "Intercepted provider requests by agent, provider, decision (allowed/blocked/error) and reason",
+            "Intercepted provider requests by agent, provider, decision (allowed/blocked/would_block/error) and reason",
             requests.clone(),
         );
         let spend_usd = Family::default();
@@ -500,6 +503,7 @@ mod tests {
             paused: false,
             paused_by: None,
             other_hosts: spendguard_ledger::OtherHosts::Allow,
+            mode: spendguard_ledger::Mode::Enforce,
         }
     }
 

@@ -78,11 +78,12 @@ pub(crate) enum Op {
         amount: MicroUsd,
         reply: Reply<()>,
     },
-    /// The cluster store refused (or a local check blocks): the audited 402.
+    /// The cluster store refused (or a local check blocks): the audited 402 (in `observe`
+    /// mode an exact reservation, audited `would_block`).
     ClusterDeny {
         req: ReserveRequest,
         refusal: Option<crate::cluster::Refusal>,
-        reply: Reply<Denial>,
+        reply: oneshot::Sender<Result<Granted, ReserveError>>,
     },
     /// The cluster store has these outbox entries.
     OutboxDone { ids: Vec<u64> },
@@ -128,7 +129,7 @@ impl Op {
             Op::Setting { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Renew { .. } | Op::Wake | Op::OutboxDone { .. } | Op::ReclaimIdle { .. } => Ok(()),
             Op::ClusterGrant { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
-            Op::ClusterDeny { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
+            Op::ClusterDeny { reply, .. } => reply.send(Err(e.clone().into())).map_err(drop),
             Op::SyncPolicies { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Audit { reply, .. } => reply.send(Err(e.clone())).map_err(drop),
             Op::Flush { reply } => reply.send(Err(e.clone())).map_err(drop),
@@ -541,13 +542,7 @@ fn apply(
             reply,
         } => {
             let r = st.cluster_deny(req, refusal, now, fx);
-            Pending::Denial(
-                reply,
-                match r {
-                    Err(d) => Ok(d),
-                    Ok(_) => Err(LedgerError::Closed),
-                },
-            )
+            Pending::Reserve(reply, r.map(grant).map_err(ReserveError::Denied))
         }
         Op::OutboxDone { ids } => {
             st.outbox_done(&ids, fx);

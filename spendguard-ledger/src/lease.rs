@@ -149,6 +149,7 @@ impl State {
                 agent: req.agent.clone(),
                 amount,
                 remaining,
+                would_block: None,
             },
             renew,
         })

@@ -444,8 +444,8 @@ impl Ledger {
             })
             .await
         {
-            Ok(Ok(d)) => Err(ReserveError::Denied(d)),
-            Ok(Err(e)) | Err(e) => Err(ReserveError::Ledger(e)),
+            Ok(r) => r.map(Granted::take),
+            Err(e) => Err(ReserveError::Ledger(e)),
         }
     }
 
@@ -565,8 +565,14 @@ impl Ledger {
         self.call(|reply| Op::Settle { id, actual, reply }).await?
     }
 
+    /// The roll-out mode of `agent`'s requests (the nearest level that sets one).
+    pub fn mode(&self, agent: &AgentName) -> crate::limits::Mode {
+        self.state().mode_of(&agent.ancestors_and_self())
+    }
+
     /// Records a request blocked before any reservation (`unknown_model`, `unpriced_request`) in
-    /// the audit log, and returns the 402 content for it.
+    /// the audit log, and returns the 402 content for it. In `observe` mode it is audited
+    /// `would_block` instead and the denial says `observed`: the caller forwards it.
     pub async fn record_blocked(
         &self,
         agent: AgentName,

@@ -47,7 +47,7 @@ pub use agent::{AgentName, AgentNameError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{LedgerError, ReserveError};
 pub use ledger::{Ledger, LedgerOptions};
-pub use limits::{LimitKind, Limits, LimitsPatch, OtherHosts, DEFAULT_SOFT_THRESHOLD_PCT};
+pub use limits::{LimitKind, Limits, LimitsPatch, Mode, OtherHosts, DEFAULT_SOFT_THRESHOLD_PCT};
 pub use money::MicroUsd;
 pub use period::Period;
 pub use types::{

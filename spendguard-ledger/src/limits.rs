@@ -40,6 +40,11 @@ pub struct Limits {
     /// ancestor that sets one (else `default_limits`, else allow).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other_hosts: Option<OtherHosts>,
+    /// Roll-out mode of this agent's subtree; `None` = inherited from the nearest ancestor that
+    /// sets one (else `default_limits`, else `enforce`). Absent from the JSON when unset, so a
+    /// policy without it reads the same on a release that does not know it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 /// What a tagged connection to a host that is neither a provider host nor in `allowed_hosts` gets.
@@ -79,6 +84,43 @@ impl std::str::FromStr for OtherHosts {
     }
 }
 
+/// Whether refusals are enforced, or only observed (`limit set NAME --mode observe`): in
+/// `observe` every request is metered, reserved and audited as in `enforce`, but a request that
+/// would be refused is forwarded anyway and audited `would_block` with the reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "observe" => Ok(Mode::Observe),
+            other => Err(format!("mode {other:?} is neither observe nor enforce")),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -92,6 +134,7 @@ impl Default for Limits {
             webhook: None,
             soft_threshold_pct: DEFAULT_SOFT_THRESHOLD_PCT,
             other_hosts: None,
+            mode: None,
         }
     }
 }
@@ -171,6 +214,7 @@ impl Limits {
         set(&mut self.expires_at, &patch.expires_at);
         set(&mut self.webhook, &patch.webhook);
         set(&mut self.other_hosts, &patch.other_hosts);
+        set(&mut self.mode, &patch.mode);
         if let Some(p) = patch.pause_on_exhaust {
             self.pause_on_exhaust = p;
         }
@@ -193,6 +237,8 @@ impl Limits {
             webhook: self.webhook.clone().or_else(|| defaults.webhook.clone()),
             soft_threshold_pct: self.soft_threshold_pct,
             other_hosts: self.other_hosts.or(defaults.other_hosts),
+            // Inherited along the path, not per requester: see `State::mode_of`.
+            mode: self.mode,
         }
     }
 }
@@ -226,12 +272,18 @@ pub struct LimitsPatch {
     pub webhook: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soft_threshold_pct: Option<u8>,
-    /// `Some(None)`: inherit again.
+    /// `Some(None)` (JSON `null`): inherit again.
     #[serde(
         with = "crate::usd::double_option",
         skip_serializing_if = "Option::is_none"
     )]
     pub other_hosts: Option<Option<OtherHosts>>,
+    /// `Some(None)` (JSON `null`): inherit again.
+    #[serde(
+        with = "crate::usd::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mode: Option<Option<Mode>>,
 }
 
 impl LimitsPatch {

@@ -193,10 +193,6 @@ impl State {
 
     /// A refusal other than an exhausted budget (the store knew of a pause, an expiry or a
     /// per-call limit before this node's mirror did).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the denial's parts, as State::blocked takes them"
-    )]
     pub(crate) fn store_refused(
         &mut self,
         agent: &AgentName,
@@ -204,9 +200,6 @@ impl State {
         refusal: Option<Refusal>,
         amount: MicroUsd,
         remaining: RemainingByPeriod,
-        audit: AuditContext,
-        now: DateTime<Utc>,
-        fx: &mut Effects,
     ) -> Denial {
         let level = |i: usize| levels[i.min(levels.len() - 1)].clone();
         let (reason, l, message) = match refusal {
@@ -236,9 +229,7 @@ impl State {
                 (DenyReason::TotalBudgetExhausted, l, m)
             }
         };
-        self.blocked(
-            agent, &l, reason, message, amount, remaining, None, audit, now, fx,
-        )
+        Self::denial(agent, &l, reason, message, amount, remaining, None)
     }
 
     /// A cluster refusal (or a local block) as a 402: audited like any denial.

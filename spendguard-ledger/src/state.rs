@@ -24,7 +24,7 @@ use crate::agent::AgentName;
 use crate::cluster::Refusal;
 use crate::error::LedgerError;
 use crate::lease::{Carve, Grant, Lease, CARVE_BIT};
-use crate::limits::{LimitKind, Limits, LimitsPatch};
+use crate::limits::{LimitKind, Limits, LimitsPatch, Mode};
 use crate::meter::{LeaseMeter, Leftover};
 use crate::money::MicroUsd;
 use crate::outbox::OutboxEntry;
@@ -446,6 +446,28 @@ impl State {
         now: DateTime<Utc>,
         fx: &mut Effects,
     ) -> Denial {
+        self.audit_blocked(requester, reason, requested, ctx, now, fx);
+        Self::denial(
+            requester,
+            binding,
+            reason,
+            message,
+            requested,
+            remaining_by_period,
+            resets_at,
+        )
+    }
+
+    /// The audit event of a request that was blocked (nothing reserved, nothing forwarded).
+    fn audit_blocked(
+        &mut self,
+        requester: &AgentName,
+        reason: DenyReason,
+        requested: MicroUsd,
+        ctx: AuditContext,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) {
         let id = self.next_audit_id();
         fx.audit.insert(
             id,
@@ -464,6 +486,18 @@ impl State {
                 recovered: false,
             },
         );
+    }
+
+    /// The 402 content of a refusal (not audited: see [`State::blocked`]).
+    pub(crate) fn denial(
+        requester: &AgentName,
+        binding: &AgentName,
+        reason: DenyReason,
+        message: String,
+        requested: MicroUsd,
+        remaining_by_period: RemainingByPeriod,
+        resets_at: Option<DateTime<Utc>>,
+    ) -> Denial {
         let remaining = match reason {
             DenyReason::AgentPaused | DenyReason::BudgetExpired => MicroUsd::ZERO,
             _ => remaining_by_period.tightest(),
@@ -477,7 +511,19 @@ impl State {
             remaining,
             remaining_by_period,
             resets_at,
+            observed: false,
         }
+    }
+
+    /// The roll-out mode of requests made by the last of `levels` (the requester): the nearest
+    /// level that sets one, else `default_limits`, else `enforce`.
+    pub(crate) fn mode_of(&self, levels: &[AgentName]) -> Mode {
+        levels
+            .iter()
+            .rev()
+            .find_map(|l| self.agents.get(l).and_then(|e| e.limits.mode))
+            .or(self.defaults.mode)
+            .unwrap_or_default()
     }
 
     /// Decides a reservation. Zero overshoot: this runs single-threaded against the mirror.
@@ -496,6 +542,9 @@ impl State {
 
     /// [`State::reserve`]; with a cluster store, the store decided (`refusal`): only the denial
     /// is built here (pause, expiry and per-call limit as the local mirror knows them first).
+    ///
+    /// In `observe` mode a request that would be refused is reserved all the same (exactly, at
+    /// its worst case) and audited `would_block` with the reason; the reservation says so.
     #[expect(
         clippy::result_large_err,
         reason = "a denial carries the whole 402 body; it is moved once, off the hot path"
@@ -515,8 +564,92 @@ impl State {
         let levels = agent.ancestors_and_self();
         self.ensure(&levels, fx);
         let eff = self.effective_all(&levels);
-        let remaining = self.remaining(&levels, &eff, now);
+        let mode = self.mode_of(&levels);
+        let would_block = match self.refusal(&agent, &levels, &eff, amount, refusal, mode, now, fx)
+        {
+            None => None,
+            Some(d) if mode == Mode::Enforce => {
+                self.audit_blocked(&agent, d.reason, amount, audit, now, fx);
+                return Err(d);
+            }
+            Some(d) => {
+                tracing::debug!(agent = %agent, reason = %d.reason, "observe mode: request would be blocked, forwarded ({})", d.message);
+                Some(d.reason)
+            }
+        };
 
+        // Allowed (or observed).
+        let id = self.next_reservation_id;
+        self.next_reservation_id += 1;
+        for l in &levels {
+            let e = self.agent_mut(l);
+            e.outstanding = e.outstanding.saturating_add(amount.0);
+        }
+        let audit_id = self.next_audit_id();
+        let record = AuditRecord {
+            id: audit_id,
+            time: now,
+            agent: agent.clone(),
+            ctx: audit,
+            decision: if would_block.is_some() {
+                Decision::WouldBlock
+            } else {
+                Decision::Allowed
+            },
+            reason: would_block,
+            reservation_id: Some(id),
+            requested: amount,
+            reserved: amount,
+            final_cost: None,
+            settled_at: None,
+            recovered: false,
+        };
+        fx.audit.insert(audit_id, record.clone());
+        fx.reservations.insert(id);
+        self.remember_reservation(id);
+        self.reservations.insert(
+            id,
+            OpenReservation {
+                agent: agent.clone(),
+                amount,
+                created: now,
+                audit: record,
+            },
+        );
+        if would_block.is_none() {
+            self.grant_lease(&agent, &levels, &eff, now, fx);
+        }
+        let remaining = self.remaining(&levels, &eff, now).tightest();
+        Ok(Reservation {
+            id,
+            agent,
+            amount,
+            remaining,
+            would_block,
+        })
+    }
+
+    /// Why a request of `amount` by the last of `levels` must not go out, as its 402 (not
+    /// audited), or `None` if it fits: the recovery hold, a pause, an expiry, a per-call limit,
+    /// then the budgets (with a cluster store, `refusal` is the store's verdict on those).
+    #[allow(clippy::too_many_arguments)]
+    fn refusal(
+        &mut self,
+        agent: &AgentName,
+        levels: &[AgentName],
+        eff: &[Limits],
+        amount: MicroUsd,
+        refusal: Option<Refusal>,
+        mode: Mode,
+        now: DateTime<Utc>,
+        fx: &mut Effects,
+    ) -> Option<Denial> {
+        let remaining = self.remaining(levels, eff, now);
+        let deny = |l: &AgentName, reason, message| {
+            Some(Self::denial(
+                agent, l, reason, message, amount, remaining, None,
+            ))
+        };
         if let Some(hold) = self.settings.get(HOLD_SETTING) {
             let hold: Option<crate::types::Hold> = serde_json::from_value(hold.clone()).ok();
             let (since, why) = hold.map_or_else(
@@ -533,72 +666,28 @@ impl State {
                  is unknown, so nothing is forwarded until an operator confirms the budgets with \
                  `spendguard recover --confirm` (requested: {amount})"
             );
-            return Err(self.blocked(
-                &agent,
-                &agent,
-                DenyReason::AgentPaused,
-                message,
-                amount,
-                remaining,
-                None,
-                audit,
-                now,
-                fx,
-            ));
+            return deny(agent, DenyReason::AgentPaused, message);
         }
         if let Some(l) = levels.iter().find(|l| self.agents[*l].paused) {
             let message = format!(
                 "Agent {l} is paused; `spendguard resume {l}` reopens it (requested: {amount})"
             );
-            return Err(self.blocked(
-                &agent,
-                l,
-                DenyReason::AgentPaused,
-                message,
-                amount,
-                remaining,
-                None,
-                audit,
-                now,
-                fx,
-            ));
+            return deny(l, DenyReason::AgentPaused, message);
         }
-        for (l, lim) in levels.iter().zip(&eff) {
+        for (l, lim) in levels.iter().zip(eff) {
             if let Some(at) = lim.expires_at.filter(|at| now >= *at) {
                 let message = format!(
                     "Budget for agent {l} expired at {} (requested: {amount})",
                     ts(at)
                 );
-                return Err(self.blocked(
-                    &agent,
-                    l,
-                    DenyReason::BudgetExpired,
-                    message,
-                    amount,
-                    remaining,
-                    None,
-                    audit,
-                    now,
-                    fx,
-                ));
+                return deny(l, DenyReason::BudgetExpired, message);
             }
         }
-        for (l, lim) in levels.iter().zip(&eff) {
+        for (l, lim) in levels.iter().zip(eff) {
             if let Some(pc) = lim.per_call.filter(|pc| amount > *pc) {
                 let message =
                     format!("Request of {amount} exceeds the per-call limit of {pc} for agent {l}");
-                return Err(self.blocked(
-                    &agent,
-                    l,
-                    DenyReason::PerCallLimitExceeded,
-                    message,
-                    amount,
-                    remaining,
-                    None,
-                    audit,
-                    now,
-                    fx,
-                ));
+                return deny(l, DenyReason::PerCallLimitExceeded, message);
             }
         }
 
@@ -621,99 +710,51 @@ impl State {
                     outstanding.0,
                 )),
                 other => {
-                    return Err(self
-                        .store_refused(&agent, &levels, other, amount, remaining, audit, now, fx));
+                    return Some(self.store_refused(agent, levels, other, amount, remaining));
                 }
             }
         } else {
-            let mut binding = self.binding(&levels, &eff, amount, now);
+            let mut binding = self.binding(levels, eff, amount, now);
             // Unused leased capacity is anyone's who needs it: hand it back and decide again.
             if binding.is_some() && self.reclaim_leases(&levels[0], fx) {
-                binding = self.binding(&levels, &eff, amount, now);
+                binding = self.binding(levels, eff, amount, now);
             }
             binding
         };
-        if let Some((_, i, p, limit, spent, outstanding)) = binding {
-            let remaining = self.remaining(&levels, &eff, now);
-            let l = &levels[i];
-            let in_flight = if outstanding > 0 {
-                format!(
-                    ", reserved by requests in flight: {}",
-                    MicroUsd(outstanding)
-                )
-            } else {
-                String::new()
-            };
-            let resets_at = p.next_reset(now);
-            let resets = match resets_at {
-                Some(t) => format!("resets {}", ts(t)),
-                None => "it never resets".to_string(),
-            };
-            let message = format!(
-                "{} budget of {} for agent {l} exhausted (spent: {}{in_flight}, requested: {amount}); {resets}",
-                capitalised(p),
-                MicroUsd(limit),
-                MicroUsd(spent),
-            );
-            self.on_exhausted(l, p, eff[i].pause_on_exhaust, now, fx);
-            return Err(self.blocked(
-                &agent,
-                l,
-                DenyReason::exhausted(p),
-                message,
-                amount,
-                remaining,
-                resets_at,
-                audit,
-                now,
-                fx,
-            ));
-        }
-
-        // Allowed.
-        let id = self.next_reservation_id;
-        self.next_reservation_id += 1;
-        for l in &levels {
-            let e = self.agent_mut(l);
-            e.outstanding = e.outstanding.saturating_add(amount.0);
-        }
-        let audit_id = self.next_audit_id();
-        let record = AuditRecord {
-            id: audit_id,
-            time: now,
-            agent: agent.clone(),
-            ctx: audit,
-            decision: Decision::Allowed,
-            reason: None,
-            reservation_id: Some(id),
-            requested: amount,
-            reserved: amount,
-            final_cost: None,
-            settled_at: None,
-            recovered: false,
+        let (_, i, p, limit, spent, outstanding) = binding?;
+        let remaining = self.remaining(levels, eff, now);
+        let l = &levels[i];
+        let in_flight = if outstanding > 0 {
+            format!(
+                ", reserved by requests in flight: {}",
+                MicroUsd(outstanding)
+            )
+        } else {
+            String::new()
         };
-        fx.audit.insert(audit_id, record.clone());
-        fx.reservations.insert(id);
-        self.remember_reservation(id);
-        self.reservations.insert(
-            id,
-            OpenReservation {
-                agent: agent.clone(),
-                amount,
-                created: now,
-                audit: record,
-            },
+        let resets_at = p.next_reset(now);
+        let resets = match resets_at {
+            Some(t) => format!("resets {}", ts(t)),
+            None => "it never resets".to_string(),
+        };
+        let message = format!(
+            "{} budget of {} for agent {l} exhausted (spent: {}{in_flight}, requested: {amount}); {resets}",
+            capitalised(p),
+            MicroUsd(limit),
+            MicroUsd(spent),
         );
-        self.grant_lease(&agent, &levels, &eff, now, fx);
-        let remaining = self.remaining(&levels, &eff, now).tightest();
-        Ok(Reservation {
-            id,
+        let pause = eff[i].pause_on_exhaust && mode == Mode::Enforce;
+        self.on_exhausted(l, p, pause, now, fx);
+        Some(Self::denial(
             agent,
+            l,
+            DenyReason::exhausted(p),
+            message,
             amount,
             remaining,
-        })
+            resets_at,
+        ))
     }
-
     /// The binding budget: among those `amount` does not fit, the one with least left, as
     /// (left, level index, period, limit, spent, outstanding).
     #[allow(clippy::type_complexity)]
@@ -789,8 +830,11 @@ impl State {
             .remove(&id)
             .ok_or(LedgerError::UnknownReservation { id })?;
         fx.reservations.insert(id);
-        // A lease row closed whole (recovery): the store stops counting it as held.
-        self.note_release(&res.agent, res.amount.0);
+        // A lease row closed whole (recovery): the store stops counting it as held. An observed
+        // reservation was never a slice of the store's: only its charge goes there.
+        if res.audit.decision != Decision::WouldBlock {
+            self.note_release(&res.agent, res.amount.0);
+        }
         self.charge(id, res, actual, kind, true, now, fx)
     }
 
@@ -820,6 +864,8 @@ impl State {
         let levels = res.agent.ancestors_and_self();
         self.ensure(&levels, fx);
         let eff = self.effective_all(&levels);
+        // An observed request never pauses anyone (the pause would outlast the roll-out).
+        let observed = self.mode_of(&levels) == Mode::Observe;
         for (l, lim) in levels.iter().zip(&eff) {
             let mut exhausted = Vec::new();
             let e = self.agent_mut(l);
@@ -845,7 +891,7 @@ impl State {
             }
             fx.agents.insert(l.clone());
             for p in exhausted {
-                self.on_exhausted(l, p, lim.pause_on_exhaust, now, fx);
+                self.on_exhausted(l, p, lim.pause_on_exhaust && !observed, now, fx);
             }
         }
         let mut audit = res.audit;
@@ -927,6 +973,30 @@ impl State {
             ),
             other => format!("Request of agent {agent} blocked: {other} (requested: {requested})"),
         };
+        if self.mode_of(&levels) == Mode::Observe {
+            // Observed: it goes out unpriced, so nothing is reserved; the audit says so.
+            let id = self.next_audit_id();
+            fx.audit.insert(
+                id,
+                AuditRecord {
+                    id,
+                    time: now,
+                    agent: agent.clone(),
+                    ctx,
+                    decision: Decision::WouldBlock,
+                    reason: Some(reason),
+                    reservation_id: None,
+                    requested,
+                    reserved: MicroUsd::ZERO,
+                    final_cost: None,
+                    settled_at: None,
+                    recovered: false,
+                },
+            );
+            let mut d = Self::denial(&agent, &agent, reason, message, requested, remaining, None);
+            d.observed = true;
+            return d;
+        }
         self.blocked(
             &agent, &agent, reason, message, requested, remaining, None, ctx, now, fx,
         )
@@ -1094,6 +1164,7 @@ impl State {
             paused: paused_by.is_some() || held,
             paused_by,
             other_hosts: self.other_hosts(agent),
+            mode: self.mode_of(&levels),
         }
     }
 }

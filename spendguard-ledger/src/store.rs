@@ -78,6 +78,9 @@ struct StoredLimits {
     soft_threshold_pct: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     other_hosts: Option<crate::limits::OtherHosts>,
+    /// Added after schema 2's first release: absent = inherited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<crate::limits::Mode>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,6 +120,7 @@ fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
             webhook: l.webhook.clone(),
             soft_threshold_pct: l.soft_threshold_pct,
             other_hosts: l.other_hosts,
+            mode: l.mode,
         },
         paused: e.paused,
         counters: e.counters,
@@ -450,6 +454,7 @@ impl Store {
                         webhook: l.webhook,
                         soft_threshold_pct: l.soft_threshold_pct,
                         other_hosts: l.other_hosts,
+                        mode: l.mode,
                     },
                     paused: s.paused,
                     counters: s.counters,

@@ -41,6 +41,9 @@ pub struct Reservation {
     /// [`MicroUsd::MAX`] when nothing limits the agent. Feeds `x-spendguard-remaining-usd`.
     #[serde(with = "crate::usd")]
     pub remaining: MicroUsd,
+    /// `observe` mode: the request would have been blocked for this reason, and goes out anyway
+    /// (it is reserved and settled like any other; its audit event says `would_block`).
+    pub would_block: Option<DenyReason>,
 }
 
 /// The result of settling a reservation.
@@ -180,6 +183,9 @@ pub struct Denial {
     pub remaining_by_period: RemainingByPeriod,
     /// When the binding budget reopens; `None` for total budgets, pause, expiry, per-call limits.
     pub resets_at: Option<DateTime<Utc>>,
+    /// `observe` mode ([`crate::Ledger::record_blocked`]): audited `would_block`, and the request
+    /// goes out anyway. Not part of the 402 body.
+    pub observed: bool,
 }
 
 impl Denial {
@@ -292,14 +298,19 @@ pub struct AgentStatus {
     pub paused_by: Option<AgentName>,
     /// The egress policy in force for hosts that are not provider hosts (inherited).
     pub other_hosts: crate::limits::OtherHosts,
+    /// `enforce`, or `observe` (nothing is blocked: refusals are audited as `would_block`); the
+    /// nearest level that sets one decides.
+    pub mode: crate::limits::Mode,
 }
 
-/// Whether an audited request went out.
+/// What was decided for an audited request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Allowed,
     Blocked,
+    /// `observe` mode: it would have been blocked (the event's `reason` says why), and went out.
+    WouldBlock,
 }
 
 /// One request, as `spendguard audit` shows it.

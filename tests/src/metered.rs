@@ -137,6 +137,21 @@ impl Metered {
         v
     }
 
+    /// The agent's `/metrics` exposition (it listens on 127.0.0.1:9464 in the node namespace).
+    pub fn metrics(&self) -> String {
+        self.w.node.enter(|| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("connect /metrics");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
+                .expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read /metrics");
+            out
+        })
+    }
+
     /// `curl` from the tagged cgroup to api.openai.com: (status, headers, body).
     pub fn curl(&self, path: &str, extra: &[&str]) -> (u16, String, String) {
         curl_in(self.at(), &self.ca, path, extra)

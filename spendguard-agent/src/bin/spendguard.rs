@@ -10,7 +10,7 @@ use spendguard_agent::control::client::{self, ClientError};
 use spendguard_agent::control::protocol::{Request, Response};
 use spendguard_agent::identity::{AgentName, Tag, TagSource};
 use spendguard_agent::metering::prices::PriceOverride;
-use spendguard_ledger::{LimitKind, LimitsPatch};
+use spendguard_ledger::{LimitKind, LimitsPatch, Mode};
 use spendguard_pricing::MicroUsd;
 
 #[derive(Parser)]
@@ -139,6 +139,19 @@ fn parse_limit(s: &str) -> Result<LimitArg, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A `--mode` argument: a mode, or `none` to inherit the parent's again.
+#[derive(Clone, Debug)]
+struct ModeArg(Option<Mode>);
+
+fn parse_mode(s: &str) -> Result<ModeArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(ModeArg(None));
+    }
+    s.parse::<Mode>()
+        .map(|m| ModeArg(Some(m)))
+        .map_err(|e| format!("{e}; use observe, enforce or none"))
+}
+
 fn parse_usd(s: &str) -> Result<MicroUsd, String> {
     s.parse::<MicroUsd>().map_err(|e| e.to_string())
 }
@@ -176,6 +189,10 @@ enum LimitCommand {
         /// own setting. Inherited by descendants; default allow.
         #[arg(long, value_parser = ["allow", "deny", "inherit"])]
         other_hosts: Option<String>,
+        /// `observe`: meter, reserve and audit, never block (refusals are audited `would_block`);
+        /// `enforce`: block. Inherited by descendants that set none; `none` inherits again.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<ModeArg>,
     },
     /// Show an agent's own limits.
     Show { agent: String },
@@ -308,6 +325,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                     webhook,
                     soft_threshold_pct,
                     other_hosts,
+                    mode,
                 },
         } => {
             let mut patch = LimitsPatch::default();
@@ -352,6 +370,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                 }
                 patch.soft_threshold_pct = Some(p);
             }
+            patch.mode = mode.map(|ModeArg(m)| m);
             if patch == LimitsPatch::default() {
                 return Err(bad(
                     "nothing to set: name at least one limit, e.g. --daily 5.00",
@@ -491,13 +510,19 @@ fn print_limits(agent: &str, l: &Value) {
         "webhook",
         l["webhook"].as_str().unwrap_or("none")
     );
+    println!(
+        "  {:<18} {}",
+        "mode",
+        l["mode"].as_str().unwrap_or("inherited")
+    );
 }
 
 fn print_status(s: &Value) {
     println!(
-        "agent {}: {}",
+        "agent {}: {} (mode {})",
         s["agent"].as_str().unwrap_or("?"),
-        s["status"].as_str().unwrap_or("?")
+        s["status"].as_str().unwrap_or("?"),
+        s["mode"].as_str().unwrap_or("enforce")
     );
     println!(
         "  {:<10} {:>14} {:>14} {:>14}  RESETS",

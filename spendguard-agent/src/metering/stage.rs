@@ -14,7 +14,7 @@ use spendguard_pricing::MicroUsd;
 use super::watch::{FreeWatch, MeterWatch};
 use super::{Prices, BUDGET_PATH};
 use crate::metrics::{Metrics, Outcome};
-use crate::proxy::body::{full, Body};
+use crate::proxy::body::{full, Body, BoxError};
 use crate::proxy::reply::json_error;
 use crate::proxy::stage::{BoxFuture, Decision, RequestContext, Stage};
 
@@ -69,6 +69,7 @@ impl Metering {
                     MicroUsd::ZERO,
                     audit("", ""),
                     &format!("no pricing adapter for host {}", ctx.sni),
+                    req,
                 )
                 .await;
         };
@@ -99,6 +100,7 @@ impl Metering {
                         MicroUsd::ZERO,
                         audit("", provider.as_str()),
                         why,
+                        req,
                     )
                     .await;
             }
@@ -108,11 +110,20 @@ impl Metering {
         let (mut parts, body) = req.into_parts();
         let bytes: Bytes = match collect_limited(body, MAX_PRICED_BODY).await {
             Ok(b) => b,
-            Err(Collect::TooLarge) => {
+            Err(Collect::TooLarge { read, rest }) => {
                 let why = format!(
                     "request body larger than {} MiB cannot be priced",
                     MAX_PRICED_BODY >> 20
                 );
+                // Observed, it goes out whole: what was read, then the rest as it comes.
+                let head = futures_util::stream::once(async move {
+                    Ok::<_, BoxError>(http_body::Frame::data(read))
+                });
+                let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+                    head,
+                    http_body_util::BodyStream::new(rest),
+                ))
+                .boxed_unsync();
                 return self
                     .block(
                         ctx,
@@ -120,6 +131,7 @@ impl Metering {
                         MicroUsd::ZERO,
                         audit("", provider.as_str()),
                         &why,
+                        Request::from_parts(parts, body),
                     )
                     .await;
             }
@@ -161,6 +173,7 @@ impl Metering {
                         MicroUsd::ZERO,
                         audit(&model, provider.as_str()),
                         &msg,
+                        Request::from_parts(parts, full(bytes)),
                     )
                     .await;
             }
@@ -172,6 +185,7 @@ impl Metering {
                         MicroUsd::ZERO,
                         audit("", provider.as_str()),
                         &e.to_string(),
+                        Request::from_parts(parts, full(bytes)),
                     )
                     .await;
             }
@@ -186,7 +200,10 @@ impl Metering {
         let reserved = self.ledger.reserve(reserve).await;
         self.metrics.metering.observe_reserve(reserving.elapsed());
         let outcome = match &reserved {
-            Ok(_) => Outcome::Allowed,
+            Ok(r) => match r.would_block {
+                Some(reason) => Outcome::WouldBlock(reason),
+                None => Outcome::Allowed,
+            },
             Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
             Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
         };
@@ -252,6 +269,8 @@ impl Metering {
         }
     }
 
+    /// Refuses `req` with a 402 (audited); in `observe` mode forwards it unmetered instead
+    /// (audited `would_block`): it cannot be priced, so nothing is reserved or charged.
     async fn block(
         &self,
         ctx: &RequestContext,
@@ -259,17 +278,33 @@ impl Metering {
         requested: MicroUsd,
         audit: AuditContext,
         why: &str,
+        req: Request<Body>,
     ) -> Decision {
-        self.metrics.metering.request(
-            ctx.identity.agent.as_str(),
-            &audit.provider,
-            Outcome::Blocked(reason),
-        );
-        match self
+        let provider = audit.provider.clone();
+        let recorded = self
             .ledger
             .record_blocked(ctx.identity.agent.clone(), reason, requested, audit)
-            .await
-        {
+            .await;
+        let observed = matches!(&recorded, Ok(d) if d.observed);
+        self.metrics.metering.request(
+            ctx.identity.agent.as_str(),
+            &provider,
+            if observed {
+                Outcome::WouldBlock(reason)
+            } else {
+                Outcome::Blocked(reason)
+            },
+        );
+        if observed {
+            tracing::info!(agent = %ctx.identity.agent, %reason, "observe mode: unpriceable request forwarded unmetered ({why})");
+            return Decision::Forward {
+                request: req,
+                watch: Box::new(FreeWatch {
+                    agent: ctx.identity.agent.to_string(),
+                }),
+            };
+        }
+        match recorded {
             Ok(mut d) => {
                 d.message = format!("{} ({why})", d.message);
                 Decision::Respond(denial_response(&ctx.sni, &d))
@@ -317,7 +352,11 @@ pub fn denial_response(host: &str, d: &Denial) -> Response<Body> {
 }
 
 enum Collect {
-    TooLarge,
+    /// More than the limit: what was read so far, and the rest of the body.
+    TooLarge {
+        read: Bytes,
+        rest: Body,
+    },
     Broken(String),
 }
 
@@ -328,7 +367,11 @@ async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Collect>
         let frame = frame.map_err(|e| Collect::Broken(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
-                return Err(Collect::TooLarge);
+                buf.extend_from_slice(&data);
+                return Err(Collect::TooLarge {
+                    read: buf.freeze(),
+                    rest: body,
+                });
             }
             buf.extend_from_slice(&data);
         }

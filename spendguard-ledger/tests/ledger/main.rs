@@ -9,5 +9,6 @@ mod concurrency;
 mod hierarchy;
 mod lifecycle;
 mod migrate;
+mod modes;
 mod periods;
 mod props;
