@@ -504,6 +504,7 @@ mod tests {
             paused_by: None,
             other_hosts: spendguard_ledger::OtherHosts::Allow,
             mode: spendguard_ledger::Mode::Enforce,
+            tz: spendguard_ledger::Zone::utc(),
         }
     }
 

@@ -681,6 +681,7 @@ mod tests {
             paused_by: Some(who.clone()),
             other_hosts: spendguard_ledger::OtherHosts::Allow,
             mode: spendguard_ledger::Mode::Enforce,
+            tz: spendguard_ledger::Zone::utc(),
         };
         let time = DateTime::parse_from_rfc3339("2026-05-03T12:00:00Z")
             .expect("time")

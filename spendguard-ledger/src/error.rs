@@ -101,6 +101,12 @@ pub enum LedgerError {
         descendant_limit: MicroUsd,
     },
 
+    #[error(
+        "time zone {zone} for {agent}: with a cluster store, budget periods are UTC (every node \
+         rolls over at the same instant); remove --tz, or run without cluster_store"
+    )]
+    ZoneNeedsLocalLedger { agent: AgentName, zone: String },
+
     #[error("soft threshold {pct}% for {agent} is out of range; use a percentage from 1 to 100")]
     InvalidThreshold { agent: AgentName, pct: u8 },
 

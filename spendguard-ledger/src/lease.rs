@@ -217,9 +217,10 @@ impl State {
         let mut tightest = u64::MAX;
         for (l, lim) in levels.iter().zip(eff) {
             let e = self.agents.get(l);
+            let zone = self.zone_of(l);
             for p in Period::ALL {
                 let Some(limit) = lim.period(p) else { continue };
-                let used = e.map_or(0, |e| e.spent(p, now).saturating_add(e.outstanding));
+                let used = e.map_or(0, |e| e.spent(p, now, &zone).saturating_add(e.outstanding));
                 tightest = tightest.min(limit.0.saturating_sub(used));
             }
         }

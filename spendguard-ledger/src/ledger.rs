@@ -597,6 +597,14 @@ impl Ledger {
         agent: &AgentName,
         patch: LimitsPatch,
     ) -> Result<Limits, LedgerError> {
+        if let (Some(_), Some(Some(zone))) = (&self.shared.cluster, &patch.tz) {
+            if !zone.is_utc() {
+                return Err(LedgerError::ZoneNeedsLocalLedger {
+                    agent: agent.clone(),
+                    zone: zone.name().to_string(),
+                });
+            }
+        }
         let name = agent.clone();
         let limits = self
             .call(|reply| Op::SetLimits {

@@ -42,6 +42,7 @@ mod state;
 mod store;
 mod types;
 pub mod usd;
+mod zone;
 
 pub use agent::{AgentName, AgentNameError};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -55,6 +56,7 @@ pub use types::{
     Hold, Notification, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation,
     ReserveRequest, Settled,
 };
+pub use zone::{Zone, ZoneError};
 
 #[cfg(test)]
 mod internal_tests;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::MicroUsd;
 use crate::period::Period;
+use crate::zone::Zone;
 
 /// Default share of a budget at which a `Threshold` notification fires.
 pub const DEFAULT_SOFT_THRESHOLD_PCT: u8 = 80;
@@ -45,6 +46,10 @@ pub struct Limits {
     /// policy without it reads the same on a release that does not know it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Time zone of this level's day, week and month (local midnight, DST included); `None` =
+    /// inherited from the nearest ancestor that sets one (else `default_limits`, else UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tz: Option<Zone>,
 }
 
 /// What a tagged connection to a host that is neither a provider host nor in `allowed_hosts` gets.
@@ -135,6 +140,7 @@ impl Default for Limits {
             soft_threshold_pct: DEFAULT_SOFT_THRESHOLD_PCT,
             other_hosts: None,
             mode: None,
+            tz: None,
         }
     }
 }
@@ -215,6 +221,7 @@ impl Limits {
         set(&mut self.webhook, &patch.webhook);
         set(&mut self.other_hosts, &patch.other_hosts);
         set(&mut self.mode, &patch.mode);
+        set(&mut self.tz, &patch.tz);
         if let Some(p) = patch.pause_on_exhaust {
             self.pause_on_exhaust = p;
         }
@@ -239,6 +246,7 @@ impl Limits {
             other_hosts: self.other_hosts.or(defaults.other_hosts),
             // Inherited along the path, not per requester: see `State::mode_of`.
             mode: self.mode,
+            tz: self.tz.clone(),
         }
     }
 }
@@ -284,6 +292,12 @@ pub struct LimitsPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub mode: Option<Option<Mode>>,
+    /// `Some(None)` (JSON `null`): inherit again.
+    #[serde(
+        with = "crate::usd::double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tz: Option<Option<Zone>>,
 }
 
 impl LimitsPatch {

@@ -33,6 +33,7 @@ use crate::types::{
     AgentState, AgentStatus, AuditContext, AuditEvent, Decision, Denial, DenyReason, Notification,
     PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation, ReserveRequest, Settled,
 };
+use crate::zone::Zone;
 
 /// The setting that holds a recovery hold ([`crate::types::Hold`]).
 pub(crate) const HOLD_SETTING: &str = "spendguard.recovery_hold";
@@ -61,8 +62,8 @@ impl Default for Counter {
 impl Counter {
     /// Whether the counter belongs to the period containing `now`. A counter from a *later*
     /// period (the clock went back) is kept rather than reset.
-    fn is_current(&self, p: Period, now: DateTime<Utc>) -> bool {
-        self.start >= p.start(now).timestamp()
+    fn is_current(&self, p: Period, now: DateTime<Utc>, zone: &Zone) -> bool {
+        self.start >= p.start_in(now, zone).timestamp()
     }
 }
 
@@ -78,20 +79,21 @@ pub(crate) struct AgentEntry {
 }
 
 impl AgentEntry {
-    pub fn spent(&self, p: Period, now: DateTime<Utc>) -> u64 {
+    /// Settled spend in the period of `p` containing `now`, in the level's `zone`.
+    pub fn spent(&self, p: Period, now: DateTime<Utc>, zone: &Zone) -> u64 {
         let c = &self.counters[p.index()];
-        if c.is_current(p, now) {
+        if c.is_current(p, now, zone) {
             c.spent
         } else {
             0
         }
     }
 
-    fn counter_mut(&mut self, p: Period, now: DateTime<Utc>) -> &mut Counter {
+    fn counter_mut(&mut self, p: Period, now: DateTime<Utc>, zone: &Zone) -> &mut Counter {
         let c = &mut self.counters[p.index()];
-        if !c.is_current(p, now) {
+        if !c.is_current(p, now, zone) {
             *c = Counter {
-                start: p.start(now).timestamp(),
+                start: p.start_in(now, zone).timestamp(),
                 ..Counter::default()
             };
         }
@@ -233,6 +235,15 @@ pub(crate) struct State {
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// An instant as RFC 3339 in `zone`'s local time with its offset (`Z` for UTC).
+fn local_ts(t: DateTime<Utc>, zone: &Zone) -> String {
+    if zone.is_utc() {
+        ts(t)
+    } else {
+        zone.local(t).to_rfc3339_opts(SecondsFormat::Secs, false)
+    }
 }
 
 fn capitalised(p: Period) -> &'static str {
@@ -410,11 +421,12 @@ impl State {
         let mut out = RemainingByPeriod::default();
         for (l, lim) in levels.iter().zip(eff) {
             let entry = self.agents.get(l);
+            let zone = self.zone_of(l);
             for p in Period::ALL {
                 let Some(limit) = lim.period(p) else { continue };
                 let (spent, outstanding) = entry.map_or((0, 0), |e| {
                     (
-                        e.spent(p, now),
+                        e.spent(p, now, &zone),
                         e.outstanding.saturating_sub(self.unused_leased(l)),
                     )
                 });
@@ -513,6 +525,28 @@ impl State {
             resets_at,
             observed: false,
         }
+    }
+
+    /// The time zone of `level`'s periods: its own, else the nearest ancestor's, else
+    /// `default_limits`', else UTC. (Each level keeps its own: a child in another zone than its
+    /// parent resets at its own midnight, the parent at the parent's.)
+    pub(crate) fn zone_of(&self, level: &AgentName) -> Zone {
+        let name = level.as_str();
+        let mut end = name.len();
+        loop {
+            if let Some(z) = self
+                .agents
+                .get(&name[..end])
+                .and_then(|e| e.limits.tz.as_ref())
+            {
+                return z.clone();
+            }
+            match name[..end].rfind('.') {
+                Some(i) => end = i,
+                None => break,
+            }
+        }
+        self.defaults.tz.clone().unwrap_or_else(Zone::utc)
     }
 
     /// The roll-out mode of requests made by the last of `levels` (the requester): the nearest
@@ -732,9 +766,10 @@ impl State {
         } else {
             String::new()
         };
-        let resets_at = p.next_reset(now);
+        let zone = self.zone_of(l);
+        let resets_at = p.next_reset_in(now, &zone);
         let resets = match resets_at {
-            Some(t) => format!("resets {}", ts(t)),
+            Some(t) => format!("resets {}", local_ts(t, &zone)),
             None => "it never resets".to_string(),
         };
         let message = format!(
@@ -770,9 +805,10 @@ impl State {
             let Some(entry) = self.agents.get(l) else {
                 continue;
             };
+            let zone = self.zone_of(l);
             for p in Period::ALL {
                 let Some(limit) = lim.period(p) else { continue };
-                let spent = entry.spent(p, now);
+                let spent = entry.spent(p, now, &zone);
                 let used = spent.saturating_add(entry.outstanding);
                 let rem = limit.0.saturating_sub(used);
                 if amount.0 > rem && binding.is_none_or(|b| rem < b.0) {
@@ -792,8 +828,9 @@ impl State {
         now: DateTime<Utc>,
         fx: &mut Effects,
     ) {
+        let zone = self.zone_of(level);
         let e = self.agent_mut(level);
-        let c = e.counter_mut(p, now);
+        let c = e.counter_mut(p, now, &zone);
         if !c.exhausted_sent {
             c.exhausted_sent = true;
             fx.notifications.push(Notification::Exhausted {
@@ -868,12 +905,13 @@ impl State {
         let observed = self.mode_of(&levels) == Mode::Observe;
         for (l, lim) in levels.iter().zip(&eff) {
             let mut exhausted = Vec::new();
+            let zone = self.zone_of(l);
             let e = self.agent_mut(l);
             if release {
                 e.outstanding = e.outstanding.saturating_sub(res.amount.0);
             }
             for p in Period::ALL {
-                let c = e.counter_mut(p, now);
+                let c = e.counter_mut(p, now, &zone);
                 c.spent = c.spent.saturating_add(actual.0);
                 let Some(limit) = lim.period(p) else { continue };
                 let pct = u128::from(lim.soft_threshold_pct);
@@ -1128,9 +1166,10 @@ impl State {
             .cloned();
         let expired = eff.iter().any(|l| l.expires_at.is_some_and(|at| now >= at));
         let entry = self.agents.get(agent);
+        let zone = self.zone_of(agent);
         let mut spent = PeriodAmounts::default();
         for p in Period::ALL {
-            *spent.slot(p) = MicroUsd(entry.map_or(0, |e| e.spent(p, now)));
+            *spent.slot(p) = MicroUsd(entry.map_or(0, |e| e.spent(p, now, &zone)));
         }
         let held = self.settings.contains_key(HOLD_SETTING);
         let status = if paused_by.is_some() || held {
@@ -1157,14 +1196,21 @@ impl State {
             })),
             remaining,
             period_resets: PeriodResets {
-                daily: Period::Daily.next_reset(now),
-                weekly: Period::Weekly.next_reset(now),
-                monthly: Period::Monthly.next_reset(now),
+                daily: Period::Daily
+                    .next_reset_in(now, &zone)
+                    .map(|t| zone.local(t)),
+                weekly: Period::Weekly
+                    .next_reset_in(now, &zone)
+                    .map(|t| zone.local(t)),
+                monthly: Period::Monthly
+                    .next_reset_in(now, &zone)
+                    .map(|t| zone.local(t)),
             },
             paused: paused_by.is_some() || held,
             paused_by,
             other_hosts: self.other_hosts(agent),
             mode: self.mode_of(&levels),
+            tz: zone,
         }
     }
 }

@@ -81,6 +81,8 @@ struct StoredLimits {
     /// Added after schema 2's first release: absent = inherited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mode: Option<crate::limits::Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tz: Option<crate::zone::Zone>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -121,6 +123,7 @@ fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
             soft_threshold_pct: l.soft_threshold_pct,
             other_hosts: l.other_hosts,
             mode: l.mode,
+            tz: l.tz.clone(),
         },
         paused: e.paused,
         counters: e.counters,
@@ -455,6 +458,7 @@ impl Store {
                         soft_threshold_pct: l.soft_threshold_pct,
                         other_hosts: l.other_hosts,
                         mode: l.mode,
+                        tz: l.tz,
                     },
                     paused: s.paused,
                     counters: s.counters,

@@ -1,7 +1,7 @@
 //! The values the ledger hands out: reservations, denials (the 402 body), status, audit events,
 //! notifications. Their JSON is what operators and scripts see: amounts are dollars.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentName;
@@ -256,12 +256,13 @@ impl PeriodAmounts {
     }
 }
 
-/// When the current daily, weekly and monthly periods end.
+/// When the current daily, weekly and monthly periods end, in the agent's time zone (RFC 3339
+/// with the zone's offset, e.g. `2026-05-04T00:00:00+02:00`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PeriodResets {
-    pub daily: Option<DateTime<Utc>>,
-    pub weekly: Option<DateTime<Utc>>,
-    pub monthly: Option<DateTime<Utc>>,
+    pub daily: Option<DateTime<FixedOffset>>,
+    pub weekly: Option<DateTime<FixedOffset>>,
+    pub monthly: Option<DateTime<FixedOffset>>,
 }
 
 /// `status` field of [`AgentStatus`].
@@ -301,6 +302,8 @@ pub struct AgentStatus {
     /// `enforce`, or `observe` (nothing is blocked: refusals are audited as `would_block`); the
     /// nearest level that sets one decides.
     pub mode: crate::limits::Mode,
+    /// The time zone of this agent's periods (its own or inherited; `UTC` by default).
+    pub tz: crate::zone::Zone,
 }
 
 /// What was decided for an audited request.

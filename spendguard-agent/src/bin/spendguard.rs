@@ -10,7 +10,7 @@ use spendguard_agent::control::client::{self, ClientError};
 use spendguard_agent::control::protocol::{Request, Response};
 use spendguard_agent::identity::{AgentName, Tag, TagSource};
 use spendguard_agent::metering::prices::PriceOverride;
-use spendguard_ledger::{LimitKind, LimitsPatch, Mode};
+use spendguard_ledger::{LimitKind, LimitsPatch, Mode, Zone};
 use spendguard_pricing::MicroUsd;
 
 #[derive(Parser)]
@@ -152,6 +152,19 @@ fn parse_mode(s: &str) -> Result<ModeArg, String> {
         .map_err(|e| format!("{e}; use observe, enforce or none"))
 }
 
+/// A `--tz` argument: an IANA zone, or `none` to inherit the parent's again.
+#[derive(Clone, Debug)]
+struct TzArg(Option<Zone>);
+
+fn parse_tz(s: &str) -> Result<TzArg, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(TzArg(None));
+    }
+    s.parse::<Zone>()
+        .map(|z| TzArg(Some(z)))
+        .map_err(|e| e.to_string())
+}
+
 fn parse_usd(s: &str) -> Result<MicroUsd, String> {
     s.parse::<MicroUsd>().map_err(|e| e.to_string())
 }
@@ -193,6 +206,10 @@ enum LimitCommand {
         /// `enforce`: block. Inherited by descendants that set none; `none` inherits again.
         #[arg(long, value_parser = parse_mode)]
         mode: Option<ModeArg>,
+        /// IANA time zone of this agent's day, week and month (e.g. Europe/Berlin; DST
+        /// included). Inherited by descendants that set none; `none` inherits again; default UTC.
+        #[arg(long, value_parser = parse_tz)]
+        tz: Option<TzArg>,
     },
     /// Show an agent's own limits.
     Show { agent: String },
@@ -326,6 +343,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                     soft_threshold_pct,
                     other_hosts,
                     mode,
+                    tz,
                 },
         } => {
             let mut patch = LimitsPatch::default();
@@ -371,6 +389,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                 patch.soft_threshold_pct = Some(p);
             }
             patch.mode = mode.map(|ModeArg(m)| m);
+            patch.tz = tz.map(|TzArg(z)| z);
             if patch == LimitsPatch::default() {
                 return Err(bad(
                     "nothing to set: name at least one limit, e.g. --daily 5.00",
@@ -515,14 +534,16 @@ fn print_limits(agent: &str, l: &Value) {
         "mode",
         l["mode"].as_str().unwrap_or("inherited")
     );
+    println!("  {:<18} {}", "tz", l["tz"].as_str().unwrap_or("inherited"));
 }
 
 fn print_status(s: &Value) {
     println!(
-        "agent {}: {} (mode {})",
+        "agent {}: {} (mode {}, periods in {})",
         s["agent"].as_str().unwrap_or("?"),
         s["status"].as_str().unwrap_or("?"),
-        s["mode"].as_str().unwrap_or("enforce")
+        s["mode"].as_str().unwrap_or("enforce"),
+        s["tz"].as_str().unwrap_or("UTC")
     );
     println!(
         "  {:<10} {:>14} {:>14} {:>14}  RESETS",

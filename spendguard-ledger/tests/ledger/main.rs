@@ -12,3 +12,4 @@ mod migrate;
 mod modes;
 mod periods;
 mod props;
+mod zones;
