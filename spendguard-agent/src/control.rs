@@ -5,6 +5,7 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod snapshot;
 
 /// The largest request line accepted (a tag or limit request is a few hundred bytes).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

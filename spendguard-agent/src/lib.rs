@@ -2,6 +2,7 @@
 //! The binaries in `src/bin` are thin: everything testable lives here.
 
 pub mod accept;
+pub mod activity;
 pub mod config;
 pub mod control;
 pub mod identity;
@@ -15,3 +16,4 @@ pub mod redirect;
 pub mod run;
 pub mod statedir;
 pub mod tls;
+pub mod top;

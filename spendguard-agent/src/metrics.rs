@@ -228,6 +228,8 @@ pub struct MeteringMetrics {
     spend_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
     remaining_budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     ledger_commit: Histogram,
+    /// The last minute per agent, for `spendguard top` (not exported).
+    pub activity: crate::activity::Activity,
 }
 
 impl MeteringMetrics {
@@ -262,11 +264,21 @@ impl MeteringMetrics {
             spend_usd,
             remaining_budget_usd,
             ledger_commit,
+            activity: crate::activity::Activity::default(),
         }
     }
 
     /// One request's decision. `provider` empty = no adapter for the host (`unknown`).
     pub fn request(&self, agent: &str, provider: &str, outcome: Outcome) {
+        use crate::activity::Seen;
+        self.activity.request(
+            agent,
+            match outcome {
+                Outcome::Allowed | Outcome::Free | Outcome::BadRequest => Seen::Allowed,
+                Outcome::Blocked(_) | Outcome::LedgerUnavailable => Seen::Blocked,
+                Outcome::WouldBlock(_) => Seen::WouldBlock,
+            },
+        );
         let (decision, reason) = outcome.labels();
         let provider = if provider.is_empty() {
             "unknown"
@@ -289,6 +301,7 @@ impl MeteringMetrics {
 
     /// A settled request: its real cost, then the agent's remaining budgets.
     pub fn settled(&self, agent: &str, model: &str, cost: MicroUsd, status: &AgentStatus) {
+        self.activity.spend(agent, cost);
         self.spend_usd
             .get_or_create(&SpendLabels {
                 agent: agent.to_string(),

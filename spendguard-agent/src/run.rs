@@ -188,6 +188,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         prices: prices.clone(),
         ca: ca.clone(),
+        metrics: metrics.clone(),
     });
     let control_task = tokio::spawn(control_server::serve(
         control,

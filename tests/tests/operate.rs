@@ -1,7 +1,7 @@
 //! Issue 15 end to end: operating SpendGuard — observe-only roll-out, the live view (`top`) and
 //! spend reports, through the real transparent path.
 
-use spendguard_tests::metered::Metered as Env;
+use spendguard_tests::metered::{usd_to_micro, Metered as Env};
 use spendguard_tests::privileged;
 
 const CHAT: &str =
@@ -84,4 +84,76 @@ fn observe_mode_forwards_what_enforce_would_block_and_enforce_takes_over_on_the_
     assert_eq!(e.fake.request_count(), before);
     let s = e.cli_json(&["status", "acme.rollout"]);
     assert_eq!(s["mode"], "enforce", "{s}");
+}
+
+#[test]
+fn top_once_json_shows_the_rate_budget_and_blocks_of_the_tree() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.top.bot");
+    e.cli_ok(&[
+        "limit",
+        "set",
+        "acme",
+        "--daily",
+        "10",
+        "--tz",
+        "Europe/Berlin",
+    ]);
+    e.cli_ok(&["limit", "set", "acme.top.bot", "--per-call", "0.01"]);
+    let json = [
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "x-fake-usage: prompt=1000,completion=200",
+        "-d",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#,
+    ];
+    for _ in 0..2 {
+        let (code, _, body) = e.curl("/v1/chat/completions", &json);
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, _, body) = e.curl(
+        "/v1/chat/completions",
+        &["-H", "content-type: application/json", "-d", CHAT],
+    );
+    assert_eq!(code, 402, "over the per-call limit: {body}");
+    let spent = e.settled_spend("acme.top.bot");
+    assert!(spent > 0);
+
+    let snap = e.cli_json(&["top", "--once"]);
+    assert_eq!(snap["window_secs"], 60, "{snap}");
+    let rows = snap["agents"].as_array().expect("agents");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["agent"].as_str()).collect();
+    assert_eq!(names, ["acme", "acme.top", "acme.top.bot"], "{snap}");
+    let bot = &rows[2];
+    assert_eq!(bot["depth"], 2);
+    assert_eq!(bot["requests_1m"], 3, "{bot}");
+    assert_eq!(bot["blocked_1m"], 1, "{bot}");
+    assert_eq!(bot["mode"], "enforce");
+    assert_eq!(bot["tz"], "Europe/Berlin", "inherited from acme");
+    assert_eq!(bot["binding_period"], "daily", "{bot}");
+    assert_eq!(usd_to_micro(&bot["rate_per_min"]), spent, "{bot}");
+    assert_eq!(usd_to_micro(&bot["spent"]), spent, "{bot}");
+    assert_eq!(usd_to_micro(&bot["remaining"]), 10_000_000 - spent, "{bot}");
+    assert!(
+        bot["resets"].as_str().unwrap_or("").ends_with(":00+01:00")
+            || bot["resets"].as_str().unwrap_or("").ends_with(":00+02:00"),
+        "Berlin's offset: {bot}"
+    );
+    // The root counts its subtree.
+    assert_eq!(rows[0]["requests_1m"], 3);
+    assert_eq!(usd_to_micro(&rows[0]["rate_per_min"]), spent);
+
+    // The plain frame is the same tree, indented.
+    let out = e.w.cli(&["top", "--once"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("spendguard top — "), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("    bot ") && l.contains("daily")),
+        "{text}"
+    );
 }

@@ -10,6 +10,7 @@ use spendguard_agent::control::client::{self, ClientError};
 use spendguard_agent::control::protocol::{Request, Response};
 use spendguard_agent::identity::{AgentName, Tag, TagSource};
 use spendguard_agent::metering::prices::PriceOverride;
+use spendguard_agent::top::{SortKey, View};
 use spendguard_ledger::{LimitKind, LimitsPatch, Mode, Zone};
 use spendguard_pricing::MicroUsd;
 
@@ -82,6 +83,19 @@ enum Command {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+    },
+    /// Live view of every agent on this node: spend rate ($/min over the last minute), spent and
+    /// remaining in the binding period, reservations in flight, requests and blocks in the last
+    /// minute, mode and pause; refreshed every second. Keys: s sort, r reverse, / filter, q quit.
+    Top {
+        /// Print one frame and exit (with --json: the frame as JSON, for scripts).
+        #[arg(long)]
+        once: bool,
+        #[arg(long, value_enum, default_value_t = SortKey::Tree)]
+        sort: SortKey,
+        /// Only agents whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Check that the agent answers.
     Ping,
@@ -253,8 +267,36 @@ fn agent_arg(a: &str) -> Result<String, ClientError> {
     a.parse::<AgentName>().map(|n| n.to_string()).map_err(bad)
 }
 
+fn top(cli: &Cli, once: bool, view: View) -> Result<(), ClientError> {
+    let fetch = || match client::call(&cli.socket, &Request::Top)? {
+        Response::Top { snapshot } => Ok(snapshot),
+        other => Err(bad(format!("unexpected answer to top: {other:?}"))),
+    };
+    use std::io::IsTerminal as _;
+    if once || cli.json || !std::io::stdout().is_terminal() {
+        let snap = fetch()?;
+        if cli.json {
+            let v = serde_json::to_string_pretty(&snap).map_err(ClientError::Malformed)?;
+            println!("{v}");
+        } else {
+            print!("{}", spendguard_agent::top::text(&snap, &view));
+        }
+        return Ok(());
+    }
+    spendguard_agent::top::run(|| fetch().map_err(|e| e.to_string()), view).map_err(ClientError::Io)
+}
+
 fn run(cli: Cli) -> Result<(), ClientError> {
+    if let Command::Top { once, sort, filter } = &cli.command {
+        let view = View {
+            sort: *sort,
+            filter: filter.clone().unwrap_or_default(),
+            ..View::default()
+        };
+        return top(&cli, *once, view);
+    }
     let req = match cli.command {
+        Command::Top { .. } => unreachable!("handled above"),
         Command::Ca {
             command: CaCommand::Generate { out },
         } => {
@@ -435,6 +477,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
                 models,
             } => Ok(serde_json::json!({"source": source, "date": date, "models": models})),
             Response::CaCert { pem } => Ok(serde_json::json!({"pem": pem})),
+            Response::Top { snapshot } => serde_json::to_value(snapshot),
             other => serde_json::to_value(other),
         }
         .map_err(ClientError::Malformed)?;
@@ -461,6 +504,10 @@ fn run(cli: Cli) -> Result<(), ClientError> {
             date,
             models,
         } => print_prices(&source, &date, &models),
+        Response::Top { snapshot } => print!(
+            "{}",
+            spendguard_agent::top::text(&snapshot, &View::default())
+        ),
         Response::Error { message } => return Err(ClientError::Agent(message)),
     }
     Ok(())

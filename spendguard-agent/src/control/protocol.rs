@@ -57,6 +57,8 @@ pub enum Request {
     NodeForget {
         node: String,
     },
+    /// One frame of `spendguard top`.
+    Top,
 }
 
 /// Why a request line was refused before it reached a handler.
@@ -114,6 +116,9 @@ pub enum Response {
         source: String,
         date: String,
         models: Value,
+    },
+    Top {
+        snapshot: super::snapshot::Snapshot,
     },
     Error {
         message: String,

@@ -38,6 +38,8 @@ pub struct ControlContext {
     pub ledger: Ledger,
     pub prices: Prices,
     pub ca: Arc<Ca>,
+    /// The metering metrics' last minute per agent (`top`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Creates the socket (removing a stale one), root-only.
@@ -209,6 +211,9 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
     let name = |a: &str| a.parse::<AgentName>();
     match req {
         Request::CaExport => Response::CaCert { pem: ctx.ca.cert_pem().to_string() },
+        Request::Top => Response::Top {
+            snapshot: super::snapshot::build(&ctx.ledger, &ctx.metrics.metering.activity, chrono::Utc::now(), crate::activity::now_sec()),
+        },
         Request::LimitSet { agent, patch } => match name(&agent) {
             Ok(n) => match ctx.ledger.set_limits(&n, patch).await {
                 Ok(limits) => {
