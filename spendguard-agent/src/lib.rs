@@ -13,6 +13,7 @@ pub mod notify;
 pub mod paths;
 pub mod proxy;
 pub mod redirect;
+pub mod report;
 pub mod run;
 pub mod statedir;
 pub mod tls;

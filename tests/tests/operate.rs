@@ -157,3 +157,100 @@ fn top_once_json_shows_the_rate_budget_and_blocks_of_the_tree() {
         "{text}"
     );
 }
+
+#[test]
+fn report_totals_match_status_and_the_chart_names_every_agent() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.rep.a");
+    let other = e.w.cgroup.child("other");
+    e.w.tag(&other.path, "acme.rep.b");
+    let json = |usage: &str| {
+        [
+            "-H".to_string(),
+            "content-type: application/json".into(),
+            "-H".into(),
+            format!("x-fake-usage: {usage}"),
+            "-d".into(),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#.into(),
+        ]
+    };
+    for usage in ["prompt=1000,completion=200", "prompt=3000,completion=50"] {
+        let args = json(usage);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, body) = e.curl("/v1/chat/completions", &args);
+        assert_eq!(code, 200, "{body}");
+    }
+    let args = json("prompt=500,completion=500");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b_at = spendguard_tests::Place {
+        cgroup: Some(&other.path),
+        netns: Some(&e.w.node),
+        uid: None,
+    };
+    let (code, _, body) =
+        spendguard_tests::metered::curl_in(b_at, &e.ca, "/v1/chat/completions", &args);
+    assert_eq!(code, 200, "{body}");
+    let a = e.settled_spend("acme.rep.a");
+    let b = e.settled_spend("acme.rep.b");
+    assert!(a > 0 && b > 0);
+
+    let r = e.cli_json(&["report", "--agent", "acme", "--by", "agent"]);
+    assert_eq!(r["by"], "agent", "{r}");
+    let groups = r["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2, "{r}");
+    assert_eq!(groups[0]["key"], "acme.rep.a");
+    assert_eq!(usd_to_micro(&groups[0]["spend"]), a, "{r}");
+    assert_eq!(groups[0]["requests"], 2);
+    assert_eq!(usd_to_micro(&groups[1]["spend"]), b, "{r}");
+    // Totals match status, for the tree and for today.
+    assert_eq!(
+        usd_to_micro(&r["total"]["spend"]),
+        e.spent_total("acme"),
+        "{r}"
+    );
+    let today = e.cli_json(&["status", "acme"]);
+    let by_day = e.cli_json(&["report", "--agent", "acme", "--by", "day"]);
+    assert_eq!(
+        by_day["groups"].as_array().map(Vec::len),
+        Some(1),
+        "{by_day}"
+    );
+    assert_eq!(
+        usd_to_micro(&by_day["groups"][0]["spend"]),
+        usd_to_micro(&today["spent"]["daily"])
+    );
+    // Nothing before --since / after --until.
+    let none = e.cli_json(&["report", "--since", "2099-01-01T00:00:00Z"]);
+    assert_eq!(none["total"]["requests"], 0, "{none}");
+
+    let out = e.w.cli(&["report", "--by", "model", "--format", "csv"]);
+    assert!(out.status.success());
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        csv.starts_with("model,requests,blocked,would_block,spend_usd\n"),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l.starts_with("gpt-4o-mini,3,0,0,")),
+        "{csv}"
+    );
+
+    let chart = e.w.state.path().join("spend.svg");
+    let out =
+        e.w.cli(&["report", "--chart", chart.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(
+        svg.contains("acme.rep.a") && svg.contains("acme.rep.b"),
+        "{svg}"
+    );
+    if let Ok(keep) = std::env::var("SPENDGUARD_KEEP_CHART") {
+        let _ = std::fs::copy(&chart, keep);
+    }
+}

@@ -10,6 +10,7 @@ use spendguard_agent::control::client::{self, ClientError};
 use spendguard_agent::control::protocol::{Request, Response};
 use spendguard_agent::identity::{AgentName, Tag, TagSource};
 use spendguard_agent::metering::prices::PriceOverride;
+use spendguard_agent::report::{By, Format};
 use spendguard_agent::top::{SortKey, View};
 use spendguard_ledger::{LimitKind, LimitsPatch, Mode, Zone};
 use spendguard_pricing::MicroUsd;
@@ -96,6 +97,27 @@ enum Command {
         /// Only agents whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// Spend from the audit log: totals by agent, model or day (they match `status`), as a
+    /// table, CSV or JSON; `--chart FILE.svg` draws spend per day per agent.
+    Report {
+        /// Only this agent and its descendants (days are then its local days, see --tz).
+        #[arg(long)]
+        agent: Option<String>,
+        /// From this time (RFC 3339), by request time.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Up to this time (RFC 3339, exclusive).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value_t = By::Agent)]
+        by: By,
+        /// Output format (--json is the same as --format json).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also draw spend per day per agent into this .svg file.
+        #[arg(long)]
+        chart: Option<PathBuf>,
     },
     /// Check that the agent answers.
     Ping,
@@ -295,8 +317,45 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         };
         return top(&cli, *once, view);
     }
+    if let Command::Report {
+        agent,
+        since,
+        until,
+        by,
+        format,
+        chart,
+    } = &cli.command
+    {
+        let req = Request::Report {
+            agent: agent.as_deref().map(agent_arg).transpose()?,
+            since: *since,
+            until: *until,
+        };
+        let Response::Report { tz, rows } = client::call(&cli.socket, &req)? else {
+            return Err(bad("unexpected answer to report"));
+        };
+        if let Some(path) = chart {
+            let title = format!(
+                "spend per day per agent{} ({tz})",
+                agent
+                    .as_deref()
+                    .map(|a| format!(" under {a}"))
+                    .unwrap_or_default()
+            );
+            spendguard_agent::report::chart(&rows, path, &title).map_err(bad)?;
+            eprintln!("chart written to {}", path.display());
+        }
+        let format = if cli.json { Format::Json } else { *format };
+        print!("{}", spendguard_agent::report::render(&rows, *by, format));
+        if format == Format::Json {
+            println!();
+        }
+        return Ok(());
+    }
     let req = match cli.command {
-        Command::Top { .. } => unreachable!("handled above"),
+        Command::Top { .. } | Command::Report { .. } => {
+            return Err(bad("internal: handled above"));
+        }
         Command::Ca {
             command: CaCommand::Generate { out },
         } => {
@@ -478,6 +537,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
             } => Ok(serde_json::json!({"source": source, "date": date, "models": models})),
             Response::CaCert { pem } => Ok(serde_json::json!({"pem": pem})),
             Response::Top { snapshot } => serde_json::to_value(snapshot),
+            Response::Report { rows, .. } => serde_json::to_value(rows),
             other => serde_json::to_value(other),
         }
         .map_err(ClientError::Malformed)?;
@@ -504,6 +564,10 @@ fn run(cli: Cli) -> Result<(), ClientError> {
             date,
             models,
         } => print_prices(&source, &date, &models),
+        Response::Report { rows, .. } => print!(
+            "{}",
+            spendguard_agent::report::render(&rows, By::Agent, Format::Table)
+        ),
         Response::Top { snapshot } => print!(
             "{}",
             spendguard_agent::top::text(&snapshot, &View::default())

@@ -59,6 +59,12 @@ pub enum Request {
     },
     /// One frame of `spendguard top`.
     Top,
+    /// Spend from the audit log, grouped by day × agent × model (`spendguard report`).
+    Report {
+        agent: Option<String>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    },
 }
 
 /// Why a request line was refused before it reached a handler.
@@ -119,6 +125,11 @@ pub enum Response {
     },
     Top {
         snapshot: super::snapshot::Snapshot,
+    },
+    Report {
+        /// The zone whose local days the rows use.
+        tz: String,
+        rows: Vec<crate::report::Row>,
     },
     Error {
         message: String,

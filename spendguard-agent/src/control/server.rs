@@ -288,6 +288,18 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
                 Err(e) => err(&e),
             }
         }
+        Request::Report { agent, since, until } => {
+            let agent = match agent.as_deref().map(name).transpose() {
+                Ok(a) => a,
+                Err(e) => return err(&e),
+            };
+            // Days are the agent's local days (its --tz), or UTC for the whole node.
+            let zone = agent.as_ref().map_or_else(spendguard_ledger::Zone::utc, |a| ctx.ledger.status(a).tz);
+            match ctx.ledger.audit_synced(AuditFilter { agent, since, limit: 0 }).await {
+                Ok(events) => Response::Report { tz: zone.to_string(), rows: crate::report::rows(&events, until, &zone) },
+                Err(e) => err(&e),
+            }
+        }
         Request::PriceSet { model, price } => {
             if model.trim().is_empty() {
                 return Response::Error { message: "model name is empty".into() };
