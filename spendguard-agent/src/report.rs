@@ -195,6 +195,40 @@ pub enum ChartError {
     Draw { path: String, detail: String },
 }
 
+/// Where Debian's `fonts-dejavu-core` (and other distributions' DejaVu packages) put the font;
+/// `SPENDGUARD_FONT` overrides.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a TrueType font from disk as plotters' "sans-serif", once per process: plotters'
+/// `ab_glyph` text layout (on here, and unified into every workspace build by the bench's PNG
+/// chart) looks up no system fonts, and without one every label fails to draw.
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let path = std::env::var_os("SPENDGUARD_FONT")
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(std::path::PathBuf::from))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "no font file at {} (Debian: apt-get install fonts-dejavu-core), and SPENDGUARD_FONT is unset",
+                    FONT_PATHS.join(", ")
+                )
+            })?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // plotters keeps registered fonts for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType/OpenType font", path.display()))
+    })
+    .clone()
+}
+
 /// Spend per day per agent as stacked bars (one colour per agent, a legend), written to `path`
 /// (`.svg`).
 pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<(), ChartError> {
@@ -207,6 +241,7 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<(), ChartError> {
         path: shown.clone(),
         detail: e.to_string(),
     };
+    register_font().map_err(|e| fail(&e))?;
     // day → agent → dollars (display only).
     let mut days: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
     let mut agents: Vec<&str> = Vec::new();
