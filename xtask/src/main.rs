@@ -108,7 +108,13 @@ fn main() -> anyhow::Result<()> {
             divisor,
             idle_long_ms,
         } => {
-            if nodes == 0 || agents == 0 || secs == 0 || lease_usd.is_nan() || lease_usd <= 0.0 || divisor == 0 {
+            if nodes == 0
+                || agents == 0
+                || secs == 0
+                || lease_usd.is_nan()
+                || lease_usd <= 0.0
+                || divisor == 0
+            {
                 bail!("--nodes, --agents, --secs, --lease-usd and --divisor must be above zero");
             }
             let p = sim::Params {
