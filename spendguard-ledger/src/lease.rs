@@ -127,9 +127,12 @@ impl State {
         if renew {
             lease.renewing = true;
         }
-        let row = lease.row;
-        // Before the request can leave: a crash from here on charges this carve.
-        self.meter_lease(&req.agent);
+        let (row, unused) = (lease.row, lease.available());
+        // Before the request can leave: a crash from here on charges this carve. (Published
+        // here rather than through `meter_lease`: the lease is in hand, no second look-up.)
+        let reservations = &self.reservations;
+        self.meter
+            .publish(row, unused, || reservations.get(&row).map(|r| r.created));
         let id = CARVE_BIT | self.next_carve;
         self.next_carve += 1;
         self.carves.insert(
