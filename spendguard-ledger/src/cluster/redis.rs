@@ -31,8 +31,12 @@ use crate::agent::AgentName;
 use crate::money::MicroUsd;
 use crate::period::Period;
 
-/// A store call that takes longer fails (the node then spends only what it holds).
+/// A store call on the request path (grants, settles, the policy poll) that takes longer fails:
+/// the node then spends only what it holds rather than stall its clients.
 const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// An operator's call (`limit set`, `price set`, `node forget`, `status`) may wait longer: a
+/// store busy with fsyncs for two seconds should not fail a command the operator has to retry.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 enum Conn {
@@ -134,7 +138,8 @@ impl RedisStore {
         let client = ::redis::Client::open(url).map_err(bad)?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
-            .set_response_timeout(CALL_TIMEOUT)
+            // The longest any call may wait; request-path calls are bounded tighter in `run`.
+            .set_response_timeout(ADMIN_TIMEOUT)
             .set_number_of_retries(1);
         let single = tokio::time::timeout(
             CALL_TIMEOUT * 2,
@@ -165,7 +170,7 @@ impl RedisStore {
         if info.contains("cluster_enabled:1") {
             let client = ::redis::cluster::ClusterClientBuilder::new(vec![url])
                 .connection_timeout(CALL_TIMEOUT)
-                .response_timeout(CALL_TIMEOUT)
+                .response_timeout(ADMIN_TIMEOUT)
                 .build()
                 .map_err(bad)?;
             let conn =
@@ -191,7 +196,7 @@ impl RedisStore {
         if e.is_timeout() {
             ClusterError::Timeout {
                 url: self.shown.clone(),
-                millis: CALL_TIMEOUT.as_millis() as u64,
+                millis: ADMIN_TIMEOUT.as_millis() as u64,
             }
         } else {
             ClusterError::Unreachable {
@@ -201,15 +206,34 @@ impl RedisStore {
         }
     }
 
+    /// A request-path command, bounded by [`CALL_TIMEOUT`].
     async fn run<T: ::redis::FromRedisValue>(
         &self,
         what: &'static str,
         cmd: Cmd,
     ) -> Result<T, ClusterError> {
+        self.run_within(CALL_TIMEOUT, what, cmd).await
+    }
+
+    /// An operator's command, bounded by [`ADMIN_TIMEOUT`].
+    async fn admin<T: ::redis::FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: Cmd,
+    ) -> Result<T, ClusterError> {
+        self.run_within(ADMIN_TIMEOUT, what, cmd).await
+    }
+
+    async fn run_within<T: ::redis::FromRedisValue>(
+        &self,
+        limit: Duration,
+        what: &'static str,
+        cmd: Cmd,
+    ) -> Result<T, ClusterError> {
         let mut conn = self.conn.clone();
-        let v = tokio::time::timeout(CALL_TIMEOUT, cmd.query_async::<Value>(&mut conn))
+        let v = tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn))
             .await
-            .map_err(|_| self.timeout())?
+            .map_err(|_| self.timeout(limit))?
             .map_err(|e| self.unreachable(&e))?;
         ::redis::from_redis_value(&v).map_err(|e| self.protocol(what, e.to_string()))
     }
@@ -222,15 +246,15 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let v = tokio::time::timeout(CALL_TIMEOUT, inv.invoke_async::<Value>(&mut conn))
             .await
-            .map_err(|_| self.timeout())?
+            .map_err(|_| self.timeout(CALL_TIMEOUT))?
             .map_err(|e| self.unreachable(&e))?;
         ::redis::from_redis_value(&v).map_err(|e| self.protocol(what, e.to_string()))
     }
 
-    fn timeout(&self) -> ClusterError {
+    fn timeout(&self, limit: Duration) -> ClusterError {
         ClusterError::Timeout {
             url: self.shown.clone(),
-            millis: CALL_TIMEOUT.as_millis() as u64,
+            millis: limit.as_millis() as u64,
         }
     }
 
@@ -244,7 +268,7 @@ impl RedisStore {
 
     async fn bump_version(&self) -> Result<(), ClusterError> {
         let _: i64 = self
-            .run("INCR sg:ver", ::redis::cmd("INCR").arg(VERSION).clone())
+            .admin("INCR sg:ver", ::redis::cmd("INCR").arg(VERSION).clone())
             .await?;
         Ok(())
     }
@@ -390,7 +414,7 @@ impl ClusterStore for RedisStore {
     fn drop_holder<'a>(&'a self, node: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let _: i64 = self
-                .run(
+                .admin(
                     "DEL sg:node",
                     ::redis::cmd("DEL").arg(node_key(node)).clone(),
                 )
@@ -429,12 +453,12 @@ impl ClusterStore for RedisStore {
                 }
             }
             let mut conn = self.conn.clone();
-            tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn))
+            tokio::time::timeout(ADMIN_TIMEOUT, pipe.query_async::<()>(&mut conn))
                 .await
-                .map_err(|_| self.timeout())?
+                .map_err(|_| self.timeout(ADMIN_TIMEOUT))?
                 .map_err(|e| self.unreachable(&e))?;
             let _: i64 = self
-                .run(
+                .admin(
                     "SADD sg:agents",
                     ::redis::cmd("SADD").arg(AGENTS).arg(agent.as_str()).clone(),
                 )
@@ -501,7 +525,7 @@ impl ClusterStore for RedisStore {
                     .clone(),
                 None => ::redis::cmd("HDEL").arg(SHARED).arg(k).clone(),
             };
-            let _: i64 = self.run("HSET sg:shared", cmd).await?;
+            let _: i64 = self.admin("HSET sg:shared", cmd).await?;
             self.bump_version().await
         })
     }
