@@ -7,16 +7,22 @@
 //! |---|---|---|
 //! | `spendguard_requests_total` | agent, provider, decision, reason | the metering stage's decision |
 //! | `spendguard_spend_usd_total` | agent, model | after each settle (the real cost) |
-//! | `spendguard_remaining_budget_usd` | agent, period | after each settle, from `Ledger::status` |
+//! | `spendguard_remaining_budget_usd` | agent, period | after each settle, and for every agent the ledger knows every [`BUDGET_REFRESH`], from `Ledger::status` |
+//! | `spendguard_spent_usd` | agent, period | with `remaining_budget_usd`: settled spend of the agent's subtree in the period |
+//! | `spendguard_budget_limit_usd` | agent, period | with `remaining_budget_usd`: the agent's own limit (its own or `default_limits`) |
 //! | `spendguard_added_latency_seconds` | — | proxy: request received → sent upstream |
 //! | `spendguard_open_connections` | — | proxy: accepted connections still open |
 //! | `spendguard_ledger_commit_seconds` | — | metering: durable `Ledger::reserve` calls |
 //! | `spendguard_webhooks_total` | event, result | the webhook notifier |
 //!
-//! Label sets are bounded: agent names come from tags (created by the operator), models only from
-//! priced requests (a model without a price is blocked before it could become a label), providers from
-//! the adapter set, and decision / reason / period / event / result from closed enums. Dollars are
-//! `f64` here, for display only: the ledger itself never holds money as a float.
+//! Label sets are bounded ([`labels`]): agent names come from tags (and at most
+//! [`labels::MAX_AGENT_LABELS`] of them), models from the price table (any other name is `other`),
+//! providers from the adapter set, and decision / reason / period / event / result from closed
+//! enums. Recording a request allocates no label strings and takes no lock of ours (the families'
+//! own read lock is prometheus-client's). Dollars are `f64` here, for display only: the ledger
+//! itself never holds money as a float.
+
+pub mod labels;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -45,6 +51,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub const PREFIX: &str = "spendguard";
 /// A scrape must send its request head within this time (a stuck client holds no task forever).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the budget gauges of every agent the ledger knows are read again, so they follow
+/// period resets, `limit set` and other nodes' spend while an agent sends nothing.
+pub const BUDGET_REFRESH: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -171,23 +180,25 @@ impl Drop for OpenConnection {
 // ---------------------------------------------------------------------------------------------
 // Metering
 
+// Label values are interned `Arc<str>`s or `&'static str`s (see `labels`): building a key to look
+// a series up clones reference counts, never strings.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    agent: String,
-    provider: String,
+    agent: Arc<str>,
+    provider: &'static str,
     decision: &'static str,
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SpendLabels {
-    agent: String,
-    model: String,
+    agent: Arc<str>,
+    model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BudgetLabels {
-    agent: String,
+    agent: Arc<str>,
     period: &'static str,
 }
 
@@ -227,7 +238,11 @@ pub struct MeteringMetrics {
     requests: Family<RequestLabels, Counter>,
     spend_usd: Family<SpendLabels, Counter<f64, AtomicU64>>,
     remaining_budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    spent_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    budget_limit_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
     ledger_commit: Histogram,
+    agents: labels::AgentLabels,
+    models: Arc<labels::ModelLabels>,
     /// The last minute per agent, for `spendguard top` (not exported).
     pub activity: crate::activity::Activity,
 }
@@ -252,6 +267,18 @@ impl MeteringMetrics {
             "USD an agent can still spend per period, tightest over it and its ancestors (absent: unlimited); updated after each settle",
             remaining_budget_usd.clone(),
         );
+        let spent_usd = Family::default();
+        r.register(
+            "spent_usd",
+            "USD the agent and its descendants spent in the current period, for each period with a limit at some level; updated with remaining_budget_usd",
+            spent_usd.clone(),
+        );
+        let budget_limit_usd = Family::default();
+        r.register(
+            "budget_limit_usd",
+            "The agent's own limit per period (its own or default_limits; absent: none of its own), so spent_usd / budget_limit_usd is the share of its budget used",
+            budget_limit_usd.clone(),
+        );
         // 0.1 ms … ~3 s: one durable redb commit per batch.
         let ledger_commit = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         r.register(
@@ -263,9 +290,19 @@ impl MeteringMetrics {
             requests,
             spend_usd,
             remaining_budget_usd,
+            spent_usd,
+            budget_limit_usd,
             ledger_commit,
+            agents: labels::AgentLabels::default(),
+            models: Arc::default(),
             activity: crate::activity::Activity::default(),
         }
+    }
+
+    /// The `model` label values; the live price table publishes its names here (until it does,
+    /// every model is `other`).
+    pub fn model_labels(&self) -> Arc<labels::ModelLabels> {
+        self.models.clone()
     }
 
     /// One request's decision. `provider` empty = no adapter for the host (`unknown`).
@@ -280,15 +317,10 @@ impl MeteringMetrics {
             },
         );
         let (decision, reason) = outcome.labels();
-        let provider = if provider.is_empty() {
-            "unknown"
-        } else {
-            provider
-        };
         self.requests
             .get_or_create(&RequestLabels {
-                agent: agent.to_string(),
-                provider: provider.to_string(),
+                agent: self.agents.get(agent),
+                provider: labels::provider(provider),
                 decision,
                 reason,
             })
@@ -299,33 +331,61 @@ impl MeteringMetrics {
         self.ledger_commit.observe(d.as_secs_f64());
     }
 
-    /// A settled request: its real cost, then the agent's remaining budgets.
+    /// A settled request: its real cost, then the agent's budgets. `model` is the price table's
+    /// name for it (anything else is counted as `other`).
     pub fn settled(&self, agent: &str, model: &str, cost: MicroUsd, status: &AgentStatus) {
         self.activity.spend(agent, cost);
         self.spend_usd
             .get_or_create(&SpendLabels {
-                agent: agent.to_string(),
-                model: model.to_string(),
+                agent: self.agents.get(agent),
+                model: self.models.get(model),
             })
             .inc_by(usd(cost));
         self.remaining(status);
     }
 
-    /// Sets `remaining_budget_usd` for each period of `status` (an unlimited period has no series).
+    /// Sets `remaining_budget_usd` and `spent_usd` for each period of `status` that is limited at
+    /// some level, and `budget_limit_usd` for each the agent limits itself (other periods have no
+    /// series). An agent past the label cap has none: one `other` series would mix them all.
     pub fn remaining(&self, status: &AgentStatus) {
+        let agent = self.agents.get(status.agent.as_str());
+        if self.agents.is_overflow(&agent) {
+            return;
+        }
         for p in Period::ALL {
-            let labels = BudgetLabels {
-                agent: status.agent.as_str().to_string(),
+            let key = BudgetLabels {
+                agent: agent.clone(),
                 period: p.as_str(),
             };
             match status.remaining.get(p) {
                 Some(m) => {
-                    self.remaining_budget_usd.get_or_create(&labels).set(usd(m));
+                    self.remaining_budget_usd.get_or_create(&key).set(usd(m));
+                    self.spent_usd
+                        .get_or_create(&key)
+                        .set(usd(status.spent.get(p)));
                 }
                 None => {
-                    self.remaining_budget_usd.remove(&labels);
+                    self.remaining_budget_usd.remove(&key);
+                    self.spent_usd.remove(&key);
                 }
             }
+            match status.limits.period(p) {
+                Some(l) => {
+                    self.budget_limit_usd.get_or_create(&key).set(usd(l));
+                }
+                None => {
+                    self.budget_limit_usd.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Sets the budget gauges of every agent in `statuses` (every agent the ledger knows, ancestors
+    /// included: a team's budget has gauges even when only its members send requests); see
+    /// [`BUDGET_REFRESH`]. Off the request path.
+    pub fn refresh_budgets(&self, statuses: impl IntoIterator<Item = AgentStatus>) {
+        for status in statuses {
+            self.remaining(&status);
         }
     }
 }
@@ -531,6 +591,7 @@ mod tests {
     #[test]
     fn families_carry_their_labels() {
         let m = Metrics::new();
+        m.metering.model_labels().publish(["gpt-4o"]);
         m.metering
             .request("acme.research", "openai", Outcome::Allowed);
         m.metering
@@ -599,6 +660,136 @@ mod tests {
             r#"spendguard_webhooks_total{event="exhausted",result="delivered"} 1"#,
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    fn spend_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("spendguard_spend_usd_total{"))
+            .collect()
+    }
+
+    #[test]
+    fn models_outside_the_price_table_are_counted_as_other() {
+        let m = Metrics::new();
+        m.metering
+            .model_labels()
+            .publish(["gpt-4o", "claude-sonnet-4-5"]);
+        let st = status("acme", None, None);
+        m.metering
+            .settled("acme", "gpt-4o", MicroUsd(1_000_000), &st);
+        m.metering
+            .settled("acme", "gpt-4o-made-up", MicroUsd(250_000), &st);
+        m.metering.settled("acme", "", MicroUsd(250_000), &st);
+        let text = m.encode().expect("encode");
+        has_line(
+            &text,
+            r#"spendguard_spend_usd_total{agent="acme",model="gpt-4o"} 1.0"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_spend_usd_total{agent="acme",model="other"} 0.5"#,
+        );
+        assert_eq!(spend_series(&text).len(), 2, "{text}");
+    }
+
+    #[test]
+    fn ten_thousand_bogus_model_names_make_one_series() {
+        let m = Metrics::new();
+        m.metering.model_labels().publish(["gpt-4o"]);
+        let st = status("acme.bot", None, None);
+        for i in 0..10_000 {
+            m.metering
+                .settled("acme.bot", &format!("bogus-{i}"), MicroUsd(1), &st);
+        }
+        m.metering.settled("acme.bot", "gpt-4o", MicroUsd(1), &st);
+        let text = m.encode().expect("encode");
+        let series = spend_series(&text);
+        assert_eq!(series.len(), 2, "gpt-4o and other: {series:?}");
+        let other: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"spendguard_spend_usd_total{agent="acme.bot",model="other"} "#)
+            })
+            .and_then(|v| v.parse().ok())
+            .expect("the other series");
+        assert!((other - 0.01).abs() < 1e-9, "all 10,000 in other: {other}");
+        assert!(!text.contains("bogus-"), "no bogus name became a label");
+    }
+
+    #[test]
+    fn agents_past_the_label_cap_are_other_and_have_no_budget_series() {
+        let m = Metrics::new();
+        let cap = labels::MAX_AGENT_LABELS;
+        for i in 0..cap + 50 {
+            m.metering
+                .request(&format!("bulk.a{i}"), "openai", Outcome::Allowed);
+        }
+        m.metering.remaining(&status("bulk.late", Some(1), None));
+        let text = m.encode().expect("encode");
+        let requests = text
+            .lines()
+            .filter(|l| l.starts_with("spendguard_requests_total{"))
+            .count();
+        assert_eq!(requests, cap + 1, "the cap, plus other");
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="other",provider="openai",decision="allowed",reason="none"} 50"#,
+        );
+        assert!(
+            !text.contains("bulk.late"),
+            "an agent past the cap has no budget series"
+        );
+        // A provider name nobody knows is not a label either.
+        m.metering
+            .request("bulk.a0", "api.evil.example", Outcome::Allowed);
+        let text = m.encode().expect("encode");
+        has_line(
+            &text,
+            r#"spendguard_requests_total{agent="bulk.a0",provider="unknown",decision="allowed",reason="none"} 1"#,
+        );
+    }
+
+    #[test]
+    fn budget_gauges_carry_spent_and_the_agents_own_limit() {
+        let m = Metrics::new();
+        let mut st = status("acme.bot", Some(2_000_000), None);
+        st.limits.daily = Some(MicroUsd(10_000_000));
+        st.spent.daily = MicroUsd(8_000_000);
+        m.metering.remaining(&st);
+        // An ancestor only (no limit of its own): remaining and spent, no limit series.
+        let mut parent = status("acme", None, Some(50_000_000));
+        parent.spent.total = MicroUsd(9_000_000);
+        m.metering.refresh_budgets([parent]);
+        let text = m.encode().expect("encode");
+        has_line(
+            &text,
+            r#"spendguard_budget_limit_usd{agent="acme.bot",period="daily"} 10.0"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_spent_usd{agent="acme.bot",period="daily"} 8.0"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_remaining_budget_usd{agent="acme",period="total"} 50.0"#,
+        );
+        has_line(
+            &text,
+            r#"spendguard_spent_usd{agent="acme",period="total"} 9.0"#,
+        );
+        assert!(
+            !text.contains(r#"spendguard_budget_limit_usd{agent="acme","#),
+            "{text}"
+        );
+        // The limit is removed: its series go.
+        st.limits.daily = None;
+        st.remaining.daily = None;
+        m.metering.remaining(&st);
+        let text = m.encode().expect("encode");
+        assert!(
+            !text.contains(r#"agent="acme.bot",period="daily""#),
+            "{text}"
+        );
     }
 
     #[test]

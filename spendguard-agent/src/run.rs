@@ -131,7 +131,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(hold) = ledger.hold() {
         tracing::warn!(since = %hold.since, reason = %hold.reason, "RECOVERY HOLD: every request is refused until an operator runs `spendguard recover --confirm`");
     }
-    let prices = Prices::load(&ledger);
+    let metrics = Arc::new(Metrics::new());
+    let prices = Prices::load(&ledger, metrics.metering.model_labels());
     for (model, o) in &cfg.prices {
         prices.set(&ledger, model, o.clone()).await?;
     }
@@ -147,7 +148,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let metrics = Arc::new(Metrics::new());
     {
         let ledger = ledger.clone();
         metrics.set_readiness(Box::new(move || ledger.cluster_not_ready()));
@@ -205,6 +205,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => prices.reload_if_changed(&ledger),
+                }
+            }
+        });
+    }
+
+    {
+        // Budget gauges follow period resets, `limit set` and other nodes' spend while an agent
+        // sends nothing (else a budget exhausted yesterday would alert all night).
+        let (metrics, ledger, stop) = (metrics.clone(), ledger.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::metrics::BUDGET_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => metrics
+                        .metering
+                        .refresh_budgets(ledger.agents().iter().map(|a| ledger.status(a))),
                 }
             }
         });

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use spendguard_ledger::Ledger;
 use spendguard_pricing::{MicroUsd, ModelPrice, PriceTable};
 
+use crate::metrics::labels::ModelLabels;
+
 const SETTING_PREFIX: &str = "price/";
 /// Output and context bounds for a model the bundled table does not know (used for worst cases when
 /// a client sets no limit): generous, so a reservation is never too small.
@@ -35,14 +37,19 @@ pub struct Prices {
     table: Arc<RwLock<PriceTable>>,
     /// The stored overrides last applied (to notice ones another node set, via the cluster store).
     applied: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// The metrics' `model` label values: the table's names, published on every change.
+    labels: Arc<ModelLabels>,
 }
 
 impl Prices {
-    /// The bundled table with persisted overrides applied.
-    pub fn load(ledger: &Ledger) -> Prices {
+    /// The bundled table with persisted overrides applied; its names become `labels`.
+    pub fn load(ledger: &Ledger, labels: Arc<ModelLabels>) -> Prices {
+        let table = PriceTable::bundled();
+        labels.publish(table.iter().map(|(name, _)| name));
         let prices = Prices {
-            table: Arc::new(RwLock::new(PriceTable::bundled())),
+            table: Arc::new(RwLock::new(table)),
             applied: Arc::default(),
+            labels,
         };
         prices.apply_stored(ledger);
         prices
@@ -96,6 +103,8 @@ impl Prices {
         // An override replaces the tiers too: the operator's price is the price.
         p.long_context = None;
         t.set(model, p);
+        // Under the write lock, so two changes cannot publish out of order.
+        self.labels.publish(t.iter().map(|(name, _)| name));
     }
 
     /// Sets and persists an override.

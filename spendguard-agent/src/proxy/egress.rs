@@ -23,7 +23,7 @@ use super::Inbound;
 use crate::metrics::{Metrics, Outcome};
 
 /// The `provider` label of connections refused by the egress policy.
-pub const METRICS_PROVIDER: &str = "other_host";
+pub const METRICS_PROVIDER: &str = crate::metrics::labels::OTHER_HOST;
 
 /// A TLS 1.2-framed fatal `access_denied` (49) alert: a record any TLS client can read before the
 /// handshake has gone further than its ClientHello.
