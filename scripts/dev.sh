@@ -32,6 +32,17 @@ apt_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # prometheus: only for its promtool, which checks and unit-tests deploy/prometheus/rules.yaml
+  # (spendguard-agent/tests/dashboard.rs). Without recommends (no node exporter); the server the
+  # package starts on systemd hosts is stopped and disabled again.
+  if ! dpkg -s prometheus >/dev/null 2>&1; then
+    log "apt-get install prometheus (for promtool)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+      systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
 }
 
 rust_toolchain() {

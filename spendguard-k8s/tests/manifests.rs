@@ -513,7 +513,11 @@ fn example_pod_is_labelled_and_trusts_the_ca_configmap() {
     let spec = pod.spec.expect("spec");
     check_volumes(&spec, "example pod");
     // The ConfigMap volume is the one configmap-ca.yaml defines, with its key.
-    let cm = the(&install().config_maps, "ConfigMap");
+    let cm = install()
+        .config_maps
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some("spendguard-ca"))
+        .expect("the CA ConfigMap spendguard-ca");
     let cm_name = cm.metadata.name.clone().expect("name");
     let key = cm
         .data
@@ -562,6 +566,43 @@ fn example_pod_is_labelled_and_trusts_the_ca_configmap() {
         script.contains("/etc/ssl/certs/ca-certificates.crt"),
         "the bundle keeps the system roots: {script}"
     );
+}
+
+#[test]
+fn the_install_has_exactly_the_ca_and_the_grafana_dashboard_configmaps() {
+    let m = install();
+    let names: BTreeSet<String> = m
+        .config_maps
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    let expected: BTreeSet<String> = ["spendguard-ca", "spendguard-dashboard"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(names, expected);
+    // The Grafana sidecar picks dashboards by this label; the JSON itself is checked by
+    // spendguard-agent/tests/dashboard.rs.
+    let dash = m
+        .config_maps
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("spendguard-dashboard"))
+        .expect("dashboard ConfigMap");
+    assert_eq!(
+        dash.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("grafana_dashboard"))
+            .map(String::as_str),
+        Some("1")
+    );
+    let json = dash
+        .data
+        .as_ref()
+        .and_then(|d| d.get("spendguard.json"))
+        .expect("data spendguard.json");
+    let v: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(v["uid"], "spendguard");
 }
 
 #[test]
