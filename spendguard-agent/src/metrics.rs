@@ -357,26 +357,11 @@ impl MeteringMetrics {
                 agent: agent.clone(),
                 period: p.as_str(),
             };
-            match status.remaining.get(p) {
-                Some(m) => {
-                    self.remaining_budget_usd.get_or_create(&key).set(usd(m));
-                    self.spent_usd
-                        .get_or_create(&key)
-                        .set(usd(status.spent.get(p)));
-                }
-                None => {
-                    self.remaining_budget_usd.remove(&key);
-                    self.spent_usd.remove(&key);
-                }
-            }
-            match status.limits.period(p) {
-                Some(l) => {
-                    self.budget_limit_usd.get_or_create(&key).set(usd(l));
-                }
-                None => {
-                    self.budget_limit_usd.remove(&key);
-                }
-            }
+            let remaining = status.remaining.get(p);
+            set_or_clear(&self.remaining_budget_usd, &key, remaining);
+            let spent = remaining.map(|_| status.spent.get(p));
+            set_or_clear(&self.spent_usd, &key, spent);
+            set_or_clear(&self.budget_limit_usd, &key, status.limits.period(p));
         }
     }
 
@@ -386,6 +371,26 @@ impl MeteringMetrics {
     pub fn refresh_budgets(&self, statuses: impl IntoIterator<Item = AgentStatus>) {
         for status in statuses {
             self.remaining(&status);
+        }
+    }
+}
+
+/// Sets the gauge at `key`, or removes it when there is no value. A series that is not there is
+/// looked up under the family's read lock first: `remove` takes its write lock, and most agents
+/// have most periods unlimited.
+fn set_or_clear(
+    family: &Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    key: &BudgetLabels,
+    value: Option<MicroUsd>,
+) {
+    match value {
+        Some(v) => {
+            family.get_or_create(key).set(usd(v));
+        }
+        None => {
+            if family.get(key).is_some() {
+                family.remove(key);
+            }
         }
     }
 }
