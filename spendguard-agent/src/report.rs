@@ -1,5 +1,5 @@
 //! `spendguard report`: spend from the audit log, grouped by agent, model or day, as a table, CSV
-//! or JSON, and a chart of spend per day per agent (SVG).
+//! or JSON, and a chart of spend per day per agent (SVG or PNG).
 //!
 //! The agent groups the audit events into [`Row`]s (day × agent × model) next to its ledger (the
 //! `report` control op), so only the groups cross the control socket; the CLI regroups them.
@@ -189,7 +189,7 @@ pub fn render(rows: &[Row], by: By, format: Format) -> String {
 /// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
-    #[error("--chart {0}: only .svg charts are drawn (open it in a browser, or convert it)")]
+    #[error("--chart {0}: the chart is drawn as .svg or .png; name the file so")]
     Format(String),
     #[error("drawing the chart {path} failed: {detail}")]
     Draw { path: String, detail: String },
@@ -229,112 +229,254 @@ fn register_font() -> Result<(), String> {
     .clone()
 }
 
-/// Spend per day per agent as stacked bars (one colour per agent, a legend), written to `path`
-/// (`.svg`).
+/// Agents with a colour of their own in the chart; the rest share one grey bar segment (more
+/// colours than this cannot be told apart).
+pub const CHART_MAX_AGENTS: usize = 10;
+
+/// The chart's numbers: days, and the stacked series (biggest spender at the bottom).
+struct ChartData {
+    days: Vec<String>,
+    /// Name (or "N other agents"), total, dollars per day (index into `days`).
+    series: Vec<(String, f64, Vec<f64>)>,
+    /// The tallest day.
+    top: f64,
+}
+
+impl ChartData {
+    fn new(rows: &[Row]) -> ChartData {
+        // agent → day → dollars (display only).
+        let mut by_agent: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+        for r in rows {
+            *by_agent
+                .entry(&r.agent)
+                .or_default()
+                .entry(&r.day)
+                .or_default() += r.spend.as_usd_f64();
+        }
+        let days: Vec<String> = {
+            let mut d: Vec<&str> = by_agent.values().flat_map(|m| m.keys().copied()).collect();
+            d.sort_unstable();
+            d.dedup();
+            d.into_iter().map(str::to_string).collect()
+        };
+        let per_day = |m: &BTreeMap<&str, f64>| -> Vec<f64> {
+            days.iter()
+                .map(|d| m.get(d.as_str()).copied().unwrap_or(0.0))
+                .collect()
+        };
+        let mut agents: Vec<(String, f64, Vec<f64>)> = by_agent
+            .iter()
+            .map(|(a, m)| (a.to_string(), m.values().sum(), per_day(m)))
+            .collect();
+        // Biggest first (then by name, so equal spenders keep a stable order).
+        agents.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if agents.len() > CHART_MAX_AGENTS {
+            let rest = agents.split_off(CHART_MAX_AGENTS - 1);
+            let mut sum = vec![0.0; days.len()];
+            for (_, _, v) in &rest {
+                for (s, x) in sum.iter_mut().zip(v) {
+                    *s += x;
+                }
+            }
+            let total = sum.iter().sum();
+            agents.push((format!("{} other agents", rest.len()), total, sum));
+        }
+        let top = (0..days.len())
+            .map(|i| agents.iter().map(|s| s.2[i]).sum::<f64>())
+            .fold(0.0_f64, f64::max);
+        ChartData {
+            days,
+            series: agents,
+            top,
+        }
+    }
+
+    /// The y axis' top: a little above the tallest day; $1 when nothing was spent (an empty
+    /// chart still has a readable axis).
+    fn axis_top(&self) -> f64 {
+        if self.top > 0.0 {
+            self.top * 1.08
+        } else {
+            1.0
+        }
+    }
+}
+
+const CHART_FONT: &str = "sans-serif";
+const GREY: plotters::style::RGBColor = plotters::style::RGBColor(150, 150, 150);
+
+/// Text width in pixels at `size` (an estimate when the font cannot measure it).
+fn text_width(text: &str, size: u32) -> u32 {
+    use plotters::style::IntoFont as _;
+    (CHART_FONT, size)
+        .into_font()
+        .box_size(text)
+        .map_or(text.len() as u32 * size * 6 / 10, |(w, _)| w)
+}
+
+fn money(v: f64, decimals: usize) -> String {
+    format!("${v:.decimals$}")
+}
+
+/// Spend per day per agent as stacked bars, the biggest spender at the bottom, one colour per
+/// agent (at most [`CHART_MAX_AGENTS`]; the rest together in grey), and a legend beside the plot
+/// with each agent's total. Written to `path`: `.svg` or `.png`.
 pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<(), ChartError> {
     use plotters::prelude::*;
     let shown = path.display().to_string();
-    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-        return Err(ChartError::Format(shown));
-    }
-    let fail = |e: &dyn std::fmt::Display| ChartError::Draw {
-        path: shown.clone(),
-        detail: e.to_string(),
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let png = match ext.as_deref() {
+        Some("svg") => false,
+        Some("png") => true,
+        _ => return Err(ChartError::Format(shown)),
     };
-    register_font().map_err(|e| fail(&e))?;
-    // day → agent → dollars (display only).
-    let mut days: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
-    let mut agents: Vec<&str> = Vec::new();
-    for r in rows {
-        *days.entry(&r.day).or_default().entry(&r.agent).or_default() += r.spend.as_usd_f64();
-        if !agents.contains(&r.agent.as_str()) {
-            agents.push(&r.agent);
-        }
-    }
-    agents.sort_unstable();
-    let day_list: Vec<&str> = days.keys().copied().collect();
-    let top = days
-        .values()
-        .map(|a| a.values().sum::<f64>())
-        .fold(0.0_f64, f64::max)
-        .max(0.000_001)
-        * 1.3; // headroom for the legend
-               // Enough decimals that the axis labels differ (small spends are fractions of a cent).
-    let decimals = match top {
+    let fail = |detail: String| ChartError::Draw {
+        path: shown.clone(),
+        detail,
+    };
+    register_font().map_err(&fail)?;
+    let data = ChartData::new(rows);
+    let decimals = match data.axis_top() {
         t if t >= 1.0 => 2,
         t if t >= 0.1 => 3,
         t if t >= 0.01 => 4,
         _ => 6,
     };
-    let n = day_list.len().max(1);
-    let width = (160 + 60 * n as u32).clamp(640, 2400);
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+    let legend_w = data
+        .series
+        .iter()
+        .map(|(name, total, _)| text_width(&format!("{name}  {}", money(*total, decimals)), 13))
+        .chain([text_width("Total per agent", 14)])
+        .max()
+        .unwrap_or(0)
+        + 48;
+    let plot_w = (110 + 40 * data.days.len() as u32).clamp(560, 2000);
+    let size = (plot_w + legend_w, 520);
+    let drawn = if png {
+        let root = BitMapBackend::new(path, size).into_drawing_area();
+        draw_chart(&root, &data, title, plot_w, decimals)
+            .and_then(|()| root.present().map_err(|e| e.to_string()))
+    } else {
+        let root = SVGBackend::new(path, size).into_drawing_area();
+        draw_chart(&root, &data, title, plot_w, decimals)
+            .and_then(|()| root.present().map_err(|e| e.to_string()))
+    };
+    drawn.map_err(fail)
+}
+
+fn draw_chart<DB: plotters::prelude::DrawingBackend>(
+    root: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    data: &ChartData,
+    title: &str,
+    plot_w: u32,
+    decimals: usize,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let body = root
+        .margin(8, 0, 0, 0)
+        .titled(title, (CHART_FONT, 20))
+        .map_err(e)?;
+    // Text placed by chart coordinates is drawn on `root`: `backend_coord` is in its pixels.
+    let label = |size: u32| {
+        TextStyle::from((CHART_FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Top))
+    };
+    let (plot, legend) = body.split_horizontally(plot_w);
+    let n = data.days.len().max(1);
+    let mut c = ChartBuilder::on(&plot)
         .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..n as f64, 0.0..top)
-        .map_err(|e| fail(&e))?;
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..n as f64, 0.0..data.axis_top())
+        .map_err(e)?;
+    // No x ticks of plotters' own: the day labels are drawn under the bars below.
     c.configure_mesh()
         .disable_x_mesh()
-        .x_labels(n.min(31))
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor()).abs() < 1e-9 {
-                String::new()
-            } else {
-                day_list.get(i).map(|d| d.to_string()).unwrap_or_default()
-            }
-        })
-        .y_desc("USD")
-        .y_label_formatter(&|y| format!("${y:.decimals$}"))
-        .draw()
-        .map_err(|e| fail(&e))?;
-    // Day labels centred under their bars.
-    c.configure_mesh()
-        .disable_mesh()
-        .disable_y_axis()
         .x_labels(0)
+        .y_desc("USD charged")
+        .y_label_formatter(&|y| money(*y, decimals))
+        .label_style((CHART_FONT, 13))
         .draw()
-        .map_err(|e| fail(&e))?;
-    for (i, d) in day_list.iter().enumerate() {
-        let (x, y) = c.backend_coord(&(i as f64 + 0.5, 0.0));
+        .map_err(e)?;
+    if data.days.is_empty() {
+        let (x, y) = c.backend_coord(&(n as f64 / 2.0, data.axis_top() * 0.54));
         root.draw(&Text::new(
-            d.to_string(),
-            (x - 30, y + 8),
-            ("sans-serif", 12),
+            "no charged spend in this range",
+            (x, y),
+            label(16),
         ))
-        .map_err(|e| fail(&e))?;
+        .map_err(e)?;
+        return Ok(());
     }
-    for (ai, agent) in agents.iter().enumerate() {
-        let colour = Palette99::pick(ai).to_rgba().filled();
-        let bars: Vec<Rectangle<(f64, f64)>> = day_list
+    // Day labels: as many as fit without touching (every k-th day), centred under their bars.
+    let per_day = c.backend_coord(&(1.0, 0.0)).0 - c.backend_coord(&(0.0, 0.0)).0;
+    let label_w = text_width("2026-05-01", 12) as i32 + 10;
+    let every = (label_w / per_day.max(1) + 1) as usize;
+    for (i, d) in data.days.iter().enumerate().step_by(every) {
+        let (x, y) = c.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(d.as_str(), (x, y + 8), label(12)))
+            .map_err(e)?;
+    }
+    let colour = |i: usize| {
+        let others = data.series.len() > CHART_MAX_AGENTS - 1 && i == CHART_MAX_AGENTS - 1;
+        if others {
+            GREY.to_rgba()
+        } else {
+            Palette99::pick(i).to_rgba()
+        }
+    };
+    let mut below = vec![0.0; data.days.len()];
+    for (si, (_, _, values)) in data.series.iter().enumerate() {
+        let style = colour(si).filled();
+        let bars: Vec<Rectangle<(f64, f64)>> = values
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| {
-                let per = &days[d];
-                let v = *per.get(agent)?;
-                let below: f64 = agents[..ai].iter().filter_map(|a| per.get(a)).sum();
-                Some(Rectangle::new(
-                    [(i as f64 + 0.15, below), (i as f64 + 0.85, below + v)],
-                    colour,
-                ))
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(i, v)| {
+                Rectangle::new(
+                    [(i as f64 + 0.15, below[i]), (i as f64 + 0.85, below[i] + v)],
+                    style,
+                )
             })
             .collect();
-        c.draw_series(bars)
-            .map_err(|e| fail(&e))?
-            .label(*agent)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour));
+        c.draw_series(bars).map_err(e)?;
+        for (b, v) in below.iter_mut().zip(values) {
+            *b += v;
+        }
     }
-    c.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))?;
+    // The legend, top to bottom as the segments are stacked (top of the bar first). Text is
+    // anchored at its vertical centre: plotters' ab_glyph layout misplaces small glyphs such as
+    // '.' in top-anchored bitmap text.
+    let left = |size: u32| {
+        TextStyle::from((CHART_FONT, size).into_font()).pos(Pos::new(HPos::Left, VPos::Center))
+    };
+    let x0 = 8;
+    let mut y = 40;
+    legend
+        .draw(&Text::new("Total per agent", (x0, y + 6), left(14)))
+        .map_err(e)?;
+    y += 26;
+    for (si, (name, total, _)) in data.series.iter().enumerate().rev() {
+        legend
+            .draw(&Rectangle::new(
+                [(x0, y), (x0 + 12, y + 12)],
+                colour(si).filled(),
+            ))
+            .map_err(e)?;
+        legend
+            .draw(&Text::new(
+                format!("{name}  {}", money(*total, decimals)),
+                (x0 + 20, y + 6),
+                left(13),
+            ))
+            .map_err(e)?;
+        y += 22;
+    }
     Ok(())
 }
 
@@ -488,12 +630,66 @@ mod tests {
             assert!(svg.contains(text), "{text} missing from the chart");
         }
         assert!(svg.matches("<rect").count() >= 5, "bars: {svg}");
+        // Each agent's total is in the legend.
+        assert!(svg.contains("acme.a  $2.25"), "{svg}");
         assert!(matches!(
-            chart(&[], &dir.path().join("x.png"), "t"),
+            chart(&[], &dir.path().join("x.jpg"), "t"),
             Err(ChartError::Format(_))
         ));
         if let Ok(keep) = std::env::var("SPENDGUARD_KEEP_CHART") {
             let _ = std::fs::copy(&path, keep);
         }
+    }
+
+    #[test]
+    fn a_png_chart_and_an_empty_one_say_what_they_show() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let png = dir.path().join("spend.PNG");
+        chart(&rows(&sample(), None, &Zone::utc()), &png, "spend per day").expect("png");
+        let bytes = std::fs::read(&png).expect("png written");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+        assert!(
+            bytes.len() > 5_000,
+            "with something drawn: {} bytes",
+            bytes.len()
+        );
+        let empty = dir.path().join("empty.svg");
+        chart(&[], &empty, "nothing").expect("empty chart");
+        let svg = std::fs::read_to_string(&empty).expect("svg");
+        assert!(svg.contains("no charged spend in this range"), "{svg}");
+        assert!(svg.contains("$1.00"), "a readable axis: {svg}");
+    }
+
+    #[test]
+    fn past_the_colour_limit_the_smallest_agents_share_one_bar_segment() {
+        let rows: Vec<Row> = (0..CHART_MAX_AGENTS as u64 + 3)
+            .map(|i| Row {
+                day: "2026-05-01".into(),
+                agent: format!("acme.a{i:02}"),
+                model: "gpt-4o".into(),
+                requests: 1,
+                blocked: 0,
+                would_block: 0,
+                spend: MicroUsd(1_000_000 * (i + 1)),
+            })
+            .collect();
+        let data = ChartData::new(&rows);
+        assert_eq!(data.series.len(), CHART_MAX_AGENTS);
+        // Biggest first (the bottom of the bar); the four smallest together last.
+        assert_eq!(
+            data.series[0].0,
+            format!("acme.a{:02}", CHART_MAX_AGENTS + 2)
+        );
+        let (name, total, _) = data.series.last().expect("others");
+        assert_eq!(name, "4 other agents");
+        assert!(
+            (total - 10.0).abs() < 1e-9,
+            "1 + 2 + 3 + 4 dollars: {total}"
+        );
+        assert!(
+            (data.top - 91.0).abs() < 1e-9,
+            "the day's total: {}",
+            data.top
+        );
     }
 }

@@ -99,7 +99,7 @@ enum Command {
         filter: Option<String>,
     },
     /// Spend from the audit log: totals by agent, model or day (they match `status`), as a
-    /// table, CSV or JSON; `--chart FILE.svg` draws spend per day per agent.
+    /// table, CSV or JSON; `--chart FILE.svg|png` draws spend per day per agent.
     Report {
         /// Only this agent and its descendants (days are then its local days, see --tz).
         #[arg(long)]
@@ -115,7 +115,7 @@ enum Command {
         /// Output format (--json is the same as --format json).
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Also draw spend per day per agent into this .svg file.
+        /// Also draw spend per day per agent into this file (.svg or .png).
         #[arg(long)]
         chart: Option<PathBuf>,
     },
@@ -336,7 +336,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         };
         if let Some(path) = chart {
             let title = format!(
-                "spend per day per agent{} ({tz})",
+                "Spend per day per agent{} ({tz})",
                 agent
                     .as_deref()
                     .map(|a| format!(" under {a}"))
