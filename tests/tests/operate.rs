@@ -74,6 +74,23 @@ fn observe_mode_forwards_what_enforce_would_block_and_enforce_takes_over_on_the_
         )),
         "{metrics}"
     );
+    // The model label is the price table's name (the live table publishes its names to the
+    // metrics); the budget gauges carry what was spent beside what is left. The settle task
+    // records them just after the ledger counts the charge: poll.
+    let series = [
+        r#"spendguard_spend_usd_total{agent="acme.rollout",model="gpt-4o"} "#,
+        r#"spendguard_spent_usd{agent="acme.rollout",period="daily"} "#,
+        r#"spendguard_remaining_budget_usd{agent="acme.rollout",period="daily"} "#,
+    ];
+    let mut metrics = String::new();
+    let all_there = spendguard_tests::eventually(std::time::Duration::from_secs(5), || {
+        metrics = e.metrics();
+        series
+            .iter()
+            .all(|s| metrics.lines().any(|l| l.starts_with(s)))
+    });
+    assert!(all_there, "not all of {series:?} in:\n{metrics}");
+    assert!(!metrics.contains("no-such-model-x"), "{metrics}");
 
     // Enforce: the very next request is refused and never reaches the provider.
     e.cli_ok(&["limit", "set", "acme", "--mode", "enforce"]);
