@@ -18,9 +18,10 @@
 //! Label sets are bounded ([`labels`]): agent names come from tags (and at most
 //! [`labels::MAX_AGENT_LABELS`] of them), models from the price table (any other name is `other`),
 //! providers from the adapter set, and decision / reason / period / event / result from closed
-//! enums. Recording a request allocates no label strings and takes no lock of ours (the families'
-//! own read lock is prometheus-client's). Dollars are `f64` here, for display only: the ledger
-//! itself never holds money as a float.
+//! enums. Finding a request's label values allocates nothing and takes no lock (the families' own
+//! read lock is prometheus-client's; the `top` window in [`crate::activity`] still takes its
+//! mutex). Dollars are `f64` here, for display only: the ledger itself never holds money as a
+//! float.
 
 pub mod labels;
 
