@@ -31,7 +31,9 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+mod body_scan;
 pub mod gemini;
+mod json_pick;
 pub mod openai;
 mod rewrite;
 pub mod vertex;
@@ -635,17 +637,20 @@ pub(crate) fn count_field(
 ) -> Result<Option<u64>, PricingError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) => Ok(Some(n)),
-            // 100.0 is how some clients spell 100; fractions, negatives and strings are refused.
-            None => v
-                .is_f64()
-                .then(|| v.to_string())
-                .and_then(|s| s.strip_suffix(".0").and_then(|i| i.parse::<u64>().ok()))
-                .map(Some)
-                .ok_or_else(|| malformed(format!("'{key}' must be a non-negative integer"))),
-        },
+        Some(v) => count_value(v)
+            .map(Some)
+            .ok_or_else(|| malformed(format!("'{key}' must be a non-negative integer"))),
     }
+}
+
+/// A non-null token count: a non-negative integer, or a float spelling one.
+pub(crate) fn count_value(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        // 100.0 is how some clients spell 100; fractions, negatives and strings are refused.
+        v.is_f64()
+            .then(|| v.to_string())
+            .and_then(|s| s.strip_suffix(".0").and_then(|i| i.parse::<u64>().ok()))
+    })
 }
 
 /// The largest of several limit fields that are present.
