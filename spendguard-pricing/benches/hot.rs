@@ -7,7 +7,7 @@
     reason = "a counting global allocator (GlobalAlloc is an unsafe trait); it only forwards to System"
 )]
 //! The request path's pricing pieces, per call: the quote of the bench's chat request (plain and
-//! streamed), and the usage tap over a JSON answer and over a 20-chunk SSE stream, per chunk.
+//! streamed) and of a 2.3 KB one (how the quote grows with the body), and the usage tap over a JSON answer and over a 20-chunk SSE stream, per chunk.
 //! `cargo bench -p spendguard-pricing --bench hot` (criterion: time per call, regressions against
 //! the last run). Before criterion runs, each piece's heap allocations per call are counted with a
 //! counting global allocator and printed — deterministic, unlike the time, so a fix shows in them
