@@ -22,10 +22,12 @@ use spendguard_ledger::*;
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(l) }
     }
@@ -35,6 +37,7 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(n as u64, Ordering::Relaxed);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.realloc(p, l, n) }
     }
@@ -104,12 +107,19 @@ fn benches(c: &mut Criterion) {
         pairs(&ledger, 1000, true).await;
         for (name, settle) in [("carve", false), ("carve + settle", true)] {
             let n = 20_000;
-            let a0 = ALLOCS.load(Ordering::Relaxed);
+            let (a0, b0) = (
+                ALLOCS.load(Ordering::Relaxed),
+                BYTES.load(Ordering::Relaxed),
+            );
             let t = pairs(&ledger, n, settle).await;
-            let a = ALLOCS.load(Ordering::Relaxed) - a0;
+            let (a, b) = (
+                ALLOCS.load(Ordering::Relaxed) - a0,
+                BYTES.load(Ordering::Relaxed) - b0,
+            );
             println!(
-                "allocations {name}: {:.1} per request ({CALLERS} callers; {:.0} requests/s in this pass)",
+                "allocations {name}: {:.1} per request, {:.0} bytes per request ({CALLERS} callers; {:.0} requests/s in this pass)",
                 a as f64 / n as f64,
+                b as f64 / n as f64,
                 n as f64 / t.as_secs_f64()
             );
             // (No release_leases here: it also stops leasing, as at a graceful stop.)

@@ -274,6 +274,8 @@ pub(crate) struct Committer {
     pub outbox_wake: Option<Arc<tokio::sync::Notify>>,
     /// How long a cluster slice may sit unused.
     pub idle: std::time::Duration,
+    /// The last batch's write set: its buffers are reused by the next one.
+    pub write_set: WriteSet,
 }
 
 impl Committer {
@@ -440,6 +442,8 @@ impl Committer {
         let lazy = self.lazy(batch, &orphans);
         let mut fx = Effects::default();
         let mut pending = Vec::with_capacity(batch.len());
+        // The previous batch's buffers, refilled (put back below).
+        let mut ws = std::mem::take(&mut self.write_set);
         let write_set = {
             let mut st = self.lock_state();
             st.begin_batch();
@@ -467,7 +471,7 @@ impl Committer {
                 None
             } else {
                 let cutoff = now.checked_sub_signed(self.audit_retention);
-                Some(WriteSet::build(&st, &fx, cutoff))
+                Some(ws.rebuild(&st, &fx, cutoff))
             }
         };
         let wrote_lazily = lazy && matches!(write_set, Some(Ok(_)));
@@ -475,9 +479,10 @@ impl Committer {
             // A flush (or any durable operation) also makes earlier lazy settles durable.
             None if !lazy && self.unsynced_since.is_some() => self.store.persist(),
             None => Ok(()),
-            Some(Ok(ws)) => self.store.write(&ws, !lazy),
+            Some(Ok(())) => self.store.write(&ws, !lazy),
             Some(Err(e)) => Err(e),
         };
+        self.write_set = ws;
         match result {
             Ok(()) => {
                 if !lazy {
@@ -571,9 +576,10 @@ fn apply(
         }
         Op::Reserve { req, reply } => {
             // Capacity may have been granted since the caller found none.
-            if let Some(c) = st.try_carve(&req, now) {
-                return Pending::Reserve(reply, Ok(grant(c.reservation)));
-            }
+            let req = match st.try_carve(req, now) {
+                Ok(c) => return Pending::Reserve(reply, Ok(grant(c.reservation))),
+                Err(req) => req,
+            };
             Pending::Reserve(
                 reply,
                 st.reserve(req, now, fx)

@@ -85,7 +85,9 @@ pub enum LedgerError {
         agent: AgentName,
         kind: LimitKind,
         limit: MicroUsd,
-        ancestor: AgentName,
+        /// Boxed: names are 64 bytes inline, and two would make every `Result` of the ledger
+        /// carry this rare error's size.
+        ancestor: Box<AgentName>,
         ancestor_limit: MicroUsd,
     },
 
@@ -97,7 +99,8 @@ pub enum LedgerError {
         agent: AgentName,
         kind: LimitKind,
         limit: MicroUsd,
-        descendant: AgentName,
+        /// Boxed, as `ancestor` above.
+        descendant: Box<AgentName>,
         descendant_limit: MicroUsd,
     },
 

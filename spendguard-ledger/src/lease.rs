@@ -28,6 +28,8 @@
 //! carvable only once its commit succeeded ([`State::end_batch`]), and what it takes away
 //! (a shrink) is taken away at once and merely put back if its commit fails.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::agent::AgentName;
@@ -86,7 +88,8 @@ pub(crate) struct Carve {
     pub agent: AgentName,
     pub amount: MicroUsd,
     pub created: DateTime<Utc>,
-    pub ctx: AuditContext,
+    /// Shared with the undo log and the audit record the settle writes (a clone is a count).
+    pub ctx: Arc<AuditContext>,
     pub row: u64,
 }
 
@@ -110,17 +113,33 @@ impl State {
     /// Carves `req` from its agent's lease if the lease has room and nothing else would block it
     /// (pause, expiry, per-call limit): those cases, and any request without a lease, go the
     /// slow way through the committer, which decides them exactly and records the denial.
-    pub fn try_carve(&mut self, req: &ReserveRequest, now: DateTime<Utc>) -> Option<Carved> {
+    /// Takes the request by value (its audit context moves into the carve, no copy) and hands
+    /// it back when it cannot be carved.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the caller's own request, moved back once; boxing it would cost the allocation this saves"
+    )]
+    pub fn try_carve(
+        &mut self,
+        req: ReserveRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Carved, ReserveRequest> {
         let amount = req.amount;
-        if self.leases.get(&req.agent)?.available() < amount.0 {
-            return None;
+        if self
+            .leases
+            .get(&req.agent)
+            .is_none_or(|l| l.available() < amount.0)
+        {
+            return Err(req);
         }
         let levels = req.agent.ancestors_and_self();
         let eff = self.effective_all(&levels);
         if !self.carve_allowed(&levels, &eff, amount, now) {
-            return None;
+            return Err(req);
         }
-        let lease = self.leases.get_mut(&req.agent)?;
+        let Some(lease) = self.leases.get_mut(&req.agent) else {
+            return Err(req);
+        };
         lease.carved = lease.carved.saturating_add(amount.0);
         lease.last_used = Some(now);
         let renew = !lease.renewing && lease.wants_more();
@@ -135,27 +154,25 @@ impl State {
             .publish(row, unused, || reservations.get(&row).map(|r| r.created));
         let id = CARVE_BIT | self.next_carve;
         self.next_carve += 1;
+        let remaining = self.remaining(&levels, &eff, now).tightest();
+        let reservation = Reservation {
+            id,
+            agent: req.agent.clone(),
+            amount,
+            remaining,
+            would_block: None,
+        };
         self.carves.insert(
             id,
             Carve {
-                agent: req.agent.clone(),
+                agent: req.agent,
                 amount,
                 created: now,
-                ctx: req.audit.clone(),
+                ctx: Arc::new(req.audit),
                 row,
             },
         );
-        let remaining = self.remaining(&levels, &eff, now).tightest();
-        Some(Carved {
-            reservation: Reservation {
-                id,
-                agent: req.agent.clone(),
-                amount,
-                remaining,
-                would_block: None,
-            },
-            renew,
-        })
+        Ok(Carved { reservation, renew })
     }
 
     pub(crate) fn carve_allowed(
@@ -273,10 +290,10 @@ impl State {
                             id: audit_id,
                             time: now,
                             agent: agent.clone(),
-                            ctx: AuditContext {
+                            ctx: Arc::new(AuditContext {
                                 model: LEASE_MODEL.into(),
                                 ..AuditContext::default()
-                            },
+                            }),
                             decision: Decision::Allowed,
                             reason: None,
                             reservation_id: Some(row),

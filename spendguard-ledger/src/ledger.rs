@@ -234,6 +234,7 @@ impl Ledger {
                 .cluster
                 .as_ref()
                 .map_or(std::time::Duration::from_secs(1), |c| c.idle),
+            write_set: WriteSet::default(),
         };
         let handle = std::thread::Builder::new()
             .name("spendguard-ledger".into())
@@ -322,26 +323,29 @@ impl Ledger {
         // Fast path: carve from the agent's lease, durable already (no commit, no wait).
         let carved = if self.shared.leases {
             let now = self.shared.clock.now();
-            self.state().try_carve(&req, now)
+            self.state().try_carve(req, now)
         } else {
-            None
+            Err(req)
         };
-        if let Some(c) = carved {
-            if c.renew {
-                let agent = c.reservation.agent.clone();
-                if self.tx.try_send(Op::Renew { agent }).is_err() {
-                    // Queue full or closed: let a later carve ask again.
-                    if let Some(l) = self.state().leases.get_mut(&c.reservation.agent) {
-                        l.renewing = false;
-                    }
+        let c = match carved {
+            Ok(c) => c,
+            Err(req) => {
+                return match self.call(|reply| Op::Reserve { req, reply }).await {
+                    Ok(r) => r.map(Granted::take),
+                    Err(e) => Err(ReserveError::Ledger(e)),
                 }
             }
-            return Ok(c.reservation);
+        };
+        if c.renew {
+            let agent = c.reservation.agent.clone();
+            if self.tx.try_send(Op::Renew { agent }).is_err() {
+                // Queue full or closed: let a later carve ask again.
+                if let Some(l) = self.state().leases.get_mut(&c.reservation.agent) {
+                    l.renewing = false;
+                }
+            }
         }
-        match self.call(|reply| Op::Reserve { req, reply }).await {
-            Ok(r) => r.map(Granted::take),
-            Err(e) => Err(ReserveError::Ledger(e)),
-        }
+        Ok(c.reservation)
     }
 
     /// With a cluster store: carve from this node's slices; lease more from the store when they
@@ -349,17 +353,20 @@ impl Ledger {
     async fn reserve_cluster(
         &self,
         link: &Arc<Link>,
-        req: ReserveRequest,
+        mut req: ReserveRequest,
     ) -> Result<Reservation, ReserveError> {
         let clock = self.shared.clock.clone();
         for _ in 0..MAX_GRANT_ROUNDS {
             let now = clock.now();
-            let carved = self.state().try_carve(&req, now);
-            if let Some(c) = carved {
-                if c.renew {
-                    self.top_up(link, &c.reservation.agent);
+            let carved = self.state().try_carve(req, now);
+            match carved {
+                Ok(c) => {
+                    if c.renew {
+                        self.top_up(link, &c.reservation.agent);
+                    }
+                    return Ok(c.reservation);
                 }
-                return Ok(c.reservation);
+                Err(back) => req = back,
             }
             let blocked = {
                 let st = self.state();

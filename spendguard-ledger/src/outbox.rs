@@ -178,7 +178,7 @@ impl State {
                 id,
                 time: now,
                 agent,
-                ctx,
+                ctx: std::sync::Arc::new(ctx),
                 decision: crate::types::Decision::Allowed,
                 reason: None,
                 reservation_id: None,
@@ -292,7 +292,7 @@ mod tests {
         let now = Utc::now();
         let mut st = cluster_state();
         granted(&mut st, now);
-        let c = st.try_carve(&req(300), now).expect("carve from the slice");
+        let c = st.try_carve(req(300), now).expect("carve from the slice");
         let mut fx = Effects::default();
         st.begin_batch();
         st.settle(
@@ -319,7 +319,7 @@ mod tests {
         let now = Utc::now();
         let mut st = cluster_state();
         granted(&mut st, now);
-        let c = st.try_carve(&req(300), now).expect("carve");
+        let c = st.try_carve(req(300), now).expect("carve");
         let before = st.next_outbox;
         let mut fx = Effects::default();
         st.begin_batch();
@@ -383,7 +383,7 @@ mod tests {
         let now = Utc::now();
         let mut st = cluster_state();
         granted(&mut st, now);
-        let c = st.try_carve(&req(300), now).expect("carve");
+        let c = st.try_carve(req(300), now).expect("carve");
         let mut fx = Effects::default();
         st.settle(
             c.reservation.id,

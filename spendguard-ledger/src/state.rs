@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -107,7 +108,8 @@ pub(crate) struct AuditRecord {
     pub id: u64,
     pub time: DateTime<Utc>,
     pub agent: AgentName,
-    pub ctx: AuditContext,
+    /// Shared with the carve it records (serialised as the context itself).
+    pub ctx: Arc<AuditContext>,
     pub decision: Decision,
     pub reason: Option<DenyReason>,
     pub reservation_id: Option<u64>,
@@ -487,7 +489,7 @@ impl State {
                 id,
                 time: now,
                 agent: requester.clone(),
-                ctx,
+                ctx: Arc::new(ctx),
                 decision: Decision::Blocked,
                 reason: Some(reason),
                 reservation_id: None,
@@ -624,7 +626,7 @@ impl State {
             id: audit_id,
             time: now,
             agent: agent.clone(),
-            ctx: audit,
+            ctx: Arc::new(audit),
             decision: if would_block.is_some() {
                 Decision::WouldBlock
             } else {
@@ -1020,7 +1022,7 @@ impl State {
                     id,
                     time: now,
                     agent: agent.clone(),
-                    ctx,
+                    ctx: Arc::new(ctx),
                     decision: Decision::WouldBlock,
                     reason: Some(reason),
                     reservation_id: None,
@@ -1070,7 +1072,7 @@ impl State {
                             agent: agent.clone(),
                             kind,
                             limit,
-                            ancestor: anc.clone(),
+                            ancestor: Box::new(anc.clone()),
                             ancestor_limit: a,
                         });
                     }
@@ -1083,7 +1085,7 @@ impl State {
                             agent: agent.clone(),
                             kind,
                             limit,
-                            descendant: d.clone(),
+                            descendant: Box::new(d.clone()),
                             descendant_limit: dl,
                         });
                     }

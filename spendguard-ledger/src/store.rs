@@ -13,6 +13,7 @@
 //! reservations in it survive a crash. Open reservations are exactly the `reservations` rows, so
 //! after a crash the next open knows what was in flight and charges it.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -108,9 +109,9 @@ struct TimeOnly {
     time: DateTime<Utc>,
 }
 
-fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
+fn stored_agent(e: &AgentEntry) -> StoredAgent {
     let l = &e.limits;
-    let stored = StoredAgent {
+    StoredAgent {
         limits: StoredLimits {
             per_call: l.per_call,
             daily: l.daily,
@@ -127,15 +128,7 @@ fn encode_agent(e: &AgentEntry) -> Result<Vec<u8>, LedgerError> {
         },
         paused: e.paused,
         counters: e.counters,
-    };
-    encode("an agent record", &stored)
-}
-
-fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, LedgerError> {
-    serde_json::to_vec(v).map_err(|e| LedgerError::Encode {
-        what,
-        detail: e.to_string(),
-    })
+    }
 }
 
 /// Opens (or creates) the database. Called again after a failed commit, since redb refuses
@@ -143,13 +136,20 @@ fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, LedgerErro
 pub(crate) type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
 
 /// Bytes to write in one transaction, prepared under the state lock.
+///
+/// Every row is encoded into one buffer (`buf`) and named by its byte range, and the committer
+/// reuses one `WriteSet` from batch to batch ([`WriteSet::rebuild`]): a row used to be a `Vec`
+/// of its own, grown two or three times while serde_json wrote it — about four allocations per
+/// settled request, which now cost none once the buffers have grown to a batch's size. The
+/// bytes of each row are exactly what `serde_json::to_vec` wrote before.
 #[derive(Debug, Default)]
 pub(crate) struct WriteSet {
-    agents: Vec<(String, Vec<u8>)>,
-    reservations: Vec<(u64, Option<Vec<u8>>)>,
-    audit: Vec<(u64, Vec<u8>)>,
-    settings: Vec<(String, Option<Vec<u8>>)>,
-    outbox: Vec<(u64, Option<Vec<u8>>)>,
+    buf: Vec<u8>,
+    agents: Vec<(AgentName, Range<usize>)>,
+    reservations: Vec<(u64, Option<Range<usize>>)>,
+    audit: Vec<(u64, Range<usize>)>,
+    settings: Vec<(String, Option<Range<usize>>)>,
+    outbox: Vec<(u64, Option<Range<usize>>)>,
     next_reservation_id: u64,
     next_audit_id: u64,
     next_outbox_id: u64,
@@ -162,28 +162,44 @@ impl WriteSet {
         fx: &Effects,
         compact_before: Option<DateTime<Utc>>,
     ) -> Result<WriteSet, LedgerError> {
-        let mut ws = WriteSet {
-            next_reservation_id: state.next_reservation_id,
-            next_audit_id: state.next_audit_id,
-            next_outbox_id: state.next_outbox,
-            compact_before,
-            ..WriteSet::default()
-        };
+        let mut ws = WriteSet::default();
+        ws.rebuild(state, fx, compact_before)?;
+        Ok(ws)
+    }
+
+    /// Refills this write set for another batch, keeping its buffers' capacity.
+    pub fn rebuild(
+        &mut self,
+        state: &State,
+        fx: &Effects,
+        compact_before: Option<DateTime<Utc>>,
+    ) -> Result<(), LedgerError> {
+        self.buf.clear();
+        self.agents.clear();
+        self.reservations.clear();
+        self.audit.clear();
+        self.settings.clear();
+        self.outbox.clear();
+        self.next_reservation_id = state.next_reservation_id;
+        self.next_audit_id = state.next_audit_id;
+        self.next_outbox_id = state.next_outbox;
+        self.compact_before = compact_before;
         for id in &fx.outbox {
             let row = match state.outbox.get(id) {
-                Some(e) => Some(encode("a cluster outbox entry", e)?),
+                Some(e) => Some(self.encode("a cluster outbox entry", e)?),
                 None => None,
             };
-            ws.outbox.push((*id, row));
+            self.outbox.push((*id, row));
         }
         for name in &fx.agents {
             if let Some(e) = state.agents.get(name) {
-                ws.agents.push((name.to_string(), encode_agent(e)?));
+                let row = self.encode("an agent record", &stored_agent(e))?;
+                self.agents.push((name.clone(), row));
             }
         }
         for id in &fx.reservations {
             let row = match state.reservations.get(id) {
-                Some(r) => Some(encode(
+                Some(r) => Some(self.encode(
                     "a reservation",
                     &StoredReservation {
                         agent: r.agent.clone(),
@@ -195,19 +211,39 @@ impl WriteSet {
                 )?),
                 None => None,
             };
-            ws.reservations.push((*id, row));
+            self.reservations.push((*id, row));
         }
         for (id, rec) in &fx.audit {
-            ws.audit.push((*id, encode("an audit event", rec)?));
+            let row = self.encode("an audit event", rec)?;
+            self.audit.push((*id, row));
         }
         for (k, v) in &fx.settings {
             let v = match v {
-                Some(v) => Some(encode("a setting", v)?),
+                Some(v) => Some(self.encode("a setting", v)?),
                 None => None,
             };
-            ws.settings.push((k.clone(), v));
+            self.settings.push((k.clone(), v));
         }
-        Ok(ws)
+        Ok(())
+    }
+
+    /// Appends `v`'s JSON to the buffer; its range there.
+    fn encode<T: Serialize>(
+        &mut self,
+        what: &'static str,
+        v: &T,
+    ) -> Result<Range<usize>, LedgerError> {
+        let start = self.buf.len();
+        serde_json::to_writer(&mut self.buf, v).map_err(|e| LedgerError::Encode {
+            what,
+            detail: e.to_string(),
+        })?;
+        Ok(start..self.buf.len())
+    }
+
+    fn row(&self, range: &Range<usize>) -> &[u8] {
+        // Ranges are only ever made by `encode` over this same buffer.
+        self.buf.get(range.clone()).unwrap_or_default()
     }
 }
 
@@ -483,14 +519,14 @@ impl Store {
                     id: r.audit_id,
                     time: r.created,
                     agent: r.agent.clone(),
-                    ctx: AuditContext {
+                    ctx: std::sync::Arc::new(AuditContext {
                         model: if r.lease {
                             crate::lease::LEASE_MODEL.to_string()
                         } else {
                             String::new()
                         },
                         ..AuditContext::default()
-                    },
+                    }),
                     decision: Decision::Allowed,
                     reason: None,
                     reservation_id: Some(id),
@@ -556,30 +592,28 @@ impl Store {
             if let Some(cutoff) = ws.compact_before {
                 compact(&mut audit, cutoff).map_err(|e| err(e.into()))?;
             }
-            for (id, bytes) in &ws.audit {
-                audit
-                    .insert(*id, bytes.as_slice())
-                    .map_err(|e| err(e.into()))?;
+            for (id, row) in &ws.audit {
+                audit.insert(*id, ws.row(row)).map_err(|e| err(e.into()))?;
             }
             let mut reservations = txn.open_table(RESERVATIONS).map_err(|e| err(e.into()))?;
             for (id, row) in &ws.reservations {
                 match row {
-                    Some(bytes) => reservations.insert(*id, bytes.as_slice()),
+                    Some(row) => reservations.insert(*id, ws.row(row)),
                     None => reservations.remove(*id),
                 }
                 .map_err(|e| err(e.into()))?;
             }
             let mut agents = txn.open_table(AGENTS).map_err(|e| err(e.into()))?;
-            for (name, bytes) in &ws.agents {
+            for (name, row) in &ws.agents {
                 agents
-                    .insert(name.as_str(), bytes.as_slice())
+                    .insert(name.as_str(), ws.row(row))
                     .map_err(|e| err(e.into()))?;
             }
             if !ws.settings.is_empty() {
                 let mut settings = txn.open_table(SETTINGS).map_err(|e| err(e.into()))?;
                 for (k, v) in &ws.settings {
                     match v {
-                        Some(bytes) => settings.insert(k.as_str(), bytes.as_slice()),
+                        Some(row) => settings.insert(k.as_str(), ws.row(row)),
                         None => settings.remove(k.as_str()),
                     }
                     .map_err(|e| err(e.into()))?;
@@ -589,7 +623,7 @@ impl Store {
                 let mut outbox = txn.open_table(OUTBOX).map_err(|e| err(e.into()))?;
                 for (id, row) in &ws.outbox {
                     match row {
-                        Some(bytes) => outbox.insert(*id, bytes.as_slice()),
+                        Some(row) => outbox.insert(*id, ws.row(row)),
                         None => outbox.remove(*id),
                     }
                     .map_err(|e| err(e.into()))?;
@@ -643,4 +677,59 @@ fn compact(
         removed += 1;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::SettleKind;
+    use crate::types::ReserveRequest;
+
+    /// A reused write set writes, batch after batch, exactly the bytes a fresh `to_vec` of each
+    /// row would (the on-disk format is unchanged), and nothing left over from the last batch.
+    #[test]
+    fn a_reused_write_set_writes_each_row_as_to_vec_did() {
+        let now = Utc::now();
+        let mut st = State::new(Limits::default());
+        let agent: AgentName = "acme.bot".parse().expect("name");
+        let mut ws = WriteSet::default();
+        for round in 0..3u64 {
+            let mut fx = Effects::default();
+            st.begin_batch();
+            let mut ids = Vec::new();
+            for i in 0..=round {
+                let req = ReserveRequest {
+                    agent: agent.clone(),
+                    amount: MicroUsd(100 + i),
+                    audit: AuditContext {
+                        cgroup: format!("/cg/{round}/{i}"),
+                        host: "api.openai.com".into(),
+                        model: "gpt-4o-mini".into(),
+                        provider: "openai".into(),
+                    },
+                };
+                ids.push(st.reserve(req, now, &mut fx).expect("reserve").id);
+            }
+            // The first of this round settles in the same batch: a row deleted, an event written.
+            st.settle(ids[0], MicroUsd(7), SettleKind::Usage, now, &mut fx)
+                .expect("settle");
+            ws.rebuild(&st, &fx, None).expect("write set");
+            assert_eq!(ws.audit.len(), fx.audit.len());
+            for ((id, row), (fid, rec)) in ws.audit.iter().zip(&fx.audit) {
+                assert_eq!(id, fid);
+                assert_eq!(
+                    ws.row(row),
+                    serde_json::to_vec(rec).expect("json").as_slice()
+                );
+            }
+            assert_eq!(ws.agents.len(), fx.agents.len());
+            for (name, row) in &ws.agents {
+                let want = serde_json::to_vec(&stored_agent(&st.agents[name])).expect("json");
+                assert_eq!(ws.row(row), want.as_slice(), "{name}");
+            }
+            let open = ws.reservations.iter().filter(|(_, r)| r.is_some()).count();
+            assert_eq!(open as u64, round, "every reservation but the settled one");
+            st.end_batch();
+        }
+    }
 }

@@ -7,7 +7,7 @@
     reason = "a counting global allocator (GlobalAlloc is an unsafe trait); it only forwards to System"
 )]
 //! The request path's pricing pieces, per call: the quote of the bench's chat request (plain and
-//! streamed), and the usage tap over a JSON answer and over a 20-chunk SSE stream, per chunk.
+//! streamed) and of a 2.3 KB one (how the quote grows with the body), and the usage tap over a JSON answer and over a 20-chunk SSE stream, per chunk.
 //! `cargo bench -p spendguard-pricing --bench hot` (criterion: time per call, regressions against
 //! the last run). Before criterion runs, each piece's heap allocations per call are counted with a
 //! counting global allocator and printed — deterministic, unlike the time, so a fix shows in them
@@ -91,6 +91,34 @@ fn sse_chunks() -> Vec<Vec<u8>> {
     out
 }
 
+/// A bigger chat request: a system prompt, 10 turns (one with an image part), 2 tools.
+fn chat_big() -> Vec<u8> {
+    let mut messages = vec![
+        r#"{"role":"system","content":"You are a careful assistant. Answer briefly."}"#.to_string(),
+    ];
+    for i in 0..10 {
+        messages.push(format!(
+            r#"{{"role":"user","content":[{{"type":"text","text":"Question {i}: what is in this picture, and why?"}}{}]}}"#,
+            if i == 9 { r#",{"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"low"}}"# } else { "" }
+        ));
+        messages.push(format!(
+            r#"{{"role":"assistant","content":"Answer {i}: a cat, because it has whiskers."}}"#
+        ));
+    }
+    let tool = |n: &str| {
+        format!(
+            r#"{{"type":"function","function":{{"name":"{n}","description":"Looks things up.","parameters":{{"type":"object","properties":{{"q":{{"type":"string"}}}},"required":["q"]}}}}}}"#
+        )
+    };
+    format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{}],"tools":[{},{}],"temperature":0.2,"max_tokens":256,"user":"u-42"}}"#,
+        messages.join(","),
+        tool("search"),
+        tool("fetch")
+    )
+    .into_bytes()
+}
+
 fn quote(body: &[u8], prices: &PriceTable, headers: &http::HeaderMap) -> Quote {
     let adapter = adapter_for(ProviderId::OpenAi);
     adapter
@@ -131,6 +159,17 @@ fn benches(c: &mut Criterion) {
     count("quote (chat, 93-byte body)", 1000, || {
         black_box(quote(CHAT, &prices, &headers));
     });
+    let big = chat_big();
+    count(
+        &format!(
+            "quote (chat, {}-byte body: 21 messages, an image, 2 tools)",
+            big.len()
+        ),
+        1000,
+        || {
+            black_box(quote(&big, &prices, &headers));
+        },
+    );
     count("quote (chat, stream: usage injected)", 1000, || {
         black_box(quote(CHAT_STREAM, &prices, &headers));
     });
@@ -143,6 +182,9 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("quote/chat", |b| {
         b.iter(|| quote(black_box(CHAT), &prices, &headers))
+    });
+    c.bench_function("quote/chat_big", |b| {
+        b.iter(|| quote(black_box(&big), &prices, &headers))
     });
     c.bench_function("quote/chat_stream", |b| {
         b.iter(|| quote(black_box(CHAT_STREAM), &prices, &headers))

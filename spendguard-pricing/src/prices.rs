@@ -333,7 +333,10 @@ impl PriceTable {
             .iter()
             .find_map(|p| strip_prefix_ignore_case(model, p))
             .unwrap_or(model);
-        let dotted = if unprefixed.to_ascii_lowercase().starts_with("claude-") {
+        let dotted = if unprefixed
+            .get(..7)
+            .is_some_and(|head| head.eq_ignore_ascii_case("claude-"))
+        {
             Some(unprefixed.replace('.', "-"))
         } else {
             None
@@ -360,7 +363,13 @@ impl PriceTable {
         if let Some((k, v)) = self.models.get_key_value(name) {
             return Some((k.as_str(), v));
         }
-        if let Some(key) = self.lowercase.get(&name.to_ascii_lowercase()) {
+        // Most names are lowercase already: look them up without a lowercased copy.
+        let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if let Some(key) = self.lowercase.get(&*lower) {
             if let Some((k, v)) = self.models.get_key_value(key) {
                 return Some((k.as_str(), v));
             }

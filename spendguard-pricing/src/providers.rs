@@ -31,7 +31,9 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+mod body_scan;
 pub mod gemini;
+mod json_pick;
 pub mod openai;
 mod rewrite;
 pub mod vertex;
@@ -337,12 +339,13 @@ impl Quote {
                 if let Some(u) = headers.and_then(bedrock::header_usage) {
                     return Box::new(KnownUsageTap(u));
                 }
-                return Box::new(JsonTap::new(Box::new(move |v: &Value| {
-                    bedrock::invoke_body_usage(family, v)
-                })));
+                return Box::new(JsonTap::new(Reader::BedrockInvoke(family)));
             }
             TapSpec::BedrockConverse => {
-                return Box::new(JsonTap::new(Box::new(bedrock::converse_body_usage)))
+                return Box::new(JsonTap::new(Reader::Members(
+                    USAGE,
+                    bedrock::converse_body_usage,
+                )))
             }
             _ => {}
         }
@@ -371,17 +374,23 @@ impl Quote {
             };
             return Box::new(SseTap::new(state, filter));
         }
-        let parse: fn(&Value) -> Option<Usage> = match self.tap {
-            TapSpec::OpenAiChat { .. } => openai::chat_body_usage,
-            TapSpec::OpenAiResponses => openai::responses_body_usage,
-            TapSpec::OpenAiEmbeddings => openai::embeddings_body_usage,
-            TapSpec::Anthropic => anthropic::body_usage,
-            TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => gemini::body_usage,
-            TapSpec::BedrockConverse | TapSpec::BedrockStream => bedrock::converse_body_usage,
+        // Each reader's members are every top-level member its usage function looks at.
+        let reader = match self.tap {
+            TapSpec::OpenAiChat { .. } => {
+                Reader::Members(&["usage", "x_groq"], openai::chat_body_usage)
+            }
+            TapSpec::OpenAiResponses => Reader::Members(USAGE, openai::responses_body_usage),
+            TapSpec::OpenAiEmbeddings => Reader::Members(USAGE, openai::embeddings_body_usage),
+            TapSpec::Anthropic => Reader::Members(&["type", "usage"], anthropic::body_usage),
+            // A Gemini body may be a streamed JSON array of responses: read whole.
+            TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => Reader::Whole(gemini::body_usage),
+            TapSpec::BedrockConverse | TapSpec::BedrockStream => {
+                Reader::Members(USAGE, bedrock::converse_body_usage)
+            }
             // Handled above; if ever reached, no usage: the reservation stands.
-            TapSpec::BedrockInvoke { .. } => return Box::new(JsonTap::new(Box::new(|_| None))),
+            TapSpec::BedrockInvoke { .. } => Reader::Whole(|_| None),
         };
-        Box::new(JsonTap::new(Box::new(parse)))
+        Box::new(JsonTap::new(reader))
     }
 }
 
@@ -421,21 +430,48 @@ impl UsageTap for KnownUsageTap {
     }
 }
 
-type ParseUsage = Box<dyn Fn(&Value) -> Option<Usage> + Send>;
+const USAGE: &[&str] = &["usage"];
 
-/// A non-streamed body: forwarded unchanged, a bounded copy parsed at the end.
+/// How a non-streamed body's usage is read.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// Only these top-level members are built (`json_pick`); the rest of the answer is skipped.
+    Members(&'static [&'static str], fn(&Value) -> Option<Usage>),
+    /// The whole body as a `Value` (Gemini's streamed arrays).
+    Whole(fn(&Value) -> Option<Usage>),
+    /// Bedrock InvokeModel: the model family's native body (members vary by family).
+    BedrockInvoke(Option<bedrock::Family>),
+}
+
+impl Reader {
+    fn usage(self, body: &[u8]) -> Option<Usage> {
+        match self {
+            Reader::Members(keep, usage) => {
+                json_pick::pick_members(body, keep).and_then(|v| usage(&v))
+            }
+            Reader::Whole(usage) => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| usage(&v)),
+            Reader::BedrockInvoke(family) => serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| bedrock::invoke_body_usage(family, &v)),
+        }
+    }
+}
+
+/// A non-streamed body: forwarded unchanged, a bounded copy read at the end.
 struct JsonTap {
     buf: Vec<u8>,
     overflow: bool,
-    parse: ParseUsage,
+    reader: Reader,
 }
 
 impl JsonTap {
-    fn new(parse: ParseUsage) -> JsonTap {
+    fn new(reader: Reader) -> JsonTap {
         JsonTap {
             buf: Vec::new(),
             overflow: false,
-            parse,
+            reader,
         }
     }
 }
@@ -462,10 +498,7 @@ impl UsageTap for JsonTap {
             return (Bytes::new(), None);
         }
         let buf = std::mem::take(&mut self.buf);
-        let usage = serde_json::from_slice::<Value>(&buf)
-            .ok()
-            .and_then(|v| (self.parse)(&v));
-        (Bytes::new(), usage)
+        (Bytes::new(), self.reader.usage(&buf))
     }
 }
 
@@ -635,17 +668,20 @@ pub(crate) fn count_field(
 ) -> Result<Option<u64>, PricingError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) => Ok(Some(n)),
-            // 100.0 is how some clients spell 100; fractions, negatives and strings are refused.
-            None => v
-                .is_f64()
-                .then(|| v.to_string())
-                .and_then(|s| s.strip_suffix(".0").and_then(|i| i.parse::<u64>().ok()))
-                .map(Some)
-                .ok_or_else(|| malformed(format!("'{key}' must be a non-negative integer"))),
-        },
+        Some(v) => count_value(v)
+            .map(Some)
+            .ok_or_else(|| malformed(format!("'{key}' must be a non-negative integer"))),
     }
+}
+
+/// A non-null token count: a non-negative integer, or a float spelling one.
+pub(crate) fn count_value(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        // 100.0 is how some clients spell 100; fractions, negatives and strings are refused.
+        v.is_f64()
+            .then(|| v.to_string())
+            .and_then(|s| s.strip_suffix(".0").and_then(|i| i.parse::<u64>().ok()))
+    })
 }
 
 /// The largest of several limit fields that are present.
@@ -918,6 +954,39 @@ mod tests {
         assert_eq!(cache_write_request(&v), Some(true));
         let v: Value = serde_json::from_str(r#"{"cache_control":null}"#).unwrap();
         assert_eq!(cache_write_request(&v), None);
+    }
+
+    /// The JSON tap builds only the usage members, wherever they sit in the answer, and still
+    /// reads nothing from a body that is not valid JSON (the reservation is then charged).
+    #[test]
+    fn json_tap_reads_only_usage_members() {
+        let read = |body: &[u8]| {
+            let mut tap = JsonTap::new(Reader::Members(
+                &["usage", "x_groq"],
+                openai::chat_body_usage,
+            ));
+            let (head, tail) = body.split_at(body.len() / 2);
+            assert_eq!(&tap.on_chunk(head)[..], head, "forwarded unchanged");
+            assert_eq!(&tap.on_chunk(tail)[..], tail);
+            tap.finish().1
+        };
+        let usage = r#""usage":{"prompt_tokens":100,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":10}}"#;
+        let first = format!(
+            r#"{{{usage},"choices":[{{"message":{{"content":"the \"usage\": {{}} here"}}}}]}}"#
+        );
+        let last = format!(r#"{{"id":"x","choices":[{{"message":{{"content":"hi"}}}}],{usage}}}"#);
+        let want = Usage {
+            input_uncached: 90,
+            input_cached: 10,
+            output: 20,
+            ..Usage::default()
+        };
+        assert_eq!(read(first.as_bytes()), Some(want));
+        assert_eq!(read(last.as_bytes()), Some(want));
+        let groq = r#"{"x_groq":{"usage":{"prompt_tokens":5,"completion_tokens":1}},"usage":null}"#;
+        assert_eq!(read(groq.as_bytes()).map(|u| u.output), Some(1));
+        assert_eq!(read(&last.as_bytes()[..last.len() - 1]), None, "truncated");
+        assert_eq!(read(b"[{\"usage\":{\"prompt_tokens\":1}}]"), None);
     }
 
     #[test]

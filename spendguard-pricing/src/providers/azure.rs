@@ -13,10 +13,10 @@
 //! the v1 API): it is injected there only, since older versions refuse unknown options; an older
 //! stream then reports no usage and the reservation is charged.
 
+use super::body_scan::OpenAiRequest;
 use super::openai::{self, route_read, Endpoint, Flavor, UNKNOWN_ENDPOINT};
 use super::{
-    parse_object, query_param, short, split_path, Adapter, PricingError, ProviderId, Quote,
-    QuoteOptions, Route,
+    query_param, short, split_path, Adapter, PricingError, ProviderId, Quote, QuoteOptions, Route,
 };
 use crate::prices::PriceTable;
 
@@ -98,7 +98,7 @@ impl Adapter for AzureOpenAi {
                 provider: ProviderId::AzureOpenAi,
                 route,
             })?;
-        let obj = parse_object(body)?;
+        let req = OpenAiRequest::parse(body)?;
         let model = match target {
             Target::Deployment(dep) => opts
                 .azure_deployments
@@ -106,7 +106,7 @@ impl Adapter for AzureOpenAi {
                 .ok_or_else(|| PricingError::UnknownModel { model: short(dep) })?
                 .as_str(),
             Target::Body => {
-                let named = openai::model_field(&obj)?;
+                let named = req.model()?;
                 opts.azure_deployments
                     .get(named)
                     .map_or(named, String::as_str)
@@ -122,7 +122,7 @@ impl Adapter for AzureOpenAi {
             &FLAVOR,
             ProviderId::AzureOpenAi,
             body,
-            &obj,
+            &req,
             canonical,
             price,
             opts,

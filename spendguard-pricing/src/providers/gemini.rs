@@ -19,6 +19,7 @@
 
 use serde_json::{Map, Value};
 
+use super::body_scan::OpenAiRequest;
 use super::openai::{self, route_read, Endpoint, Flavor, UNKNOWN_ENDPOINT};
 use super::{
     cache_write_request, count_field, count_parts, malformed, num, parse_object, plan_output,
@@ -182,9 +183,9 @@ impl Adapter for Gemini {
                 provider: ProviderId::Gemini,
                 route,
             })?;
-        let obj = parse_object(body)?;
         if let Call::OpenAi(endpoint) = call {
-            let name = openai::model_field(&obj)?;
+            let req = OpenAiRequest::parse(body)?;
+            let name = req.model()?;
             let (canonical, price) = prices
                 .lookup_for(ProviderId::Gemini, name)
                 .ok_or_else(|| PricingError::UnknownModel { model: short(name) })?;
@@ -193,13 +194,14 @@ impl Adapter for Gemini {
                 &OPENAI_COMPAT,
                 ProviderId::Gemini,
                 body,
-                &obj,
+                &req,
                 canonical,
                 price,
                 opts,
                 false,
             );
         }
+        let obj = parse_object(body)?;
         let (canonical, price) = prices
             .lookup_for(ProviderId::Gemini, url_model)
             .ok_or_else(|| PricingError::UnknownModel {

@@ -32,12 +32,15 @@
 //! Usage is trusted only from a final chunk: one with `choices: []`, or whose every choice has a
 //! `finish_reason`, or followed by `[DONE]`; a stream cut before that reports `None`.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
+use super::body_scan::{Key, OpenAiRequest, Shape};
 use super::{
-    cache_write_request, count_field, count_parts, malformed, max_limit, num, parse_object,
-    plan_output, rewrite, rewrite_body, short, split_path, unpriced, Adapter, InputBound, Part,
-    PricingError, ProviderId, Quote, QuoteOptions, QuoteParts, Route, StreamState, TapSpec,
+    malformed, num, plan_output, rewrite, rewrite_body, short, split_path, unpriced, Adapter,
+    InputBound, Part, PricingError, ProviderId, Quote, QuoteOptions, QuoteParts, Route,
+    StreamState, TapSpec,
 };
 use crate::prices::{ModelPrice, PriceTable};
 use crate::sse::SseEvent;
@@ -304,9 +307,9 @@ impl Adapter for OpenAiCompatible {
                 route,
             }
         })?;
-        let obj = parse_object(body)?;
-        let name = model_field(&obj)?;
-        let candidates = self.model_candidates(&obj, name)?;
+        let req = OpenAiRequest::parse(body)?;
+        let name = req.model()?;
+        let candidates = self.model_candidates(&req, name)?;
         let mut best: Option<Quote> = None;
         for candidate in candidates {
             let (canonical, price) = prices.lookup_for(self.id, &candidate).ok_or_else(|| {
@@ -319,7 +322,7 @@ impl Adapter for OpenAiCompatible {
                 &self.flavor,
                 self.id,
                 body,
-                &obj,
+                &req,
                 canonical,
                 price,
                 opts,
@@ -338,28 +341,25 @@ impl OpenAiCompatible {
     /// (any of them may serve it, so the dearest is the worst case). OpenRouter variant suffixes
     /// that keep the price (`:nitro`, `:floor`, `:exacto`) are dropped and `:free` is priced as the
     /// paid model (an upper bound); `:online` adds paid web search and is refused.
-    fn model_candidates(
+    fn model_candidates<'r>(
         &self,
-        obj: &Map<String, Value>,
-        model: &str,
-    ) -> Result<Vec<String>, PricingError> {
+        req: &'r OpenAiRequest<'_>,
+        model: &'r str,
+    ) -> Result<Vec<Cow<'r, str>>, PricingError> {
         if !self.flavor.openrouter {
-            return Ok(vec![model.to_string()]);
+            return Ok(vec![Cow::Borrowed(model)]);
         }
-        let mut names = vec![model.to_string()];
-        if let Some(list) = obj.get("models").and_then(Value::as_array) {
-            for m in list {
-                names.push(
-                    m.as_str()
-                        .ok_or_else(|| malformed("'models' must list model names"))?
-                        .to_string(),
-                );
+        let mut names = vec![Cow::Borrowed(model)];
+        if let Some(list) = req.get(Key::Models).and_then(Shape::as_array) {
+            if list.non_strings > 0 {
+                return Err(malformed("'models' must list model names"));
             }
+            names.extend(list.strings.iter().map(|m| Cow::Borrowed(&**m)));
         }
-        if obj
-            .get("plugins")
-            .and_then(Value::as_array)
-            .is_some_and(|p| !p.is_empty())
+        if req
+            .get(Key::Plugins)
+            .and_then(Shape::as_array)
+            .is_some_and(|p| p.len > 0)
         {
             return Err(unpriced("OpenRouter plugins (web search, file parsing) bill per use, which the price table does not carry"));
         }
@@ -370,7 +370,7 @@ impl OpenAiCompatible {
                     "OpenRouter ':online' models add paid web search, which the price table does not carry",
                 )),
                 Some((base, "nitro" | "floor" | "exacto" | "free" | "beta" | "extended" | "thinking")) => {
-                    Ok(base.to_string())
+                    Ok(Cow::Owned(base.to_string()))
                 }
                 _ => Ok(n),
             })
@@ -389,7 +389,12 @@ pub(crate) fn model_field(obj: &Map<String, Value>) -> Result<&str, PricingError
 
 /// How an OpenAI-shaped content object counts toward the input bound.
 pub(crate) fn classify_part(m: &Map<String, Value>) -> Part {
-    match m.get("type").and_then(Value::as_str) {
+    part_of_type(m.get("type").and_then(Value::as_str))
+}
+
+/// [`classify_part`] by the object's `type` string alone (all it looks at).
+pub(crate) fn part_of_type(kind: Option<&str>) -> Part {
+    match kind {
         Some("image_url" | "input_image") => Part::Image,
         Some("input_audio") => Part::Audio,
         Some("file" | "input_file" | "item_reference") => Part::Unbounded,
@@ -407,39 +412,38 @@ pub(crate) fn quote_body(
     flavor: &Flavor,
     provider: ProviderId,
     body: &[u8],
-    obj: &Map<String, Value>,
+    req: &OpenAiRequest<'_>,
     canonical: &str,
     price: &ModelPrice,
     opts: &QuoteOptions,
     inject_include_usage: bool,
 ) -> Result<Quote, PricingError> {
     let required = match endpoint {
-        Endpoint::Chat => obj
-            .get("messages")
-            .is_some_and(Value::is_array)
+        Endpoint::Chat => req
+            .get(Key::Messages)
+            .is_some_and(|m| m.as_array().is_some())
             .then_some(())
             .ok_or("'messages' must be an array"),
-        Endpoint::Completions | Endpoint::Fim => obj
-            .get("prompt")
+        Endpoint::Completions | Endpoint::Fim => req
+            .get(Key::Prompt)
             .is_some()
             .then_some(())
             .ok_or("the body has no 'prompt'"),
-        Endpoint::Embeddings => obj
-            .get("input")
+        Endpoint::Embeddings => req
+            .get(Key::Input)
             .is_some()
             .then_some(())
             .ok_or("the body has no 'input'"),
         Endpoint::Responses => Ok(()),
     };
     required.map_err(malformed)?;
-    let whole = Value::Object(obj.clone());
-    let parts = count_parts(&whole, &classify_part);
+    let parts = req.parts;
     if parts.audio > 0 {
         return Err(unpriced(
             "audio input bills at audio-token rates the price table does not carry",
         ));
     }
-    refuse_unbounded_features(endpoint, provider, obj)?;
+    refuse_unbounded_features(endpoint, provider, req)?;
 
     let body_bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
     let mut bound = InputBound {
@@ -449,65 +453,54 @@ pub(crate) fn quote_body(
         unbounded: parts.unbounded > 0,
         ..InputBound::default()
     };
-    let tools = obj
-        .get("tools")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len) as u64
-        + obj
-            .get("functions")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len) as u64;
+    let array_len = |k: Key| req.get(k).and_then(Shape::as_array).map_or(0, |a| a.len);
+    let tools = array_len(Key::Tools) + array_len(Key::Functions);
     if tools > 0 {
         bound.extra_tokens = OPENAI_TOOLS_PREAMBLE_TOKENS + tools * OPENAI_TOOL_TOKENS;
     }
     let mut context_cap = price.context_window;
-    let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream = req.get(Key::Stream) == Some(&Shape::Bool(true));
 
-    let (limit_keys, write_field, choices): (&[&str], &str, u64) = match endpoint {
+    let (limit_keys, write_field, choices): (&[Key], &str, u64) = match endpoint {
         Endpoint::Chat => {
-            bound.messages = obj
-                .get("messages")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len) as u64;
-            let n = count_field(obj, "n")?.unwrap_or(1).max(1);
+            bound.messages = array_len(Key::Messages);
+            let n = req.count(Key::N)?.unwrap_or(1).max(1);
             (
-                &["max_tokens", "max_completion_tokens"],
+                &[Key::MaxTokens, Key::MaxCompletionTokens],
                 flavor.limit_field,
                 n,
             )
         }
         Endpoint::Completions | Endpoint::Fim => {
-            let n = count_field(obj, "n")?.unwrap_or(1).max(1);
-            let best_of = count_field(obj, "best_of")?.unwrap_or(1).max(1);
-            let prompts = prompt_count(obj.get("prompt"));
+            let n = req.count(Key::N)?.unwrap_or(1).max(1);
+            let best_of = req.count(Key::BestOf)?.unwrap_or(1).max(1);
+            let prompts = prompt_count(req.get(Key::Prompt));
             // Each prompt may fill the context window on its own.
             context_cap = context_cap.saturating_mul(prompts);
             bound.messages = prompts;
             (
-                &["max_tokens"],
+                &[Key::MaxTokens],
                 "max_tokens",
                 n.max(best_of).saturating_mul(prompts),
             )
         }
         Endpoint::Responses => {
-            if ["previous_response_id", "conversation", "prompt"]
+            if [Key::PreviousResponseId, Key::Conversation, Key::Prompt]
                 .iter()
-                .any(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
+                .any(|k| req.present(*k))
             {
                 // Earlier turns or a stored prompt are not in the body.
                 bound.unbounded = true;
             }
-            bound.messages = match obj.get("input") {
-                Some(Value::Array(items)) => items.len() as u64,
+            bound.messages = match req.get(Key::Input) {
+                Some(Shape::Array(items)) => items.len,
                 _ => 1,
             };
-            (&["max_output_tokens"], "max_output_tokens", 1)
+            (&[Key::MaxOutputTokens], "max_output_tokens", 1)
         }
         Endpoint::Embeddings => {
-            let inputs = match obj.get("input") {
-                Some(Value::Array(items)) if items.iter().all(|i| !i.is_number()) => {
-                    items.len() as u64
-                }
+            let inputs = match req.get(Key::Input) {
+                Some(Shape::Array(items)) if items.numbers == 0 => items.len,
                 _ => 1,
             };
             bound.messages = inputs;
@@ -522,7 +515,7 @@ pub(crate) fn quote_body(
     let output = if endpoint == Endpoint::Embeddings {
         0
     } else {
-        let mut plan = plan_output(max_limit(obj, limit_keys)?, price, opts);
+        let mut plan = plan_output(req.max_limit(limit_keys)?, price, opts);
         if let Some(limit) = plan.write_limit.take() {
             splices.extend(
                 rewrite::set_member(body, 0, write_field, &limit.to_string())
@@ -530,10 +523,7 @@ pub(crate) fn quote_body(
             );
         }
         // Predicted outputs: rejected prediction tokens are billed as output too.
-        let predicted = obj
-            .get("prediction")
-            .filter(|p| !p.is_null())
-            .map_or(0, |p| p.to_string().len() as u64);
+        let predicted = req.prediction_len.unwrap_or(0);
         let per_choice = if flavor.reasoning_outside_limit {
             plan.per_choice.max(price.max_output_tokens)
         } else {
@@ -545,11 +535,10 @@ pub(crate) fn quote_body(
     let mut drop_usage_chunk = false;
     if stream && inject_include_usage && matches!(endpoint, Endpoint::Chat | Endpoint::Completions)
     {
-        let asked = obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            == Some(true);
+        let asked = req
+            .get(Key::StreamOptions)
+            .and_then(Shape::as_object)
+            .is_some_and(|o| o.include_usage);
         if !asked {
             splices.extend(
                 rewrite::set_nested(body, &["stream_options"], "include_usage", "true")
@@ -575,7 +564,7 @@ pub(crate) fn quote_body(
         price: price.clone(),
         input,
         output,
-        cache_write: cache_write_request(&whole),
+        cache_write: req.cache_write,
         stream,
         body_rewrite,
         tap,
@@ -585,11 +574,9 @@ pub(crate) fn quote_body(
 
 /// Number of prompts of a Completions request (`prompt` may be a string, a token array, or an
 /// array of either).
-fn prompt_count(prompt: Option<&Value>) -> u64 {
+fn prompt_count(prompt: Option<&Shape<'_>>) -> u64 {
     match prompt {
-        Some(Value::Array(items)) if !items.is_empty() && !items.iter().all(Value::is_number) => {
-            items.len() as u64
-        }
+        Some(Shape::Array(items)) if items.len > 0 && items.numbers < items.len => items.len,
         _ => 1,
     }
 }
@@ -598,49 +585,46 @@ fn prompt_count(prompt: Option<&Value>) -> u64 {
 fn refuse_unbounded_features(
     endpoint: Endpoint,
     provider: ProviderId,
-    obj: &Map<String, Value>,
+    req: &OpenAiRequest<'_>,
 ) -> Result<(), PricingError> {
-    let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-    if present("audio")
-        || obj
-            .get("modalities")
-            .and_then(Value::as_array)
-            .is_some_and(|m| m.iter().any(|x| x.as_str() == Some("audio")))
+    if req.present(Key::Audio)
+        || req
+            .get(Key::Modalities)
+            .and_then(Shape::as_array)
+            .is_some_and(|m| m.has_audio)
     {
         return Err(unpriced(
             "audio output bills at audio-token rates the price table does not carry",
         ));
     }
-    if present("web_search_options") {
+    if req.present(Key::WebSearchOptions) {
         return Err(unpriced(
             "web search bills per call, which the price table does not carry",
         ));
     }
-    if obj.get("service_tier").and_then(Value::as_str) == Some("priority") {
+    if req.get(Key::ServiceTier).and_then(Shape::as_str) == Some("priority") {
         return Err(unpriced(
             "priority processing bills at rates the price table does not carry",
         ));
     }
     if provider == ProviderId::Xai
-        && obj
-            .get("search_parameters")
-            .is_some_and(|s| !s.is_null() && s.get("mode").and_then(Value::as_str) != Some("off"))
+        && req
+            .get(Key::SearchParameters)
+            .is_some_and(|s| !s.is_null() && !s.as_object().is_some_and(|o| o.mode_off))
     {
         return Err(unpriced(
             "xAI Live Search bills per source, which the price table does not carry",
         ));
     }
-    if endpoint == Endpoint::Responses {
-        if let Some(tools) = obj.get("tools").and_then(Value::as_array) {
-            for t in tools {
-                let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
-                if !matches!(kind, "function" | "custom") {
-                    return Err(unpriced(
-                        "hosted tools (web search, file search, code interpreter, MCP, image generation…) bill per call and add server-side turns, which cannot be bounded",
-                    ));
-                }
-            }
-        }
+    if endpoint == Endpoint::Responses
+        && req
+            .get(Key::Tools)
+            .and_then(Shape::as_array)
+            .is_some_and(|t| t.hosted_tool)
+    {
+        return Err(unpriced(
+            "hosted tools (web search, file search, code interpreter, MCP, image generation…) bill per call and add server-side turns, which cannot be bounded",
+        ));
     }
     Ok(())
 }

@@ -6,10 +6,11 @@
 //! validate the body with serde_json first; the scanner still never panics on bad input (it
 //! returns `None`).
 
-/// One member of a JSON object: its decoded key and the byte span of its value.
+/// One member of a JSON object: its decoded key (borrowed from the body unless it has escapes)
+/// and the byte span of its value.
 #[derive(Debug, Clone)]
-pub(crate) struct Member {
-    pub key: String,
+pub(crate) struct Member<'a> {
+    pub key: std::borrow::Cow<'a, str>,
     pub value_start: usize,
     pub value_end: usize,
 }
@@ -79,7 +80,7 @@ fn skip_value(s: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The members of the object whose `{` is at `open` (after optional whitespace).
-pub(crate) fn members(s: &[u8], open: usize) -> Option<Vec<Member>> {
+pub(crate) fn members(s: &[u8], open: usize) -> Option<Vec<Member<'_>>> {
     let mut i = skip_ws(s, open);
     if s.get(i) != Some(&b'{') {
         return None;
@@ -91,7 +92,11 @@ pub(crate) fn members(s: &[u8], open: usize) -> Option<Vec<Member>> {
     }
     loop {
         let key_end = skip_string(s, i)?;
-        let key: String = serde_json::from_slice(s.get(i..key_end)?).ok()?;
+        let key = serde::de::DeserializeSeed::deserialize(
+            super::json_pick::KeySeed,
+            &mut serde_json::Deserializer::from_slice(s.get(i..key_end)?),
+        )
+        .ok()?;
         i = skip_ws(s, key_end);
         if s.get(i) != Some(&b':') {
             return None;
@@ -203,7 +208,7 @@ pub(crate) fn set_nested(
 ) -> Option<Vec<Splice>> {
     let top = members(s, 0)?;
     let mut splices = Vec::new();
-    for m in top.iter().filter(|m| outer.contains(&m.key.as_str())) {
+    for m in top.iter().filter(|m| outer.contains(&&*m.key)) {
         if s.get(m.value_start) == Some(&b'{') {
             splices.extend(set_member(s, m.value_start, inner, value_json)?);
         } else {
@@ -243,7 +248,7 @@ mod tests {
     fn members_are_found_with_their_spans() {
         let s = br#" { "a" : [1, {"x":"}"}], "b\"q":"s", "c": -1.5e3 , "d":null}"#;
         let ms = members(s, 0).unwrap();
-        let keys: Vec<_> = ms.iter().map(|m| m.key.as_str()).collect();
+        let keys: Vec<_> = ms.iter().map(|m| &*m.key).collect();
         assert_eq!(keys, ["a", "b\"q", "c", "d"]);
         let spans: Vec<_> = ms
             .iter()
