@@ -43,6 +43,7 @@ pub const DEFAULT_TAG_RECONCILE: std::time::Duration = std::time::Duration::from
 pub const ENV_SETTLE_DURABLE_MS: &str = "SPENDGUARD_SETTLE_DURABLE_MS";
 /// `redis://` or `rediss://` URL of the cluster store (one budget across every node naming it).
 pub const ENV_CLUSTER_STORE: &str = "SPENDGUARD_CLUSTER_STORE";
+pub const ENV_CLUSTER_STORE_CA: &str = "SPENDGUARD_CLUSTER_STORE_CA";
 /// This node's name in the cluster store (default: `NODE_NAME`, else the host name).
 pub const ENV_NODE_NAME: &str = "SPENDGUARD_NODE_NAME";
 
@@ -98,6 +99,9 @@ pub struct RawConfig {
     pub explicit_resolve: Option<HashMap<String, IpAddr>>,
     /// Cluster store URL (`redis://…`, `rediss://…`): budgets are one across every node.
     pub cluster_store: Option<String>,
+    /// PEM file of the CA that signed a `rediss://` store's certificate (a private CA); unset: the
+    /// public web roots.
+    pub cluster_store_ca: Option<PathBuf>,
     /// This node's name in the cluster store.
     pub node_name: Option<String>,
 }
@@ -138,6 +142,7 @@ pub struct Config {
     /// Shown without its credentials.
     #[serde(serialize_with = "redacted_url")]
     pub cluster_store: Option<String>,
+    pub cluster_store_ca: Option<PathBuf>,
     pub node_name: String,
 }
 
@@ -331,6 +336,10 @@ impl Config {
                 Some(n) => std::time::Duration::from_secs(n),
             },
             cluster_store: env.get(ENV_CLUSTER_STORE).or(raw.cluster_store),
+            cluster_store_ca: env
+                .get(ENV_CLUSTER_STORE_CA)
+                .map(PathBuf::from)
+                .or(raw.cluster_store_ca),
             node_name: node_name(env, raw.node_name),
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,
@@ -382,6 +391,17 @@ impl Config {
                     why: "must be a redis:// or rediss:// URL".into(),
                 });
             }
+        }
+        if self.cluster_store_ca.is_some()
+            && !self
+                .cluster_store
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "cluster_store_ca",
+                why: "a CA for the cluster store needs a rediss:// (TLS) cluster_store".into(),
+            });
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Pair {
@@ -482,6 +502,27 @@ mod tests {
         let e = Config::load(None, &env(&[(ENV_CLUSTER_STORE, "http://x:6379")]))
             .expect_err("not redis://");
         assert!(e.to_string().contains("cluster_store"), "{e}");
+        let c = Config::load(
+            None,
+            &env(&[
+                (ENV_CLUSTER_STORE, "rediss://10.0.0.5:6380"),
+                (ENV_CLUSTER_STORE_CA, "/etc/spendguard/store-ca.pem"),
+            ]),
+        )
+        .expect("rediss with a CA");
+        assert_eq!(
+            c.cluster_store_ca.as_deref(),
+            Some(std::path::Path::new("/etc/spendguard/store-ca.pem"))
+        );
+        let e = Config::load(
+            None,
+            &env(&[
+                (ENV_CLUSTER_STORE, "redis://10.0.0.5:6379"),
+                (ENV_CLUSTER_STORE_CA, "/etc/spendguard/store-ca.pem"),
+            ]),
+        )
+        .expect_err("a CA without TLS");
+        assert!(e.to_string().contains("cluster_store_ca"), "{e}");
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ledger_path = paths::ledger_file(&cfg.state_dir);
     crate::statedir::check_before_open(&cfg.state_dir)?;
     let cluster = match &cfg.cluster_store {
-        Some(url) => Some(connect_cluster_store(url, &cfg.node_name).await?),
+        Some(url) => {
+            Some(connect_cluster_store(url, cfg.cluster_store_ca.as_deref(), &cfg.node_name).await?)
+        }
         None => None,
     };
     let ledger = Ledger::open(
@@ -366,12 +368,23 @@ const CLUSTER_PUSH_WAIT: Duration = Duration::from_secs(5);
 /// reach it could not lease any budget); once started, an outage is survived (README).
 async fn connect_cluster_store(
     url: &str,
+    ca: Option<&std::path::Path>,
     node: &str,
 ) -> anyhow::Result<spendguard_ledger::cluster::ClusterOptions> {
     use spendguard_ledger::cluster::{ClusterOptions, ClusterStore as _, RedisStore};
+    let ca_pem = match ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| {
+            format!(
+                "reading the cluster store's CA {} (cluster_store_ca / {})",
+                p.display(),
+                crate::config::ENV_CLUSTER_STORE_CA
+            )
+        })?),
+        None => None,
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let store = loop {
-        match RedisStore::connect(url).await {
+        match RedisStore::connect_with(url, ca_pem.as_deref()).await {
             Ok(s) => break s,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!("{e}; retrying");

@@ -111,6 +111,19 @@ impl TestCa {
 
     /// A leaf certificate (chain: just the leaf) and its key for `hosts` (DNS names or IP addresses).
     pub fn leaf(&self, hosts: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let (cert, key) = self.leaf_cert(hosts);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone()], key)
+    }
+
+    /// [`TestCa::leaf`] as PEM files' contents (certificate, PKCS#8 key), for servers that read
+    /// files (`redis-server --tls-cert-file`).
+    pub fn leaf_pem(&self, hosts: &[&str]) -> (String, String) {
+        let (cert, key) = self.leaf_cert(hosts);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn leaf_cert(&self, hosts: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         use rcgen::{
             CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
         };
@@ -132,8 +145,7 @@ impl TestCa {
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![cert.der().clone()], key)
+        (cert, key)
     }
 }
 

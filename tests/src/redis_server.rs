@@ -46,6 +46,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// TLS only (`rediss://`): the CA file that signed the server's certificate.
+    tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -64,6 +66,56 @@ impl RedisServer {
             Some(ns.path()),
             vec!["--requirepass".into(), pass],
         )
+    }
+
+    /// Like [`RedisServer::start_in`], but speaking only TLS (`rediss://`), with a certificate for
+    /// `host` from a private test CA ([`RedisServer::tls_ca`]).
+    pub fn start_in_tls(ns: &crate::Netns, host: &str) -> RedisServer {
+        let pass = format!("sg-{}", std::process::id());
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let ca = crate::fake_provider::TestCa::new("cluster store CA");
+        let (cert, key) = ca.leaf_pem(&[host]);
+        let (ca_path, cert_path, key_path) = (
+            dir.path().join("ca.crt"),
+            dir.path().join("server.crt"),
+            dir.path().join("server.key"),
+        );
+        std::fs::write(&ca_path, ca.cert_pem()).expect("write store CA");
+        std::fs::write(&cert_path, cert).expect("write store cert");
+        std::fs::write(&key_path, key).expect("write store key");
+        let path = |p: &Path| p.to_str().expect("utf8").to_string();
+        let extra = vec![
+            "--requirepass".into(),
+            pass.clone(),
+            "--tls-port".into(),
+            "6379".into(),
+            "--tls-cert-file".into(),
+            path(&cert_path),
+            "--tls-key-file".into(),
+            path(&key_path),
+            "--tls-ca-cert-file".into(),
+            path(&ca_path),
+            // Server authentication only: the agents present no client certificate.
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        let mut s = RedisServer {
+            port: 6379,
+            host: host.to_string(),
+            netns: Some(ns.path()),
+            password: Some(pass),
+            dir,
+            child: None,
+            extra,
+            tls_ca: Some(ca_path),
+        };
+        s.spawn();
+        s
+    }
+
+    /// The CA file a TLS server's certificate chains to.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
     }
 
     fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
@@ -90,6 +142,7 @@ impl RedisServer {
             dir,
             child: None,
             extra,
+            tls_ca: None,
         };
         s.spawn();
         s
@@ -105,8 +158,10 @@ impl RedisServer {
         if let Some(ns) = &self.netns {
             crate::in_netns(&mut cmd, ns);
         }
+        // TLS: `--port 0`, no plain-text listener at all (the TLS port is in `extra`).
+        let plain = if self.tls_ca.is_some() { 0 } else { self.port };
         let child = cmd
-            .args(["--bind", &self.host, "--port", &self.port.to_string()])
+            .args(["--bind", &self.host, "--port", &plain.to_string()])
             .arg("--dir")
             .arg(self.dir.path())
             .args([
@@ -139,9 +194,14 @@ impl RedisServer {
 
     /// `redis://[:PASSWORD@]HOST:PORT`.
     pub fn url(&self) -> String {
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@{}:{}", self.host, self.port),
-            None => format!("redis://{}:{}", self.host, self.port),
+            Some(p) => format!("{scheme}://:{p}@{}:{}", self.host, self.port),
+            None => format!("{scheme}://{}:{}", self.host, self.port),
         }
     }
 
@@ -159,6 +219,9 @@ impl RedisServer {
         }
         if let Some(p) = &self.password {
             cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        if let Some(ca) = &self.tls_ca {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
         }
         let out = cmd
             .args(["-h", &self.host, "-p", &self.port.to_string()])

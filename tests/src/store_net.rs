@@ -21,11 +21,21 @@ pub struct StoreNet {
 impl StoreNet {
     /// A store namespace with a bridge at [`STORE_IP`] and a started `redis-server` on it.
     pub fn start() -> StoreNet {
+        Self::start_with(RedisServer::start_in)
+    }
+
+    /// Like [`StoreNet::start`], with a store that speaks only TLS (`rediss://`, a private CA:
+    /// `redis.tls_ca()`).
+    pub fn start_tls() -> StoreNet {
+        Self::start_with(RedisServer::start_in_tls)
+    }
+
+    fn start_with(server: fn(&Netns, &str) -> RedisServer) -> StoreNet {
         let ns = Netns::new(format!("{}s", crate::unique()));
         ns.ip(&["link", "add", "sgbr", "type", "bridge"]);
         ns.ip(&["addr", "add", &format!("{STORE_IP}/24"), "dev", "sgbr"]);
         ns.ip(&["link", "set", "sgbr", "up"]);
-        let redis = RedisServer::start_in(&ns, STORE_IP);
+        let redis = server(&ns, STORE_IP);
         StoreNet {
             redis,
             ns,

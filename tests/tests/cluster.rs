@@ -846,3 +846,80 @@ async fn settles_apply_each_outbox_entry_once() {
         "a key per request would grow without bound: {keys}"
     );
 }
+
+/// Script calls (`EVALSHA`/`EVAL`: grants, settles, set_held) the store has served.
+fn script_calls(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]).unwrap_or_default();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)?
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A busy node sends one settle per agent per gather (200 ms), not one per store round trip: 16
+/// callers reserving and settling back to back for 2 s cost the store a handful of script calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_sends_one_settle_per_agent_per_gather() {
+    if !redis_server::available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let n = open(&redis.url(), "node-busy").await;
+    let a = name("busy.agent");
+    set(&n, "busy", LimitKind::Total, 1_000_000_000).await;
+    // The first request leases the slice every later one carves from.
+    let r = n
+        .ledger
+        .reserve(req(&a, MicroUsd(10)))
+        .await
+        .expect("reserve");
+    n.ledger.settle(r.id, MicroUsd(10)).await.expect("settle");
+    assert!(
+        drained(&[&n]).await,
+        "the first settle never reached the store"
+    );
+    let before = script_calls(&redis);
+    assert!(before >= 2, "the grant and the settle are script calls");
+
+    let settled = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (ledger, a, settled) = (n.ledger.clone(), a.clone(), settled.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let r = ledger
+                        .reserve(req(&a, MicroUsd(10)))
+                        .await
+                        .expect("reserve");
+                    ledger.settle(r.id, MicroUsd(10)).await.expect("settle");
+                    settled.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    assert!(drained(&[&n]).await, "the settles never reached the store");
+    let settled = settled.load(Ordering::Relaxed);
+    let calls = script_calls(&redis) - before;
+    assert!(settled >= 200, "only {settled} requests in 2 s");
+    // 2 s of load + the drain ≈ 2 / 0.2 + a few pushes (and at most an idle hand-back).
+    assert!(
+        calls <= 25,
+        "{calls} store script calls for {settled} settles: settles are not gathered"
+    );
+    assert_eq!(
+        store_total(&redis, "busy"),
+        (settled + 1) * 10,
+        "every settle counted once"
+    );
+}

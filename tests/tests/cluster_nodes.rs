@@ -402,3 +402,86 @@ fn killed_node_slices_show_in_status_until_node_forget_and_pause_binds_everywher
     let (_, _, body) = c.nodes[1].curl("/v1/chat/completions", &args);
     assert!(body.contains("agent_paused"), "{body}");
 }
+
+/// A store that speaks only TLS, its certificate from a private CA (as managed Redis/Valkey
+/// offerings and most in-cluster installs are): with `SPENDGUARD_CLUSTER_STORE_CA` the nodes lease
+/// over `rediss://` and the budget is one; without the CA the certificate is refused, not ignored.
+#[test]
+fn rediss_store_with_a_private_ca_is_one_budget_and_an_unknown_ca_is_refused() {
+    if !privileged() || !redis_server::available() {
+        return;
+    }
+    let store = StoreNet::start_tls();
+    let url = store.url();
+    assert!(url.starts_with("rediss://"), "{}", url.replace(':', " "));
+    let ca = store.redis.tls_ca().expect("a TLS store").to_path_buf();
+    let nodes = ["acme.a", "acme.b"]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Metered::with(a, |w| {
+                store.attach(w);
+                w.set_agent_env("SPENDGUARD_CLUSTER_STORE", &url);
+                w.set_agent_env("SPENDGUARD_CLUSTER_STORE_CA", ca.to_str().expect("utf8"));
+                w.set_agent_env("SPENDGUARD_NODE_NAME", &format!("node-{i}"));
+            })
+        })
+        .collect();
+    let c = Cluster { nodes, store };
+
+    // The store library itself, from a node's namespace: the private CA is trusted only when given.
+    let (u1, pem) = (url.clone(), std::fs::read(&ca).expect("read CA"));
+    let (without, with) = c.nodes[0].w.node.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use spendguard_ledger::cluster::RedisStore;
+            let without = RedisStore::connect(&u1)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let with = RedisStore::connect_with(&u1, Some(&pem))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            (without, with)
+        })
+    });
+    let e = without.expect_err("a certificate from an unknown CA must be refused");
+    assert!(
+        e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+        "the error should say the certificate is not trusted: {e}"
+    );
+    assert!(
+        !e.contains("sg-"),
+        "the password must not show in errors: {e}"
+    );
+    with.expect("the private CA is trusted when given");
+
+    // Two nodes, one budget that fits 5, over TLS.
+    set_exact_price(&c);
+    set_limit(&c, 0, "acme", "total", "0.05");
+    let mut swarms: Vec<Swarm> = c.nodes.iter().map(|n| burst(n, 10)).collect();
+    for s in &mut swarms {
+        s.event("ready", Duration::from_secs(60));
+    }
+    for s in &mut swarms {
+        s.finish(Duration::from_secs(60));
+    }
+    let forwarded: usize = c.nodes.iter().map(|n| n.fake.request_count()).sum();
+    assert_eq!(forwarded, 5, "a budget that fits 5, over two nodes");
+    let drained = eventually(Duration::from_secs(15), || {
+        c.nodes
+            .iter()
+            .all(|n| usd_to_micro(&n.cli_json(&["status", "acme"])["reserved"]) == 0)
+            && store_out(&c, "acme") == 0
+    });
+    assert!(drained, "slices were not handed back over TLS");
+    assert_eq!(store_total(&c, "acme"), 5 * W);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let s = n.cli_json(&["status", "acme"]);
+        assert_eq!(usd_to_micro(&s["spent"]["total"]), 5 * W, "node-{i}: {s}");
+    }
+}

@@ -42,7 +42,7 @@ enum Task {
         /// Only these modes (comma-separated: direct, floor, transparent, explicit, litellm).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
-        /// Only these phases (comma-separated: rate, max, counts, newconn, streams, overspend, ledger).
+        /// Only these phases (comma-separated: rate, max, sse, counts, newconn, idle, streams, overspend, cluster, ledger).
         #[arg(long, value_delimiter = ',')]
         phases: Vec<String>,
         /// Record the agent with `perf record -g` during the load phases and write

@@ -89,6 +89,15 @@ const FAIL_FAST: Duration = Duration::from_millis(1000);
 /// How many outbox entries one push reads at a time.
 const PUSH_MAX_ENTRIES: usize = 4096;
 
+/// How far one push goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Until the outbox is empty (start-up reconcile, graceful stop).
+    Empty,
+    /// Through what it held when the push began, in as many reads as that takes.
+    Backlog,
+}
+
 /// After the outbox gets an entry, the pusher waits this long for more before it sends, so a busy
 /// node sends one settle per agent per this interval instead of one per commit. The store's
 /// numbers lag the node's by about this much; budget is never at risk (a slice counts in full
@@ -331,11 +340,37 @@ impl Link {
         tx: &mpsc::Sender<Op>,
         clock: &dyn Clock,
     ) -> bool {
+        self.push_until(state, tx, clock, Until::Empty).await
+    }
+
+    /// [`Link::push`] for the background pusher: what the outbox holds now (all of it, if it is a
+    /// backlog of several reads), not what settles while it sends. Entries that arrive meanwhile
+    /// wait for the next gather, so a busy node sends one settle per agent per [`PUSH_GATHER`]
+    /// instead of one per store round trip (measured: 0.38 store calls per request at 1,000 RPS
+    /// before, with the loop chasing its own tail).
+    async fn push_gathered(
+        &self,
+        state: &Mutex<State>,
+        tx: &mpsc::Sender<Op>,
+        clock: &dyn Clock,
+    ) -> bool {
+        self.push_until(state, tx, clock, Until::Backlog).await
+    }
+
+    async fn push_until(
+        &self,
+        state: &Mutex<State>,
+        tx: &mpsc::Sender<Op>,
+        clock: &dyn Clock,
+        until: Until,
+    ) -> bool {
         loop {
             let mut by_agent: BTreeMap<AgentName, Vec<SettleEntry>> = BTreeMap::new();
+            let mut taken = 0usize;
             {
                 let st = state.lock().unwrap_or_else(PoisonError::into_inner);
                 for (seq, e) in st.outbox.iter().take(PUSH_MAX_ENTRIES) {
+                    taken += 1;
                     by_agent
                         .entry(e.agent.clone())
                         .or_default()
@@ -381,6 +416,9 @@ impl Link {
             let (f, rx) = oneshot::channel();
             if tx.send(Op::Flush { reply: f }).await.is_err() || rx.await.is_err() {
                 return false;
+            }
+            if until == Until::Backlog && taken < PUSH_MAX_ENTRIES {
+                return true;
             }
         }
     }
@@ -492,7 +530,7 @@ impl Link {
             tokio::spawn(async move {
                 loop {
                     let Some(sender) = tx.upgrade() else { return };
-                    let emptied = me.push(&state, &sender, clock.as_ref()).await;
+                    let emptied = me.push_gathered(&state, &sender, clock.as_ref()).await;
                     drop(sender);
                     let wait = if emptied {
                         Duration::from_millis(500)

@@ -124,6 +124,16 @@ impl RedisStore {
     /// Connects (and finds out whether the store is a Redis Cluster). Fails if the store is not
     /// reachable now; afterwards the connection reconnects by itself.
     pub async fn connect(url: &str) -> Result<RedisStore, ClusterError> {
+        Self::connect_with(url, None).await
+    }
+
+    /// [`RedisStore::connect`] for a `rediss://` store whose certificate a private CA signed:
+    /// `root_ca_pem` (PEM, one or more certificates) is then the only trust anchor, instead of the
+    /// public web roots.
+    pub async fn connect_with(
+        url: &str,
+        root_ca_pem: Option<&[u8]>,
+    ) -> Result<RedisStore, ClusterError> {
         let shown = redact(url);
         let bad = |e: ::redis::RedisError| ClusterError::BadUrl {
             url: shown.clone(),
@@ -135,7 +145,27 @@ impl RedisStore {
                 detail: "the scheme must be redis:// or rediss://".into(),
             });
         }
-        let client = ::redis::Client::open(url).map_err(bad)?;
+        if url.starts_with("rediss://") {
+            // The redis crate asks rustls for the process's default provider; with ring and
+            // aws-lc-rs both linked there is none until one is installed. Ring, as the proxy uses;
+            // an error means a provider is installed already, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let certs = |pem: &[u8]| ::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        };
+        let client = match root_ca_pem {
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(ClusterError::BadUrl {
+                    url: shown,
+                    detail: "a CA for the store is given, but the URL is not rediss:// (TLS)"
+                        .into(),
+                })
+            }
+            Some(pem) => ::redis::Client::build_with_tls(url, certs(pem)).map_err(bad)?,
+            None => ::redis::Client::open(url).map_err(bad)?,
+        };
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
             // The longest any call may wait; request-path calls are bounded tighter in `run`.
@@ -168,11 +198,13 @@ impl RedisStore {
             .run("INFO cluster", ::redis::cmd("INFO").arg("cluster").clone())
             .await?;
         if info.contains("cluster_enabled:1") {
-            let client = ::redis::cluster::ClusterClientBuilder::new(vec![url])
+            let mut builder = ::redis::cluster::ClusterClientBuilder::new(vec![url])
                 .connection_timeout(CALL_TIMEOUT)
-                .response_timeout(ADMIN_TIMEOUT)
-                .build()
-                .map_err(bad)?;
+                .response_timeout(ADMIN_TIMEOUT);
+            if let Some(pem) = root_ca_pem {
+                builder = builder.certs(certs(pem));
+            }
+            let client = builder.build().map_err(bad)?;
             let conn =
                 client
                     .get_async_connection()

@@ -39,8 +39,8 @@ use spendguard_tests::{place, Place, World, UPSTREAM_A};
 use super::{Bench, Guard, Mode};
 
 /// The budget both guards get in the overspend run, USD.
-const BUDGET_USD: f64 = 0.0005;
-const BURST: usize = 500;
+pub const BUDGET_USD: f64 = 0.0005;
+pub const BURST: usize = 500;
 /// The proxy's admin key (no database: the master key is the only key), also the clients' bearer.
 const MASTER_KEY: &str = "sk-spendguard-bench-7f3a9c1e5b2d4f60a8e1";
 /// The LiteLLM release measured: pinned so every machine measures the same proxy (this one starts
@@ -58,17 +58,33 @@ const ENV: [(&str, &str); 3] = [
 /// The proxy's config.yaml: one deployment of gpt-4o-mini on the fake provider; with `budget`, the
 /// deployment gets `max_budget` + `budget_duration` (virtual-key budgets need Prisma engines we
 /// cannot download).
-fn config_yaml(budget: Option<f64>) -> String {
+fn config_yaml(budget: Option<f64>, redis: Option<&RedisAt>) -> String {
     let budget_lines = budget.map_or(String::new(), |b| {
         format!("      max_budget: {b}\n      budget_duration: 1d\n")
+    });
+    // LiteLLM's documented multi-instance set-up (docs proxy/provider_budget_routing, "Multi-instance
+    // setup"): every instance gets the same Redis in router_settings, which syncs budget spend.
+    let router = redis.map_or(String::new(), |r| {
+        format!(
+            "router_settings:\n  redis_host: {}\n  redis_port: {}\n  redis_password: {}\n",
+            r.host, r.port, r.password
+        )
     });
     format!(
         "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      \
          api_base: https://{UPSTREAM_A}/v1\n      api_key: sk-bench\n{budget_lines}\
          litellm_settings:\n  drop_params: true\n  telemetry: false\n  set_verbose: false\n  json_logs: true\n  \
          request_timeout: 600\n  num_retries: 0\n  callbacks: []\n\
-         general_settings:\n  disable_spend_logs: true\n  disable_error_logs: true\n  proxy_batch_write_at: 60\n"
+         general_settings:\n  disable_spend_logs: true\n  disable_error_logs: true\n  proxy_batch_write_at: 60\n\
+         {router}"
     )
+}
+
+/// Where the LiteLLM instances of the cluster phase find their shared Redis.
+pub struct RedisAt {
+    pub host: String,
+    pub port: u16,
+    pub password: String,
 }
 
 /// What the results say about how LiteLLM ran.
@@ -170,17 +186,18 @@ fn http_code(w: &World, url: &str) -> String {
 
 /// Starts LiteLLM on 127.0.0.1:`port` of the node namespace; its output goes to
 /// target/bench/litellm-`port`.log.
-fn start_on(
+pub fn start_on(
     root: &Path,
     w: &World,
     cgroup: &Path,
     fake_ca: &Path,
     port: u16,
     budget: Option<f64>,
+    redis: Option<&RedisAt>,
 ) -> anyhow::Result<Guard> {
     let bin = venv(root)?;
     let cfg_path = w.state.path().join(format!("litellm-{port}.yaml"));
-    std::fs::write(&cfg_path, config_yaml(budget))?;
+    std::fs::write(&cfg_path, config_yaml(budget, redis))?;
     let log_path = root.join(format!("target/bench/litellm-{port}.log"));
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = Command::new(&bin);
@@ -237,7 +254,7 @@ fn start_on(
     }
 }
 
-fn mode(cgroup: &Path, port: u16) -> Mode {
+pub fn mode(cgroup: &Path, port: u16) -> Mode {
     Mode {
         name: "litellm",
         cgroup: cgroup.to_path_buf(),
@@ -262,7 +279,7 @@ pub fn start(
     fake_ca: &Path,
     budget: Option<f64>,
 ) -> anyhow::Result<(Guard, Mode)> {
-    let g = start_on(root, w, cgroup, fake_ca, 4000, budget)?;
+    let g = start_on(root, w, cgroup, fake_ca, 4000, budget, None)?;
     Ok((g, mode(cgroup, 4000)))
 }
 
@@ -325,6 +342,7 @@ pub fn overspend(
             fake_ca,
             4001,
             Some(BUDGET_USD),
+            None,
         )
     } else {
         Err(anyhow!("LiteLLM not run (--no-litellm or install failed)"))
@@ -378,7 +396,7 @@ mod tests {
 
     #[test]
     fn config_has_the_documented_settings_and_budget_only_when_asked() {
-        let plain = config_yaml(None);
+        let plain = config_yaml(None, None);
         for line in [
             "  set_verbose: false\n",
             "  json_logs: true\n",
@@ -392,9 +410,21 @@ mod tests {
             assert!(plain.contains(line), "{line:?} missing from\n{plain}");
         }
         assert!(!plain.contains("max_budget"));
-        let budget = config_yaml(Some(0.0005));
+        let budget = config_yaml(Some(0.0005), None);
         assert!(budget
             .contains("      max_budget: 0.0005\n      budget_duration: 1d\nlitellm_settings:\n"));
+        let shared = config_yaml(
+            Some(0.0005),
+            Some(&RedisAt {
+                host: "10.77.9.254".into(),
+                port: 6379,
+                password: "pw".into(),
+            }),
+        );
+        assert!(shared.ends_with(
+            "router_settings:\n  redis_host: 10.77.9.254\n  redis_port: 6379\n  redis_password: pw\n"
+        ));
+        assert!(!budget.contains("router_settings"));
         // Indentation is YAML structure: every line is a key at 0/2/4/6 spaces or a list item.
         for l in budget.lines() {
             let indent = l.len() - l.trim_start().len();

@@ -6,6 +6,7 @@
 //! panics. The fake provider listens on 10.77.3.1:443 *inside* the node namespace; the load generator
 //! (`sg-load`), the agent and LiteLLM run there too. Every step is bounded in requests and time.
 
+mod cluster;
 mod floor;
 mod litellm;
 mod perf;
@@ -38,6 +39,8 @@ pub struct Plan {
     pub newconn: usize,
     pub streams: usize,
     pub hold_secs: f64,
+    /// Idle keep-alive connections held open at once (memory per connection).
+    pub idle_conns: usize,
 }
 
 impl Plan {
@@ -51,6 +54,7 @@ impl Plan {
                 newconn: 100,
                 streams: 1000,
                 hold_secs: 3.0,
+                idle_conns: 2000,
             }
         } else {
             Plan {
@@ -61,6 +65,7 @@ impl Plan {
                 newconn: 500,
                 streams: 1000,
                 hold_secs: 10.0,
+                idle_conns: 10_000,
             }
         }
     }
@@ -166,7 +171,18 @@ impl Bench<'_> {
             "--hold".into(),
             hold.to_string(),
         ];
-        let mut cmd = self.cmd(m, &args);
+        self.hold_open(m, &args, sample)
+    }
+
+    /// Runs `sg-load ARGS` (a mode that prints `open K` and then holds its connections), calls
+    /// `sample` once they are open; (K, the sample, its final JSON).
+    fn hold_open(
+        &self,
+        m: &Mode,
+        args: &[String],
+        sample: impl FnOnce() -> Option<u64>,
+    ) -> anyhow::Result<(usize, Option<u64>, Value)> {
+        let mut cmd = self.cmd(m, args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut g = Guard(Some(cmd.spawn().context("spawn sg-load")?));
         let stdout =
@@ -179,7 +195,7 @@ impl Bench<'_> {
         let opened: usize = first
             .strip_prefix("open ")
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| anyhow!("sg-load --streams printed {first:?}"))?;
+            .ok_or_else(|| anyhow!("sg-load {args:?} printed {first:?}"))?;
         std::thread::sleep(Duration::from_millis(500));
         let rss = sample();
         let last = lines.next().transpose()?.unwrap_or_default();
@@ -228,6 +244,40 @@ fn raise_nofile() {
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// Starts `sg-fastfake` on `UPSTREAM_A:443` inside `w`'s node namespace, in `cgroup`; returns its
+/// guard and the CA file it wrote (what the agent trusts upstream).
+fn fastfake(root: &Path, w: &World, cgroup: &Path) -> anyhow::Result<(Guard, PathBuf)> {
+    let fake_ca = w.state.path().join("upstream-ca.pem");
+    let mut fake_cmd = Command::new(root.join("target/release/sg-fastfake"));
+    fake_cmd
+        .args(["--listen", &format!("{UPSTREAM_A}:443")])
+        .args(["--host", HOST, "--host", UPSTREAM_A, "--ca-out"])
+        .arg(&fake_ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    place(
+        &mut fake_cmd,
+        Place {
+            cgroup: Some(cgroup),
+            netns: Some(&w.node),
+            uid: None,
+        },
+    );
+    let mut fake = Guard(Some(fake_cmd.spawn().context("spawn sg-fastfake")?));
+    let fake_out = fake
+        .0
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .ok_or_else(|| anyhow!("fake stdout"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(fake_out).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("sg-fastfake did not start: {line:?}");
+    }
+    Ok((fake, fake_ca))
 }
 
 /// What to run: everything by default; `--only`/`--phases` narrow a run down for profiling.
@@ -308,34 +358,7 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         let bench_cg = w.cgroup.child("bench"); // tagged: transparent mode
         let plain_cg = w.cgroup.child("plain"); // untagged: direct, explicit, LiteLLM
         let fake_cg = w.cgroup.child("fake");
-        let fake_ca = w.state.path().join("upstream-ca.pem");
-        let mut fake_cmd = Command::new(root.join("target/release/sg-fastfake"));
-        fake_cmd
-            .args(["--listen", &format!("{UPSTREAM_A}:443")])
-            .args(["--host", HOST, "--host", UPSTREAM_A, "--ca-out"])
-            .arg(&fake_ca)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        place(
-            &mut fake_cmd,
-            Place {
-                cgroup: Some(&fake_cg.path),
-                netns: Some(&w.node),
-                uid: None,
-            },
-        );
-        let mut fake = Guard(Some(fake_cmd.spawn().context("spawn sg-fastfake")?));
-        let fake_out = fake
-            .0
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .ok_or_else(|| anyhow!("fake stdout"))?;
-        let mut line = String::new();
-        std::io::BufReader::new(fake_out).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("sg-fastfake did not start: {line:?}");
-        }
+        let (fake, fake_ca) = fastfake(root, &w, &fake_cg.path)?;
 
         w.set_agent_env(
             "SPENDGUARD_UPSTREAM_CA",
@@ -488,6 +511,15 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         // bench_cg, plain_cg, fake_cg, then w drop here: namespaces, cgroups, pin dir, agent.
     }
 
+    // After the main world is gone: three more nodes and a store would crowd its measurements.
+    if sel.phase("cluster") {
+        eprintln!("bench: cluster phase (two nodes on one redis-server, one without)");
+        match cluster::run(root, &plan, sel.litellm) {
+            Ok(c) => res.cluster = Some(c),
+            Err(e) => res.notes.push(format!("cluster phase failed: {e:#}")),
+        }
+    }
+
     if sel.phase("ledger") {
         eprintln!(
         "bench: ledger durable reservations/s (cargo bench -p spendguard-ledger --bench reserve)"
@@ -617,6 +649,29 @@ fn run_modes(
         };
         res.put(m.name, "max", v);
     }
+    // SSE streams of 20 chunks, closed loop: the usage tap's per-chunk cost at full speed.
+    for m in modes.iter().filter(|_| sel.phase("sse")) {
+        eprintln!("bench: {} max RPS, SSE streams of 20 chunks", m.name);
+        let c0 = m.cpu_pid.and_then(cpu_secs);
+        let v = bench.load(
+            m,
+            &[
+                "--closed",
+                &plan.max_conns.to_string(),
+                "--duration",
+                &plan.max_secs.to_string(),
+                "--sse-chunks",
+                "20",
+            ],
+            lim(plan.max_secs),
+        );
+        match v {
+            Ok(v) => res.put(m.name, "max_sse", with_cpu(v, m.cpu_pid, c0)),
+            Err(e) => res
+                .notes
+                .push(format!("{} SSE max RPS failed: {e:#}", m.name)),
+        }
+    }
     if sel.phase("counts") {
         counts(bench, modes, res);
     }
@@ -632,6 +687,42 @@ fn run_modes(
             Err(e) => res
                 .notes
                 .push(format!("{} new connections failed: {e:#}", m.name)),
+        }
+    }
+    // Memory per idle keep-alive connection: RSS with `idle_conns` of them open, minus RSS before.
+    for m in modes.iter().filter(|_| sel.phase("idle")) {
+        let Some(pid) = m.cpu_pid else { continue };
+        eprintln!(
+            "bench: {} {} idle keep-alive connections",
+            m.name, plan.idle_conns
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let before = rss_kb(pid);
+        let args = [
+            "--idle".to_string(),
+            plan.idle_conns.to_string(),
+            "--hold".into(),
+            "2".into(),
+        ];
+        match bench.hold_open(m, &args, || rss_kb(pid)) {
+            Ok((opened, with, v)) => {
+                let per = match (before, with) {
+                    (Some(b), Some(w)) if opened > 0 => {
+                        Some((w.saturating_sub(b)) as f64 / opened as f64)
+                    }
+                    _ => None,
+                };
+                res.put(
+                    m.name,
+                    "idle_conns",
+                    serde_json::json!({"opened": opened, "rss_before_kb": before,
+                        "rss_with_kb": with, "kb_per_conn": per, "failed": v["failed"],
+                        "first_error": v["first_error"]}),
+                );
+            }
+            Err(e) => res
+                .notes
+                .push(format!("{} idle connections failed: {e:#}", m.name)),
         }
     }
     Ok(())

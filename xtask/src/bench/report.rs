@@ -24,6 +24,8 @@ pub struct Results {
     pub streams_opened: usize,
     pub ledger: String,
     pub overspend: Option<Value>,
+    /// The cluster phase (cluster.rs): store cost per request and the two-node overshoot.
+    pub cluster: Option<Value>,
     pub notes: Vec<String>,
     /// The chart's file name beside results.md, once [`Results::chart`] has rendered it.
     pub chart: Option<String>,
@@ -68,6 +70,7 @@ impl Results {
             streams_opened: 0,
             ledger: String::new(),
             overspend: None,
+            cluster: None,
             notes: Vec::new(),
             chart: None,
         }
@@ -233,7 +236,7 @@ impl Results {
             f64,
             bool,
         );
-        let rows: [Target; 7] = [
+        let rows: [Target; 8] = [
             (
                 "proxy CPU per request @ max RPS",
                 "max",
@@ -253,6 +256,15 @@ impl Results {
                 true,
             ),
             ("max RPS", "max", "rps", ratio, "×", 0.6, false),
+            (
+                "max RPS, SSE streams of 20 chunks",
+                "max_sse",
+                "rps",
+                ratio,
+                "×",
+                0.5,
+                false,
+            ),
             (
                 "added p50 @ 1,000 RPS over the floor",
                 "rate1000",
@@ -329,6 +341,20 @@ impl Results {
             };
             let _ = writeln!(o, "- {label}: {}{spread}{verdict}", fmt(med));
         }
+        // Memory per idle keep-alive connection: an absolute target, the floor beside it.
+        let idle = |m: &str| self.get(m, "idle_conns", "kb_per_conn");
+        let opened = self.get(t, "idle_conns", "opened");
+        let _ = writeln!(
+            o,
+            "- RSS per idle keep-alive connection ({} open): {} (floor {}){}",
+            opened.map_or("n/a".into(), |n| format!("{n:.0}")),
+            idle(t).map_or("not measured".into(), |k| format!("{k:.1} KB")),
+            idle("floor").map_or("n/a".into(), |k| format!("{k:.1} KB")),
+            idle(t).map_or(String::new(), |k| format!(
+                " — target ≤ 24 KB: {}",
+                if k <= 24.0 { "met" } else { "**missed**" }
+            )),
+        );
     }
 
     fn added_of(&self, m: &str, key: &str, field: &str) -> Option<f64> {
@@ -552,6 +578,61 @@ impl Results {
             );
         }
 
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                o,
+                "\n## Cluster store (two nodes on one Redis, one node without)\n"
+            );
+            let l = &c["latency"];
+            let ms = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.3} ms"));
+            let num = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
+            let _ = writeln!(
+                o,
+                "| at 1,000 RPS (median of {} rounds) | with store | without store | store adds |\n|---|---|---|---|\n\
+                 | p50 | {} | {} | {} |\n| p99 | {} | {} | {} |\n",
+                l["rounds"],
+                ms(&l["with_store"]["p50_ms"]),
+                ms(&l["without_store"]["p50_ms"]),
+                ms(&l["store_adds_p50_ms"]),
+                ms(&l["with_store"]["p99_ms"]),
+                ms(&l["without_store"]["p99_ms"]),
+                ms(&l["store_adds_p99_ms"]),
+            );
+            let _ = writeln!(
+                o,
+                "- store commands per request: {}; per second at 1,000 RPS: {}; per second idle (two nodes): {}",
+                num(&l["store_ops_per_request"]),
+                num(&l["store_ops_per_s_at_1000_rps"]),
+                num(&l["store_ops_per_s_idle_two_nodes"]),
+            );
+            let ov = &c["overshoot"];
+            let sg = &ov["spendguard"];
+            let lt = &ov["litellm_two_instances"];
+            let _ = writeln!(
+                o,
+                "- overshoot, budget ${} and {} concurrent requests over 2 nodes: SpendGuard forwarded {} and spent ${} \
+                 (over the limit: ${}); LiteLLM, 2 instances on the same Redis: {}",
+                ov["budget_usd"],
+                ov["concurrent_requests"],
+                sg["forwarded"],
+                sg["spent_usd_cluster_wide"],
+                sg["over_limit_usd"],
+                if lt.get("error").is_some() {
+                    format!("not measured ({})", lt["error"])
+                } else {
+                    format!(
+                        "forwarded {}, ${} at the same cost per request (over the limit: ${})",
+                        lt["forwarded"], lt["spent_usd_at_same_per_request_cost"], lt["over_limit_usd"]
+                    )
+                }
+            );
+            let _ = writeln!(
+                o,
+                "\n```\n{}\n```",
+                serde_json::to_string_pretty(c).unwrap_or_default()
+            );
+        }
+
         let _ = writeln!(o, "\n## Ledger durable reservations/s (`cargo bench -p spendguard-ledger --bench reserve`)\n");
         let _ = writeln!(o, "```\n{}\n```", self.ledger.trim());
 
@@ -586,6 +667,7 @@ impl Results {
                        "streams": self.rss_streams_kb, "streams_opened": self.streams_opened, "end": self.rss_end_kb},
             "ledger": self.ledger,
             "overspend": self.overspend,
+            "cluster": self.cluster,
             "notes": self.all_notes(),
         })
     }

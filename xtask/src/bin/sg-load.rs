@@ -12,6 +12,9 @@
 //!   --streams N --hold S                   N concurrent slow SSE streams; prints `open K` once K are
 //!                                          streaming, holds them S seconds
 //!   --burst N                              N concurrent requests, one connection each (overspend)
+//!   --idle N --hold S                      N keep-alive connections, one request each, then idle;
+//!                                          prints `open K` once K are idle, holds them S seconds
+//!   --sse-chunks N (with --closed/--rate)  each request is a stream of N chunks, sent without delay
 //!
 //! Every mode is bounded in time; the process exits when it is done.
 
@@ -42,6 +45,9 @@ struct Cfg {
     plain: bool,
     auth: String,
     model: String,
+    /// `--sse-chunks N`: every request of the closed/rate modes asks for a stream of N chunks
+    /// sent as fast as the fake can (the SSE max-rate phase).
+    sse_chunks: Option<u32>,
 }
 
 struct Client {
@@ -138,7 +144,8 @@ impl Client {
         Ok(send)
     }
 
-    fn request(&self, stream: bool) -> hyper::Request<Full<Bytes>> {
+    fn request(&self, slow_stream: bool) -> hyper::Request<Full<Bytes>> {
+        let stream = slow_stream || self.cfg.sse_chunks.is_some();
         let body = if stream {
             format!(
                 r#"{{"model":"{}","messages":[{{"role":"user","content":"Say hello."}}],"max_tokens":16,"stream":true}}"#,
@@ -154,11 +161,15 @@ impl Client {
             .header("host", &self.cfg.sni)
             .header("content-type", "application/json")
             .header("authorization", format!("Bearer {}", self.cfg.auth));
-        if stream {
+        if slow_stream {
             // ~60 s of slow chunks: the stream stays open while the bench holds it.
             b = b
                 .header("x-fake-chunks", "60")
                 .header("x-fake-chunk-delay-ms", "1000");
+        } else if let Some(n) = self.cfg.sse_chunks {
+            b = b
+                .header("x-fake-chunks", n.to_string())
+                .header("x-fake-chunk-delay-ms", "0");
         }
         b.body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
@@ -441,6 +452,49 @@ async fn streams(c: Arc<Client>, n: usize, hold: Duration) -> serde_json::Value 
     })
 }
 
+/// `--idle N --hold S`: N keep-alive connections, one request answered on each, then left idle;
+/// prints `open K` once K of them are idle (so the caller can sample the proxy's memory), holds
+/// them S seconds, and closes them.
+async fn idle(c: Arc<Client>, n: usize, hold: Duration) -> serde_json::Value {
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (c, gate) = (c.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await?;
+            let mut s = c.connect().await?;
+            let status = c.once(&mut s).await?;
+            if status != 200 {
+                bail!("status {status}");
+            }
+            anyhow::Ok(s)
+        }));
+    }
+    let t0 = Instant::now();
+    let (mut held, mut failed, mut first_error) = (Vec::new(), 0usize, None::<String>);
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(120), t).await {
+            Ok(Ok(Ok(s))) => held.push(s),
+            Ok(Ok(Err(e))) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            _ => failed += 1,
+        }
+    }
+    println!("open {}", held.len());
+    let ramp = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(hold).await;
+    let opened = held.len();
+    drop(held);
+    serde_json::json!({
+        "opened": opened,
+        "failed": failed,
+        "ramp_s": ramp,
+        "first_error": first_error,
+    })
+}
+
 async fn burst(c: Arc<Client>, n: usize) -> serde_json::Value {
     let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let mut tasks = Vec::new();
@@ -529,6 +583,11 @@ fn main() -> anyhow::Result<()> {
                 n = v.parse()?;
                 mode = Some("burst");
             }
+            "--idle" => {
+                n = v.parse()?;
+                mode = Some("idle");
+            }
+            "--sse-chunks" => cfg.sse_chunks = Some(v.parse()?),
             "--hold" => hold = v.parse()?,
             other => bail!("unknown argument {other}"),
         }
@@ -546,8 +605,9 @@ fn main() -> anyhow::Result<()> {
             Some("newconn") => Ok(newconn(c, n).await),
             Some("streams") => Ok(streams(c, n, Duration::from_secs_f64(hold)).await),
             Some("burst") => Ok(burst(c, n).await),
+            Some("idle") => Ok(idle(c, n, Duration::from_secs_f64(hold)).await),
             _ => Err(anyhow!(
-                "no mode given (--closed/--rate/--newconn/--streams/--burst)"
+                "no mode given (--closed/--rate/--newconn/--streams/--burst/--idle)"
             )),
         }
     })?;
