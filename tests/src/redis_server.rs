@@ -267,6 +267,15 @@ impl RedisServer {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
+    /// Calls the server has served of `commands` (lower case, e.g. `evalsha`; empty: every
+    /// command), from `INFO commandstats`; 0 if it does not answer.
+    pub fn command_calls(&self, commands: &[&str]) -> u64 {
+        command_calls(
+            &self.cli(&["INFO", "commandstats"]).unwrap_or_default(),
+            commands,
+        )
+    }
+
     /// A field of a hash, as a number (0 if absent).
     pub fn hget_u64(&self, key: &str, field: &str) -> u64 {
         self.cli(&["HGET", key, field])
@@ -373,4 +382,39 @@ impl RedisCluster {
 /// The directory of a temp file path (for callers that want the AOF).
 pub fn aof_dir(s: &RedisServer) -> PathBuf {
     s.dir().join("appendonlydir")
+}
+
+/// Σ `calls` of the `cmdstat_NAME:calls=N,…` lines of `INFO commandstats` whose NAME is in
+/// `commands` (empty: all of them).
+pub fn command_calls(info: &str, commands: &[&str]) -> u64 {
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.is_empty() && !commands.contains(&name) {
+                return None;
+            }
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_calls_sums_the_named_commands() {
+        let info = "# Commandstats\r\n\
+            cmdstat_get:calls=12,usec=30,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_evalsha:calls=5,usec=100,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_eval:calls=2,usec=10\r\n\
+            garbage line\r\n";
+        assert_eq!(super::command_calls(info, &[]), 19);
+        assert_eq!(super::command_calls(info, &["evalsha", "eval"]), 7);
+        assert_eq!(super::command_calls(info, &["set"]), 0);
+        assert_eq!(super::command_calls("", &[]), 0);
+    }
 }

@@ -849,18 +849,7 @@ async fn settles_apply_each_outbox_entry_once() {
 
 /// Script calls (`EVALSHA`/`EVAL`: grants, settles, set_held) the store has served.
 fn script_calls(redis: &RedisServer) -> u64 {
-    let info = redis.cli(&["INFO", "commandstats"]).unwrap_or_default();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split(':')
-                .nth(1)?
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    redis.command_calls(&["evalsha", "eval"])
 }
 
 /// A busy node sends one settle per agent per gather (200 ms), not one per store round trip: 16

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
+use spendguard_tests::redis_server::command_calls;
 use spendguard_tests::store_net::StoreNet;
 use spendguard_tests::{Cgroup, World, UPSTREAM_A};
 
@@ -116,27 +117,13 @@ impl Node {
     }
 }
 
-/// Total commands the store has served (`INFO commandstats`, every `cmdstat_*` line's `calls`).
+/// Commands the store has served (`INFO commandstats`), less the bench's own `INFO`s.
 fn store_calls(store: &StoreNet) -> anyhow::Result<u64> {
     let info = store
         .redis
         .cli(&["INFO", "commandstats"])
         .ok_or_else(|| anyhow!("redis-cli INFO commandstats failed"))?;
-    Ok(parse_calls(&info))
-}
-
-fn parse_calls(info: &str) -> u64 {
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter_map(|l| {
-            l.split(':')
-                .nth(1)?
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    Ok(command_calls(&info, &[]).saturating_sub(command_calls(&info, &["info"])))
 }
 
 /// The upper median (as `report::median_run` takes it), `None` for no samples.
@@ -388,19 +375,4 @@ fn overshoot_litellm(
         "statuses_per_instance": runs.iter().map(|v| v["statuses"].clone()).collect::<Vec<_>>(),
         "first_errors": runs.iter().map(|v| v["first_error"].clone()).collect::<Vec<_>>(),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commandstats_calls_are_summed() {
-        let info = "# Commandstats\r\n\
-            cmdstat_get:calls=12,usec=30,usec_per_call=2.50,rejected_calls=0,failed_calls=0\r\n\
-            cmdstat_evalsha:calls=5,usec=100,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n\
-            garbage line\r\n";
-        assert_eq!(parse_calls(info), 17);
-        assert_eq!(parse_calls(""), 0);
-    }
 }

@@ -627,49 +627,28 @@ fn run_modes(
     for ((mode, key), runs) in rounds {
         res.put(&mode, &key, report::median_run(&runs));
     }
-    for m in modes.iter().filter(|_| sel.phase("max")) {
-        eprintln!("bench: {} max RPS ({} conns)", m.name, plan.max_conns);
-        let c0 = m.cpu_pid.and_then(cpu_secs);
-        let v = bench.load(
-            m,
-            &[
-                "--closed",
-                &plan.max_conns.to_string(),
-                "--duration",
-                &plan.max_secs.to_string(),
-            ],
-            lim(plan.max_secs),
-        );
-        let v = match v {
-            Ok(v) => with_cpu(v, m.cpu_pid, c0),
-            Err(e) => {
-                res.notes.push(format!("{} max RPS failed: {e:#}", m.name));
-                continue;
+    // Closed loop at full speed: plain JSON answers ("max"), and SSE streams of 20 chunks
+    // ("sse": the usage tap's per-chunk cost).
+    let (conns, secs) = (plan.max_conns.to_string(), plan.max_secs.to_string());
+    let closed: [(&str, &str, &[&str], &str); 2] = [
+        ("max", "max", &[], "max RPS"),
+        (
+            "sse",
+            "max_sse",
+            &["--sse-chunks", "20"],
+            "max RPS, SSE streams of 20 chunks",
+        ),
+    ];
+    for (phase, key, extra, what) in closed {
+        for m in modes.iter().filter(|_| sel.phase(phase)) {
+            eprintln!("bench: {} {what} ({conns} conns)", m.name);
+            let c0 = m.cpu_pid.and_then(cpu_secs);
+            let mut args = vec!["--closed", &conns, "--duration", &secs];
+            args.extend_from_slice(extra);
+            match bench.load(m, &args, lim(plan.max_secs)) {
+                Ok(v) => res.put(m.name, key, with_cpu(v, m.cpu_pid, c0)),
+                Err(e) => res.notes.push(format!("{} {what} failed: {e:#}", m.name)),
             }
-        };
-        res.put(m.name, "max", v);
-    }
-    // SSE streams of 20 chunks, closed loop: the usage tap's per-chunk cost at full speed.
-    for m in modes.iter().filter(|_| sel.phase("sse")) {
-        eprintln!("bench: {} max RPS, SSE streams of 20 chunks", m.name);
-        let c0 = m.cpu_pid.and_then(cpu_secs);
-        let v = bench.load(
-            m,
-            &[
-                "--closed",
-                &plan.max_conns.to_string(),
-                "--duration",
-                &plan.max_secs.to_string(),
-                "--sse-chunks",
-                "20",
-            ],
-            lim(plan.max_secs),
-        );
-        match v {
-            Ok(v) => res.put(m.name, "max_sse", with_cpu(v, m.cpu_pid, c0)),
-            Err(e) => res
-                .notes
-                .push(format!("{} SSE max RPS failed: {e:#}", m.name)),
         }
     }
     if sel.phase("counts") {
