@@ -7,7 +7,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use spendguard_ledger::{AuditContext, Denial, DenyReason, Ledger, ReserveError, ReserveRequest};
+use spendguard_ledger::{
+    AuditContext, Denial, DenyReason, Ledger, Reservation, ReserveError, ReserveRequest,
+};
 use spendguard_pricing::providers::{adapter_for, PricingError, ProviderId, QuoteOptions, Route};
 use spendguard_pricing::MicroUsd;
 
@@ -28,6 +30,8 @@ pub struct Metering {
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
     pub metrics: Arc<Metrics>,
+    /// `x402_hosts` and the rates their payments are priced at.
+    pub x402: Arc<super::x402::X402>,
     /// Where settles run; the agent waits for it on a graceful stop.
     pub settles: tokio_util::task::TaskTracker,
 }
@@ -60,7 +64,19 @@ impl Metering {
             host: ctx.sni.clone(),
             model: model.to_string(),
             provider: provider.to_string(),
+            payment: None,
         };
+        // x402 hosts: a paid request is priced at its payment; an unpaid one (the 402 challenge
+        // round-trip) costs nothing, unless the host is a provider host too.
+        if self.x402.matches(&ctx.sni) {
+            match spendguard_pricing::x402::payment_from_headers(req.headers()) {
+                Some(payment) => return self.decide_x402(ctx, req, payment).await,
+                None if ProviderId::from_host(&ctx.sni).is_none() => {
+                    return self.forward_unpaid(ctx, req)
+                }
+                None => {}
+            }
+        }
         let Some(provider) = ProviderId::from_host(&ctx.sni) else {
             return self
                 .block(
@@ -191,54 +207,17 @@ impl Metering {
             }
         };
 
-        let reserve = ReserveRequest {
-            agent: agent.clone(),
-            amount: quote.worst_case,
-            audit: audit(&quote.model, provider.as_str()),
-        };
-        let reserving = Instant::now();
-        let reserved = self.ledger.reserve(reserve).await;
-        self.metrics.metering.observe_reserve(reserving.elapsed());
-        let outcome = match &reserved {
-            Ok(r) => match r.would_block {
-                Some(reason) => Outcome::WouldBlock(reason),
-                None => Outcome::Allowed,
-            },
-            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
-            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
-        };
-        self.metrics
-            .metering
-            .request(agent.as_str(), provider.as_str(), outcome);
-        let reservation = match reserved {
+        let reservation = match self
+            .reserve(
+                ctx,
+                provider.as_str(),
+                quote.worst_case,
+                audit(&quote.model, provider.as_str()),
+            )
+            .await
+        {
             Ok(r) => r,
-            Err(ReserveError::Denied(d)) => {
-                return Decision::Respond(denial_response(&ctx.sni, &d))
-            }
-            Err(ReserveError::Ledger(e)) => {
-                tracing::error!(%agent, "ledger unavailable, request refused: {e}");
-                // The workload learns what happened, not the node's paths: the operator has
-                // the full error (database path, cause, what to check) in the log line above.
-                let what = if matches!(e, spendguard_ledger::LedgerError::Cluster(_)) {
-                    "the cluster budget store is unreachable and this node's budget slices \
-                     are used up"
-                } else if e.is_transient() {
-                    "its ledger cannot write to the node's disk"
-                } else {
-                    "its ledger is unavailable"
-                };
-                let msg = format!(
-                    "SpendGuard cannot record this request's cost ({what}); it was not sent. \
-                     The node's spendguard-agent log says why."
-                );
-                return Decision::Respond(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &ctx.sni,
-                    "spendguard_unavailable",
-                    &msg,
-                    serde_json::json!({}),
-                ));
-            }
+            Err(refused) => return refused,
         };
 
         let body = match quote.body_rewrite.clone() {
@@ -269,9 +248,68 @@ impl Metering {
         }
     }
 
+    /// Reserves `amount` durably in every budget the agent's request touches (counted in the
+    /// metrics); refused, the answer to send instead (402, or 503 when the ledger cannot write).
+    pub(super) async fn reserve(
+        &self,
+        ctx: &RequestContext,
+        provider: &str,
+        amount: MicroUsd,
+        audit: AuditContext,
+    ) -> Result<Reservation, Decision> {
+        let agent = ctx.identity.agent.clone();
+        let reserve = ReserveRequest {
+            agent: agent.clone(),
+            amount,
+            audit,
+        };
+        let reserving = Instant::now();
+        let reserved = self.ledger.reserve(reserve).await;
+        self.metrics.metering.observe_reserve(reserving.elapsed());
+        let outcome = match &reserved {
+            Ok(r) => match r.would_block {
+                Some(reason) => Outcome::WouldBlock(reason),
+                None => Outcome::Allowed,
+            },
+            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
+            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
+        };
+        self.metrics
+            .metering
+            .request(agent.as_str(), provider, outcome);
+        match reserved {
+            Ok(r) => Ok(r),
+            Err(ReserveError::Denied(d)) => Err(Decision::Respond(denial_response(&ctx.sni, &d))),
+            Err(ReserveError::Ledger(e)) => {
+                tracing::error!(%agent, "ledger unavailable, request refused: {e}");
+                // The workload learns what happened, not the node's paths: the operator has
+                // the full error (database path, cause, what to check) in the log line above.
+                let what = if matches!(e, spendguard_ledger::LedgerError::Cluster(_)) {
+                    "the cluster budget store is unreachable and this node's budget slices \
+                     are used up"
+                } else if e.is_transient() {
+                    "its ledger cannot write to the node's disk"
+                } else {
+                    "its ledger is unavailable"
+                };
+                let msg = format!(
+                    "SpendGuard cannot record this request's cost ({what}); it was not sent. \
+                     The node's spendguard-agent log says why."
+                );
+                Err(Decision::Respond(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &ctx.sni,
+                    "spendguard_unavailable",
+                    &msg,
+                    serde_json::json!({}),
+                )))
+            }
+        }
+    }
+
     /// Refuses `req` with a 402 (audited); in `observe` mode forwards it unmetered instead
     /// (audited `would_block`): it cannot be priced, so nothing is reserved or charged.
-    async fn block(
+    pub(super) async fn block(
         &self,
         ctx: &RequestContext,
         reason: DenyReason,
