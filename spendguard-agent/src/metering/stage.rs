@@ -15,6 +15,7 @@ use spendguard_pricing::MicroUsd;
 
 use super::watch::{FreeWatch, MeterWatch};
 use super::{Prices, BUDGET_PATH};
+use crate::identity::subtree::{self, SubtreeError, HDR_ROUTE_AGENT};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::body::{full, Body, BoxError};
 use crate::proxy::reply::json_error;
@@ -47,7 +48,16 @@ impl Stage for Metering {
 }
 
 impl Metering {
-    async fn decide(&self, ctx: &RequestContext, req: Request<Body>) -> Decision {
+    async fn decide(&self, ctx: &RequestContext, mut req: Request<Body>) -> Decision {
+        let routed;
+        let ctx = match self.route_to_descendant(ctx, &mut req) {
+            Ok(None) => ctx,
+            Ok(Some(r)) => {
+                routed = r;
+                &routed
+            }
+            Err(refused) => return refused,
+        };
         let agent = ctx.identity.agent.clone();
         if req.uri().path() == BUDGET_PATH {
             let status = self.ledger.status(&agent);
@@ -246,6 +256,101 @@ impl Metering {
                     .with_settles(self.settles.clone()),
             ),
         }
+    }
+
+    /// `x-spendguard-agent: CHILD`: the request pays against a budget below the caller's (the
+    /// context is the caller's, with CHILD as its agent); the header never leaves the node. A
+    /// name outside the caller's subtree gets 403, a name that is not one 400, a budget that does
+    /// not exist 403 (a workload cannot create names by sending them).
+    fn route_to_descendant(
+        &self,
+        ctx: &RequestContext,
+        req: &mut Request<Body>,
+    ) -> Result<Option<RequestContext>, Decision> {
+        let values: Vec<_> = req
+            .headers()
+            .get_all(HDR_ROUTE_AGENT)
+            .iter()
+            .cloned()
+            .collect();
+        // Whatever happens next, the header never reaches the provider.
+        req.headers_mut().remove(HDR_ROUTE_AGENT);
+        let caller = &ctx.identity.agent;
+        let refuse = |status: StatusCode, kind: &str, code: &str, msg: &str, given: &str| {
+            tracing::info!(agent = %caller, requested_agent = given, "{msg}");
+            Decision::Respond(json_error(
+                status,
+                &ctx.sni,
+                kind,
+                msg,
+                serde_json::json!({"code": code, "agent": caller.as_str(), "requested_agent": given}),
+            ))
+        };
+        let given = match values.as_slice() {
+            [] => return Ok(None),
+            [one] => match one.to_str() {
+                Ok(s) => s.to_string(),
+                Err(_) => {
+                    let msg = format!("{HDR_ROUTE_AGENT} is not ASCII: it must name an agent");
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "INVALID_AGENT_NAME",
+                        &msg,
+                        "",
+                    ));
+                }
+            },
+            _ => {
+                let msg = format!("{HDR_ROUTE_AGENT} is set more than once: name one budget");
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "INVALID_AGENT_NAME",
+                    &msg,
+                    "",
+                ));
+            }
+        };
+        let child = match subtree::resolve(caller, &given) {
+            Ok(c) => c,
+            Err(e @ SubtreeError::Invalid { .. }) => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "INVALID_AGENT_NAME",
+                    &e.to_string(),
+                    &given,
+                ))
+            }
+            Err(e @ SubtreeError::Outside { .. }) => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    "AGENT_OUTSIDE_SUBTREE",
+                    &e.to_string(),
+                    &given,
+                ))
+            }
+        };
+        if &child == caller {
+            return Ok(None);
+        }
+        if !self.ledger.knows(&child) {
+            let msg = format!(
+                "there is no budget named {child} below {caller}: create it first (`spendguard limit set {child} …`)"
+            );
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "AGENT_UNKNOWN",
+                &msg,
+                &given,
+            ));
+        }
+        let mut routed = ctx.clone();
+        routed.identity.agent = child;
+        Ok(Some(routed))
     }
 
     /// Reserves `amount` durably in every budget the agent's request touches (counted in the
