@@ -37,6 +37,16 @@ pub struct Metering {
     pub settles: tokio_util::task::TaskTracker,
 }
 
+/// Whose budget a request pays from (`x-spendguard-agent`).
+enum Routed {
+    /// The caller's own.
+    Caller,
+    /// A budget below the caller's: the caller's context with that agent.
+    Below(RequestContext),
+    /// Refused: the answer to send.
+    Refused(Decision),
+}
+
 impl Stage for Metering {
     fn on_request<'a>(
         &'a self,
@@ -51,12 +61,12 @@ impl Metering {
     async fn decide(&self, ctx: &RequestContext, mut req: Request<Body>) -> Decision {
         let routed;
         let ctx = match self.route_to_descendant(ctx, &mut req) {
-            Ok(None) => ctx,
-            Ok(Some(r)) => {
+            Routed::Caller => ctx,
+            Routed::Below(r) => {
                 routed = r;
                 &routed
             }
-            Err(refused) => return refused,
+            Routed::Refused(answer) => return answer,
         };
         let agent = ctx.identity.agent.clone();
         if req.uri().path() == BUDGET_PATH {
@@ -262,11 +272,7 @@ impl Metering {
     /// context is the caller's, with CHILD as its agent); the header never leaves the node. A
     /// name outside the caller's subtree gets 403, a name that is not one 400, a budget that does
     /// not exist 403 (a workload cannot create names by sending them).
-    fn route_to_descendant(
-        &self,
-        ctx: &RequestContext,
-        req: &mut Request<Body>,
-    ) -> Result<Option<RequestContext>, Decision> {
+    fn route_to_descendant(&self, ctx: &RequestContext, req: &mut Request<Body>) -> Routed {
         let values: Vec<_> = req
             .headers()
             .get_all(HDR_ROUTE_AGENT)
@@ -287,12 +293,12 @@ impl Metering {
             ))
         };
         let given = match values.as_slice() {
-            [] => return Ok(None),
+            [] => return Routed::Caller,
             [one] => match one.to_str() {
                 Ok(s) => s.to_string(),
                 Err(_) => {
                     let msg = format!("{HDR_ROUTE_AGENT} is not ASCII: it must name an agent");
-                    return Err(refuse(
+                    return Routed::Refused(refuse(
                         StatusCode::BAD_REQUEST,
                         "invalid_request_error",
                         "INVALID_AGENT_NAME",
@@ -303,7 +309,7 @@ impl Metering {
             },
             _ => {
                 let msg = format!("{HDR_ROUTE_AGENT} is set more than once: name one budget");
-                return Err(refuse(
+                return Routed::Refused(refuse(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
                     "INVALID_AGENT_NAME",
@@ -315,7 +321,7 @@ impl Metering {
         let child = match subtree::resolve(caller, &given) {
             Ok(c) => c,
             Err(e @ SubtreeError::Invalid { .. }) => {
-                return Err(refuse(
+                return Routed::Refused(refuse(
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error",
                     "INVALID_AGENT_NAME",
@@ -324,7 +330,7 @@ impl Metering {
                 ))
             }
             Err(e @ SubtreeError::Outside { .. }) => {
-                return Err(refuse(
+                return Routed::Refused(refuse(
                     StatusCode::FORBIDDEN,
                     "permission_denied",
                     "AGENT_OUTSIDE_SUBTREE",
@@ -334,13 +340,13 @@ impl Metering {
             }
         };
         if &child == caller {
-            return Ok(None);
+            return Routed::Caller;
         }
         if !self.ledger.knows(&child) {
             let msg = format!(
                 "there is no budget named {child} below {caller}: create it first (`spendguard limit set {child} …`)"
             );
-            return Err(refuse(
+            return Routed::Refused(refuse(
                 StatusCode::FORBIDDEN,
                 "permission_denied",
                 "AGENT_UNKNOWN",
@@ -350,7 +356,7 @@ impl Metering {
         }
         let mut routed = ctx.clone();
         routed.identity.agent = child;
-        Ok(Some(routed))
+        Routed::Below(routed)
     }
 
     /// Reserves `amount` durably in every budget the agent's request touches (counted in the

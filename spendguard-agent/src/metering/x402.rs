@@ -22,8 +22,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::Request;
 use spendguard_ledger::{AuditContext, DenyReason, Ledger, MicroUsd, PaymentAudit, Reservation};
 use spendguard_pricing::x402::{
-    decode_requirements_v1, receipt_from_headers, Payment, PaymentError, Rates, RequirementV1,
-    MAX_CHALLENGE_BODY,
+    decode_requirements_v1, receipt_from_headers, Payment, PaymentError, RateError, Rates,
+    RequirementV1, MAX_CHALLENGE_BODY,
 };
 
 use super::stage::Metering;
@@ -49,8 +49,8 @@ pub struct X402 {
     hosts: HostList,
     any: bool,
     rates: Rates,
-    /// The asset of each v1 payment target, as this host's 402 challenges named it.
-    challenges: Mutex<HashMap<ChallengeKey, String>>,
+    /// The assets of each v1 payment target, as this host's latest 402 challenge named them.
+    challenges: Mutex<HashMap<ChallengeKey, Vec<String>>>,
 }
 
 impl X402 {
@@ -80,28 +80,54 @@ impl X402 {
         )
     }
 
-    /// Remembers what `host`'s v1 challenge asked to be paid in.
+    /// Remembers what `host`'s v1 challenge asked to be paid in (replacing what an earlier
+    /// challenge said for the same target).
     pub fn learn(&self, host: &str, requirements: &[RequirementV1]) {
-        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen: HashMap<ChallengeKey, Vec<String>> = HashMap::new();
         for r in requirements {
+            let assets = seen
+                .entry(Self::key(host, &r.network, &r.pay_to))
+                .or_default();
+            if !assets.contains(&r.asset) {
+                assets.push(r.asset.clone());
+            }
+        }
+        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, assets) in seen {
             if map.len() >= MAX_CHALLENGES {
                 map.clear();
             }
-            map.insert(Self::key(host, &r.network, &r.pay_to), r.asset.clone());
+            map.insert(key, assets);
         }
     }
 
-    /// The asset `p` pays in: named by a v2 payment, remembered from `host`'s challenge for v1.
-    pub fn asset_of(&self, host: &str, p: &Payment) -> Option<String> {
+    /// The assets `p` may pay in: the one a v2 payment names; for v1 (whose payload does not
+    /// say), every asset `host`'s challenge offered for that network and recipient. Empty: unknown.
+    pub fn assets_of(&self, host: &str, p: &Payment) -> Vec<String> {
         if let Some(a) = &p.asset {
-            return Some(a.clone());
+            return vec![a.clone()];
         }
         let map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&Self::key(host, &p.network, &p.pay_to)).cloned()
+        map.get(&Self::key(host, &p.network, &p.pay_to))
+            .cloned()
+            .unwrap_or_default()
     }
 
-    pub fn rates(&self) -> &Rates {
-        &self.rates
+    /// The price of `p` paid in one of `assets` (not empty): the dearest reading, so a v1 payment
+    /// whose challenge offered several assets is never priced below what it may move. An asset
+    /// without a rate makes the payment unpriceable.
+    pub fn price(&self, p: &Payment, assets: &[String]) -> Result<(String, MicroUsd), RateError> {
+        let mut dearest: Option<(String, MicroUsd)> = None;
+        for a in assets {
+            let m = self.rates.price(&p.network, a, p.amount)?;
+            if dearest.as_ref().is_none_or(|(_, d)| m > *d) {
+                dearest = Some((a.clone(), m));
+            }
+        }
+        dearest.ok_or_else(|| RateError::NoRate {
+            network: p.network.clone(),
+            asset: String::new(),
+        })
     }
 }
 
@@ -139,7 +165,8 @@ impl Metering {
                     .await;
             }
         };
-        let Some(asset) = self.x402.asset_of(&ctx.sni, &p) else {
+        let assets = self.x402.assets_of(&ctx.sni, &p);
+        if assets.is_empty() {
             let why = format!(
                 "this v1 payment (X-PAYMENT) does not name its asset, and no 402 challenge from {} \
                  named one for {} on {}; send the request without X-PAYMENT first, then pay",
@@ -164,15 +191,18 @@ impl Metering {
                     req,
                 )
                 .await;
-        };
-        let named = PaymentAudit {
+        }
+        let mut named = PaymentAudit {
             network: p.network.clone(),
-            asset: asset.clone(),
+            asset: assets.join(" | "),
             pay_to: p.pay_to.clone(),
             amount: p.amount.to_string(),
         };
-        let price = match self.x402.rates().price(&p.network, &asset, p.amount) {
-            Ok(m) => m,
+        let price = match self.x402.price(&p, &assets) {
+            Ok((asset, m)) => {
+                named.asset = asset;
+                m
+            }
             Err(e) => {
                 let why = format!("x402 payment: {e}");
                 return self
@@ -379,7 +409,7 @@ mod tests {
             payer: None,
             amount: 5,
         };
-        assert_eq!(x.asset_of("tools.example", &p), None);
+        assert!(x.assets_of("tools.example", &p).is_empty());
         x.learn(
             "Tools.Example",
             &[RequirementV1 {
@@ -390,17 +420,69 @@ mod tests {
                 max_amount_required: None,
             }],
         );
-        assert_eq!(x.asset_of("tools.example", &p).as_deref(), Some("0xUSDC"));
-        assert_eq!(
-            x.asset_of("other.paid.example", &p),
-            None,
+        assert_eq!(x.assets_of("tools.example", &p), ["0xUSDC"]);
+        assert!(
+            x.assets_of("other.paid.example", &p).is_empty(),
             "another host's challenge vouches for nothing"
         );
         let named = Payment {
             asset: Some("0xNAMED".into()),
             ..p
         };
-        assert_eq!(x.asset_of("x.example", &named).as_deref(), Some("0xNAMED"));
+        assert_eq!(x.assets_of("x.example", &named), ["0xNAMED"]);
+    }
+
+    #[test]
+    fn a_v1_challenge_offering_several_assets_prices_at_the_dearest() {
+        use spendguard_pricing::x402::AssetRate;
+        let usdc = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+        let wbtc = "0x00000000000000000000000000000000000000b7";
+        let x = X402::new(
+            &["tools.example"],
+            Rates::new(vec![AssetRate {
+                network: "base-sepolia".into(),
+                asset: wbtc.into(),
+                decimals: 8,
+                usd_per_token: MicroUsd(100_000_000_000), // $100,000 a coin: 1 unit = $0.001
+            }]),
+        );
+        let req = |asset: &str| RequirementV1 {
+            scheme: "exact".into(),
+            network: "base-sepolia".into(),
+            pay_to: "0xpay".into(),
+            asset: asset.into(),
+            max_amount_required: None,
+        };
+        x.learn("tools.example", &[req(usdc), req(wbtc), req(usdc)]);
+        let p = Payment {
+            version: 1,
+            header: "x-payment",
+            scheme: "exact".into(),
+            network: "base-sepolia".into(),
+            asset: None,
+            pay_to: "0xPAY".into(),
+            payer: None,
+            amount: 100_000,
+        };
+        let assets = x.assets_of("tools.example", &p);
+        assert_eq!(
+            assets,
+            [usdc, wbtc],
+            "deduplicated, in the challenge's order"
+        );
+        // 100,000 units: $0.10 as USDC, $100 as WBTC — the payment is priced at $100.
+        assert_eq!(
+            x.price(&p, &assets),
+            Ok((wbtc.to_string(), MicroUsd(100_000_000)))
+        );
+        // A later challenge replaces the earlier one; an asset without a rate is unpriceable.
+        x.learn("tools.example", &[req(usdc), req("0xnorate")]);
+        let assets = x.assets_of("tools.example", &p);
+        assert!(matches!(
+            x.price(&p, &assets),
+            Err(RateError::NoRate { .. })
+        ));
+        assert!(x.price(&p, &[]).is_err(), "no asset, no price");
     }
 
     #[test]
