@@ -46,6 +46,8 @@ pub const ENV_CLUSTER_STORE: &str = "SPENDGUARD_CLUSTER_STORE";
 pub const ENV_CLUSTER_STORE_CA: &str = "SPENDGUARD_CLUSTER_STORE_CA";
 /// This node's name in the cluster store (default: `NODE_NAME`, else the host name).
 pub const ENV_NODE_NAME: &str = "SPENDGUARD_NODE_NAME";
+/// Comma-separated `x402_hosts` (replaces the config file's list).
+pub const ENV_X402_HOSTS: &str = "SPENDGUARD_X402_HOSTS";
 
 /// The configuration as the TOML file spells it. Every field optional: absent = default.
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +73,11 @@ pub struct RawConfig {
     /// Hosts (exact, or `*.suffix`) a tagged agent may reach, passed through, even when its
     /// `other_hosts` policy is deny.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Hosts (exact, or `*.suffix`) whose x402 payments are metered: intercepted like provider
+    /// hosts, each paid request priced at its payment.
+    pub x402_hosts: Option<Vec<String>>,
+    /// USD rates of x402 assets other than the bundled USDC contracts.
+    pub x402_assets: Option<Vec<X402Asset>>,
     /// When a request sets no output limit, write this one into it (tokens) so reservations stay small.
     pub output_cap: Option<u64>,
     /// Azure OpenAI deployment name → model name (deployments are priced as their model).
@@ -106,6 +113,21 @@ pub struct RawConfig {
     pub node_name: Option<String>,
 }
 
+/// What one whole token of an x402 asset is worth (`[[x402_assets]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct X402Asset {
+    /// As payments name it: CAIP-2 (`eip155:8453`) for v2, `base` etc. for v1.
+    pub network: String,
+    /// Token contract (0x…, any case) or mint.
+    pub asset: String,
+    /// The token's decimals (USDC 6, most ERC-20s 18).
+    pub decimals: u8,
+    /// USD per whole token, at most 6 decimals.
+    #[serde(with = "spendguard_ledger::usd")]
+    pub usd_per_token: spendguard_ledger::MicroUsd,
+}
+
 /// The validated configuration the agent runs on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -125,6 +147,8 @@ pub struct Config {
     pub drain_seconds: u64,
     pub provider_hosts: Vec<String>,
     pub allowed_hosts: Vec<String>,
+    pub x402_hosts: Vec<String>,
+    pub x402_assets: Vec<X402Asset>,
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
     pub default_limits: spendguard_ledger::Limits,
@@ -289,6 +313,16 @@ impl Config {
                 hosts
             },
             allowed_hosts: raw.allowed_hosts.unwrap_or_default(),
+            x402_hosts: match env.get(ENV_X402_HOSTS) {
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => raw.x402_hosts.unwrap_or_default(),
+            },
+            x402_assets: raw.x402_assets.unwrap_or_default(),
             output_cap: raw.output_cap,
             azure_deployments: raw.azure_deployments.unwrap_or_default(),
             default_limits: {
@@ -366,14 +400,31 @@ impl Config {
                 }
             }
         }
-        for h in self.provider_hosts.iter().chain(&self.allowed_hosts) {
+        for h in self
+            .provider_hosts
+            .iter()
+            .chain(&self.allowed_hosts)
+            .chain(&self.x402_hosts)
+        {
             let literal_label = h.split('.').any(|l| !l.is_empty() && !l.contains('*'));
             let one_star_per_label = h.split('.').all(|l| l.matches('*').count() <= 1);
             if !literal_label || !one_star_per_label || h.contains('/') || h.contains(':') {
                 return Err(ConfigError::Invalid {
-                    field: "provider_hosts/allowed_hosts",
+                    field: "provider_hosts/allowed_hosts/x402_hosts",
                     why: format!(
                         "{h:?} is not a host name (exact, *.suffix for any name under suffix, or one * per label)"
+                    ),
+                });
+            }
+        }
+        for a in &self.x402_assets {
+            // 10^decimals must fit the pricing arithmetic (u128); no real token has more than 18.
+            if a.decimals > 38 || a.network.trim().is_empty() || a.asset.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "x402_assets",
+                    why: format!(
+                        "{} on {:?}: needs a network, an asset and decimals of at most 38",
+                        a.asset, a.network
                     ),
                 });
             }
@@ -549,6 +600,50 @@ mod tests {
         );
         let e = Config::load(None, &env(&[(ENV_SETTLE_DURABLE_MS, "1s")])).expect_err("not ms");
         assert!(e.to_string().contains(ENV_SETTLE_DURABLE_MS), "{e}");
+    }
+
+    #[test]
+    fn x402_hosts_and_asset_rates() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert!(
+            c.x402_hosts.is_empty(),
+            "no x402 host is metered by default"
+        );
+        let raw: RawConfig = toml::from_str(
+            "x402_hosts = [\"api.tool.example\", \"*.x402.example\"]\n\
+             [[x402_assets]]\nnetwork = \"eip155:8453\"\nasset = \"0x4200000000000000000000000000000000000006\"\n\
+             decimals = 18\nusd_per_token = 2500.5\n",
+        )
+        .expect("toml");
+        let c = Config::from_raw(raw, &env(&[])).expect("valid");
+        assert_eq!(c.x402_hosts, ["api.tool.example", "*.x402.example"]);
+        assert_eq!(c.x402_assets[0].decimals, 18);
+        assert_eq!(
+            c.x402_assets[0].usd_per_token,
+            spendguard_ledger::MicroUsd(2_500_500_000)
+        );
+        let raw: RawConfig = toml::from_str("x402_hosts = [\"file.example\"]").expect("toml");
+        let c = Config::from_raw(raw, &env(&[(ENV_X402_HOSTS, "a.example, b.example")]))
+            .expect("valid");
+        assert_eq!(
+            c.x402_hosts,
+            ["a.example", "b.example"],
+            "the environment wins"
+        );
+        let e = Config::load(None, &env(&[(ENV_X402_HOSTS, "http://a.example/x")]))
+            .expect_err("not a host");
+        assert!(e.to_string().contains("x402_hosts"), "{e}");
+        let raw: RawConfig = toml::from_str(
+            "[[x402_assets]]\nnetwork = \"base\"\nasset = \"0x1\"\ndecimals = 77\nusd_per_token = 1\n",
+        )
+        .expect("toml");
+        let e = Config::from_raw(raw, &env(&[])).expect_err("decimals");
+        assert!(e.to_string().contains("x402_assets"), "{e}");
+        let e = toml::from_str::<RawConfig>(
+            "[[x402_assets]]\nnetwork = \"base\"\nasset = \"0x1\"\ndecimals = 6\nusd = 1\n",
+        )
+        .expect_err("unknown field");
+        assert!(e.to_string().contains("usd"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod cgroupfs;
 pub mod name;
+pub mod subtree;
 pub mod tags;
 
 pub use name::AgentName;

@@ -4,11 +4,15 @@
 //! request ─▶ route (free / priced / unpriceable) ─▶ quote (model, worst case) ─▶ reserve (all levels,
 //!            durable) ─▶ forward (maybe rewritten) ─▶ watch the response (usage) ─▶ settle (real cost)
 //! ```
+//! On `x402_hosts` the quote is the request's x402 payment, and the settle follows the server's
+//! settlement receipt ([`x402`]).
+//!
 //! Fail closed at every step: no price, no reservation, no ledger → the request does not leave the node.
 
 pub mod prices;
 pub mod stage;
 pub mod watch;
+pub mod x402;
 
 pub use prices::Prices;
 pub use stage::Metering;

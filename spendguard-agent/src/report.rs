@@ -503,6 +503,7 @@ mod tests {
             final_cost: cost.map(MicroUsd),
             settled_at: cost.map(|_| time),
             recovered: false,
+            payment: None,
         }
     }
 

@@ -253,6 +253,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             output_cap: cfg.output_cap,
             azure_deployments: cfg.azure_deployments.clone(),
             metrics: metrics.clone(),
+            x402: Arc::new(crate::metering::x402::X402::new(
+                &cfg.x402_hosts,
+                spendguard_pricing::x402::Rates::new(
+                    cfg.x402_assets
+                        .iter()
+                        .map(|a| spendguard_pricing::x402::AssetRate {
+                            network: a.network.clone(),
+                            asset: a.asset.clone(),
+                            decimals: a.decimals,
+                            usd_per_token: a.usd_per_token,
+                        })
+                        .collect(),
+                ),
+            )),
             settles: settles.clone(),
         })
     } else {
@@ -268,7 +282,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ctx = Arc::new(ProxyContext {
         redirects: redirect.clone(),
         tags,
-        hosts: HostList::new(&cfg.provider_hosts),
+        // x402 hosts are intercepted like provider hosts: their payments are metered.
+        hosts: HostList::new(
+            &cfg.provider_hosts
+                .iter()
+                .chain(&cfg.x402_hosts)
+                .collect::<Vec<_>>(),
+        ),
         egress: crate::proxy::egress::Egress::new(
             &cfg.allowed_hosts,
             ledger.clone(),

@@ -58,6 +58,7 @@ fn req() -> ReserveRequest {
             host: "api.openai.com".into(),
             model: "gpt-4o-mini".into(),
             provider: "openai".into(),
+            payment: None,
         },
     }
 }

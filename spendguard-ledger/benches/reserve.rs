@@ -20,6 +20,7 @@ fn req(i: usize) -> ReserveRequest {
             host: "api.openai.com".into(),
             model: "gpt-4o-mini".into(),
             provider: "openai".into(),
+            payment: None,
         },
     }
 }

@@ -674,6 +674,12 @@ impl Ledger {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the ledger has a budget named `agent`: limits, a pause, or spending of its own or
+    /// below it (what `agents` lists).
+    pub fn knows(&self, agent: &AgentName) -> bool {
+        self.state().agents.contains_key(agent)
+    }
+
     /// The agent's own limits (what `limit show` prints); defaults for an unknown agent.
     pub fn limits(&self, agent: &AgentName) -> Limits {
         self.state()

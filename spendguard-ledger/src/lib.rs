@@ -53,7 +53,7 @@ pub use money::MicroUsd;
 pub use period::Period;
 pub use types::{
     AgentState, AgentStatus, AuditContext, AuditEvent, AuditFilter, Decision, Denial, DenyReason,
-    Hold, Notification, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation,
+    Hold, Notification, PaymentAudit, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation,
     ReserveRequest, Settled,
 };
 pub use zone::{Zone, ZoneError};

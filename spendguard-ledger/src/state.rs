@@ -139,6 +139,7 @@ impl AuditRecord {
             final_cost: self.final_cost,
             settled_at: self.settled_at,
             recovered: self.recovered,
+            payment: self.ctx.payment.clone(),
         }
     }
 }

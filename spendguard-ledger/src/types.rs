@@ -18,6 +18,22 @@ pub struct AuditContext {
     pub host: String,
     pub model: String,
     pub provider: String,
+    /// The x402 payment the request carried (x402 hosts only). Older records have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentAudit>,
+}
+
+/// An x402 payment, as the audit log names it: where it went and how much of what.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAudit {
+    /// As the payment names it: `base` (v1) or CAIP-2 `eip155:8453` (v2).
+    pub network: String,
+    /// The token contract or mint.
+    pub asset: String,
+    pub pay_to: String,
+    /// In the asset's smallest unit, as the payment named it (a string: it may not fit a JSON
+    /// number exactly).
+    pub amount: String,
 }
 
 /// Ask for `amount` (the request's worst-case cost) to be reserved for `agent` and its ancestors.
@@ -342,6 +358,9 @@ pub struct AuditEvent {
     pub settled_at: Option<DateTime<Utc>>,
     /// Settled by crash recovery at its reserved amount, not by a real usage report.
     pub recovered: bool,
+    /// The x402 payment the request carried, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentAudit>,
 }
 
 /// Which audit events to return.
@@ -390,4 +409,36 @@ pub struct Hold {
     pub since: DateTime<Utc>,
     /// What happened, for the 402 message and `status` (e.g. "ledger.redb was damaged").
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_records_from_before_x402_still_read_and_payments_round_trip() {
+        let old: AuditContext = serde_json::from_str(
+            r#"{"cgroup":"/sys/fs/cgroup/a","host":"api.openai.com","model":"gpt-4o","provider":"openai"}"#,
+        )
+        .expect("a record written before the payment field reads");
+        assert_eq!(old.payment, None);
+        assert!(
+            !serde_json::to_string(&old)
+                .expect("json")
+                .contains("payment"),
+            "no payment, no field: records stay as they were"
+        );
+        let paid = AuditContext {
+            payment: Some(PaymentAudit {
+                network: "eip155:8453".into(),
+                asset: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
+                pay_to: "0x2096".into(),
+                amount: "50000".into(),
+            }),
+            ..old
+        };
+        let back: AuditContext =
+            serde_json::from_str(&serde_json::to_string(&paid).expect("json")).expect("reads");
+        assert_eq!(back, paid);
+    }
 }

@@ -18,6 +18,7 @@ pub mod prices;
 pub mod providers;
 pub mod sse;
 pub mod usage;
+pub mod x402;
 
 pub use money::MicroUsd;
 pub use prices::{LongContextPrice, ModelPrice, PriceTable};

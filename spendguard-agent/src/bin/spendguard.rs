@@ -712,6 +712,20 @@ fn print_audit(events: &Value) {
             usd(&e["reserved"]),
             usd(&e["cost_usd"]),
         );
+        let p = &e["payment"];
+        if p.is_object() {
+            println!(
+                "{:<25} x402: {} units of {} on {} to {}",
+                "",
+                p["amount"].as_str().unwrap_or("?"),
+                p["asset"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or("(unknown asset)"),
+                p["network"].as_str().unwrap_or("?"),
+                p["pay_to"].as_str().unwrap_or("?"),
+            );
+        }
     }
 }
 

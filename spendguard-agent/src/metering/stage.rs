@@ -7,12 +7,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use spendguard_ledger::{AuditContext, Denial, DenyReason, Ledger, ReserveError, ReserveRequest};
+use spendguard_ledger::{
+    AuditContext, Denial, DenyReason, Ledger, Reservation, ReserveError, ReserveRequest,
+};
 use spendguard_pricing::providers::{adapter_for, PricingError, ProviderId, QuoteOptions, Route};
 use spendguard_pricing::MicroUsd;
 
 use super::watch::{FreeWatch, MeterWatch};
 use super::{Prices, BUDGET_PATH};
+use crate::identity::subtree::{self, SubtreeError, HDR_ROUTE_AGENT};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::body::{full, Body, BoxError};
 use crate::proxy::reply::json_error;
@@ -28,8 +31,20 @@ pub struct Metering {
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
     pub metrics: Arc<Metrics>,
+    /// `x402_hosts` and the rates their payments are priced at.
+    pub x402: Arc<super::x402::X402>,
     /// Where settles run; the agent waits for it on a graceful stop.
     pub settles: tokio_util::task::TaskTracker,
+}
+
+/// Whose budget a request pays from (`x-spendguard-agent`).
+enum Routed {
+    /// The caller's own.
+    Caller,
+    /// A budget below the caller's: the caller's context with that agent.
+    Below(RequestContext),
+    /// Refused: the answer to send.
+    Refused(Decision),
 }
 
 impl Stage for Metering {
@@ -43,7 +58,16 @@ impl Stage for Metering {
 }
 
 impl Metering {
-    async fn decide(&self, ctx: &RequestContext, req: Request<Body>) -> Decision {
+    async fn decide(&self, ctx: &RequestContext, mut req: Request<Body>) -> Decision {
+        let routed;
+        let ctx = match self.route_to_descendant(ctx, &mut req) {
+            Routed::Caller => ctx,
+            Routed::Below(r) => {
+                routed = r;
+                &routed
+            }
+            Routed::Refused(answer) => return answer,
+        };
         let agent = ctx.identity.agent.clone();
         if req.uri().path() == BUDGET_PATH {
             let status = self.ledger.status(&agent);
@@ -60,7 +84,19 @@ impl Metering {
             host: ctx.sni.clone(),
             model: model.to_string(),
             provider: provider.to_string(),
+            payment: None,
         };
+        // x402 hosts: a paid request is priced at its payment; an unpaid one (the 402 challenge
+        // round-trip) costs nothing, unless the host is a provider host too.
+        if self.x402.matches(&ctx.sni) {
+            match spendguard_pricing::x402::payment_from_headers(req.headers()) {
+                Some(payment) => return self.decide_x402(ctx, req, payment).await,
+                None if ProviderId::from_host(&ctx.sni).is_none() => {
+                    return self.forward_unpaid(ctx, req)
+                }
+                None => {}
+            }
+        }
         let Some(provider) = ProviderId::from_host(&ctx.sni) else {
             return self
                 .block(
@@ -191,54 +227,17 @@ impl Metering {
             }
         };
 
-        let reserve = ReserveRequest {
-            agent: agent.clone(),
-            amount: quote.worst_case,
-            audit: audit(&quote.model, provider.as_str()),
-        };
-        let reserving = Instant::now();
-        let reserved = self.ledger.reserve(reserve).await;
-        self.metrics.metering.observe_reserve(reserving.elapsed());
-        let outcome = match &reserved {
-            Ok(r) => match r.would_block {
-                Some(reason) => Outcome::WouldBlock(reason),
-                None => Outcome::Allowed,
-            },
-            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
-            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
-        };
-        self.metrics
-            .metering
-            .request(agent.as_str(), provider.as_str(), outcome);
-        let reservation = match reserved {
+        let reservation = match self
+            .reserve(
+                ctx,
+                provider.as_str(),
+                quote.worst_case,
+                audit(&quote.model, provider.as_str()),
+            )
+            .await
+        {
             Ok(r) => r,
-            Err(ReserveError::Denied(d)) => {
-                return Decision::Respond(denial_response(&ctx.sni, &d))
-            }
-            Err(ReserveError::Ledger(e)) => {
-                tracing::error!(%agent, "ledger unavailable, request refused: {e}");
-                // The workload learns what happened, not the node's paths: the operator has
-                // the full error (database path, cause, what to check) in the log line above.
-                let what = if matches!(e, spendguard_ledger::LedgerError::Cluster(_)) {
-                    "the cluster budget store is unreachable and this node's budget slices \
-                     are used up"
-                } else if e.is_transient() {
-                    "its ledger cannot write to the node's disk"
-                } else {
-                    "its ledger is unavailable"
-                };
-                let msg = format!(
-                    "SpendGuard cannot record this request's cost ({what}); it was not sent. \
-                     The node's spendguard-agent log says why."
-                );
-                return Decision::Respond(json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &ctx.sni,
-                    "spendguard_unavailable",
-                    &msg,
-                    serde_json::json!({}),
-                ));
-            }
+            Err(refused) => return refused,
         };
 
         let body = match quote.body_rewrite.clone() {
@@ -269,9 +268,159 @@ impl Metering {
         }
     }
 
+    /// `x-spendguard-agent: CHILD`: the request pays against a budget below the caller's (the
+    /// context is the caller's, with CHILD as its agent); the header never leaves the node. A
+    /// name outside the caller's subtree gets 403, a name that is not one 400, a budget that does
+    /// not exist 403 (a workload cannot create names by sending them).
+    fn route_to_descendant(&self, ctx: &RequestContext, req: &mut Request<Body>) -> Routed {
+        let values: Vec<_> = req
+            .headers()
+            .get_all(HDR_ROUTE_AGENT)
+            .iter()
+            .cloned()
+            .collect();
+        // Whatever happens next, the header never reaches the provider.
+        req.headers_mut().remove(HDR_ROUTE_AGENT);
+        let caller = &ctx.identity.agent;
+        let refuse = |status: StatusCode, kind: &str, code: &str, msg: &str, given: &str| {
+            tracing::info!(agent = %caller, requested_agent = given, "{msg}");
+            Decision::Respond(json_error(
+                status,
+                &ctx.sni,
+                kind,
+                msg,
+                serde_json::json!({"code": code, "agent": caller.as_str(), "requested_agent": given}),
+            ))
+        };
+        let given = match values.as_slice() {
+            [] => return Routed::Caller,
+            [one] => match one.to_str() {
+                Ok(s) => s.to_string(),
+                Err(_) => {
+                    let msg = format!("{HDR_ROUTE_AGENT} is not ASCII: it must name an agent");
+                    return Routed::Refused(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "INVALID_AGENT_NAME",
+                        &msg,
+                        "",
+                    ));
+                }
+            },
+            _ => {
+                let msg = format!("{HDR_ROUTE_AGENT} is set more than once: name one budget");
+                return Routed::Refused(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "INVALID_AGENT_NAME",
+                    &msg,
+                    "",
+                ));
+            }
+        };
+        let child = match subtree::resolve(caller, &given) {
+            Ok(c) => c,
+            Err(e @ SubtreeError::Invalid { .. }) => {
+                return Routed::Refused(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "INVALID_AGENT_NAME",
+                    &e.to_string(),
+                    &given,
+                ))
+            }
+            Err(e @ SubtreeError::Outside { .. }) => {
+                return Routed::Refused(refuse(
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    "AGENT_OUTSIDE_SUBTREE",
+                    &e.to_string(),
+                    &given,
+                ))
+            }
+        };
+        if &child == caller {
+            return Routed::Caller;
+        }
+        if !self.ledger.knows(&child) {
+            let msg = format!(
+                "there is no budget named {child} below {caller}: create it first (`spendguard limit set {child} …`)"
+            );
+            return Routed::Refused(refuse(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "AGENT_UNKNOWN",
+                &msg,
+                &given,
+            ));
+        }
+        let mut routed = ctx.clone();
+        routed.identity.agent = child;
+        Routed::Below(routed)
+    }
+
+    /// Reserves `amount` durably in every budget the agent's request touches (counted in the
+    /// metrics); refused, the answer to send instead (402, or 503 when the ledger cannot write).
+    pub(super) async fn reserve(
+        &self,
+        ctx: &RequestContext,
+        provider: &str,
+        amount: MicroUsd,
+        audit: AuditContext,
+    ) -> Result<Reservation, Decision> {
+        let agent = ctx.identity.agent.clone();
+        let reserve = ReserveRequest {
+            agent: agent.clone(),
+            amount,
+            audit,
+        };
+        let reserving = Instant::now();
+        let reserved = self.ledger.reserve(reserve).await;
+        self.metrics.metering.observe_reserve(reserving.elapsed());
+        let outcome = match &reserved {
+            Ok(r) => match r.would_block {
+                Some(reason) => Outcome::WouldBlock(reason),
+                None => Outcome::Allowed,
+            },
+            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
+            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
+        };
+        self.metrics
+            .metering
+            .request(agent.as_str(), provider, outcome);
+        match reserved {
+            Ok(r) => Ok(r),
+            Err(ReserveError::Denied(d)) => Err(Decision::Respond(denial_response(&ctx.sni, &d))),
+            Err(ReserveError::Ledger(e)) => {
+                tracing::error!(%agent, "ledger unavailable, request refused: {e}");
+                // The workload learns what happened, not the node's paths: the operator has
+                // the full error (database path, cause, what to check) in the log line above.
+                let what = if matches!(e, spendguard_ledger::LedgerError::Cluster(_)) {
+                    "the cluster budget store is unreachable and this node's budget slices \
+                     are used up"
+                } else if e.is_transient() {
+                    "its ledger cannot write to the node's disk"
+                } else {
+                    "its ledger is unavailable"
+                };
+                let msg = format!(
+                    "SpendGuard cannot record this request's cost ({what}); it was not sent. \
+                     The node's spendguard-agent log says why."
+                );
+                Err(Decision::Respond(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &ctx.sni,
+                    "spendguard_unavailable",
+                    &msg,
+                    serde_json::json!({}),
+                )))
+            }
+        }
+    }
+
     /// Refuses `req` with a 402 (audited); in `observe` mode forwards it unmetered instead
     /// (audited `would_block`): it cannot be priced, so nothing is reserved or charged.
-    async fn block(
+    pub(super) async fn block(
         &self,
         ctx: &RequestContext,
         reason: DenyReason,

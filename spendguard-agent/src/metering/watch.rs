@@ -68,6 +68,18 @@ pub fn usd_header(m: MicroUsd) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// `x-spendguard-agent`, `-remaining-usd` and `-reserved-usd` of an allowed, reserved request.
+pub fn budget_headers(headers: &mut http::HeaderMap, r: &Reservation) {
+    if let Ok(v) = HeaderValue::from_str(r.agent.as_str()) {
+        headers.insert(HeaderName::from_static(HDR_AGENT), v);
+    }
+    headers.insert(
+        HeaderName::from_static(HDR_REMAINING),
+        usd_header(r.remaining),
+    );
+    headers.insert(HeaderName::from_static(HDR_RESERVED), usd_header(r.amount));
+}
+
 impl ResponseWatch for MeterWatch {
     fn on_head(&mut self, head: &mut http::response::Parts) {
         self.got_head = true;
@@ -75,17 +87,7 @@ impl ResponseWatch for MeterWatch {
             self.quote
                 .response_tap_for(head.status.as_u16(), &head.headers),
         );
-        if let Ok(v) = HeaderValue::from_str(self.reservation.agent.as_str()) {
-            head.headers.insert(HeaderName::from_static(HDR_AGENT), v);
-        }
-        head.headers.insert(
-            HeaderName::from_static(HDR_REMAINING),
-            usd_header(self.reservation.remaining),
-        );
-        head.headers.insert(
-            HeaderName::from_static(HDR_RESERVED),
-            usd_header(self.reservation.amount),
-        );
+        budget_headers(&mut head.headers, &self.reservation);
         if self.quote.stream {
             // The tap may drop an injected usage chunk; a stated length would then be wrong.
             head.headers.remove(http::header::CONTENT_LENGTH);
@@ -134,10 +136,43 @@ impl ResponseWatch for MeterWatch {
             agent = %self.reservation.agent, model = %self.quote.model, reserved = %self.reservation.amount,
             cost = %cost, usage = ?self.usage, end = ?end, upstream_error, "settling"
         );
-        let ledger = self.ledger.clone();
-        let id = self.reservation.id;
-        let metrics = self.metrics.clone();
-        let model = std::mem::take(&mut self.quote.model);
+        Settle {
+            ledger: self.ledger.clone(),
+            id: self.reservation.id,
+            cost,
+            model: std::mem::take(&mut self.quote.model),
+            metrics: self.metrics.clone(),
+            settles: self.settles.clone(),
+        }
+        .spawn();
+    }
+}
+
+/// A reservation's final charge, written in the background once the response is over (token
+/// usage, an x402 receipt, or nothing: then the reservation itself).
+pub struct Settle {
+    pub ledger: Ledger,
+    pub id: u64,
+    /// What to charge (zero releases the reservation).
+    pub cost: MicroUsd,
+    /// The `model` label of the spend metric.
+    pub model: String,
+    pub metrics: Option<Arc<Metrics>>,
+    pub settles: Option<tokio_util::task::TaskTracker>,
+}
+
+impl Settle {
+    /// Runs the settle on the tracker (a graceful stop waits for it), retrying while the ledger's
+    /// disk fails.
+    pub fn spawn(self) {
+        let Settle {
+            ledger,
+            id,
+            cost,
+            model,
+            metrics,
+            settles,
+        } = self;
         let settle = async move {
             let mut delay = SETTLE_RETRY_FIRST;
             let mut failures = 0u32;
@@ -182,7 +217,7 @@ impl ResponseWatch for MeterWatch {
                 }
             }
         };
-        match &self.settles {
+        match &settles {
             Some(t) => drop(t.spawn(settle)),
             None => drop(tokio::spawn(settle)),
         }

@@ -75,6 +75,7 @@ impl Egress {
             host,
             model: String::new(),
             provider: String::new(),
+            payment: None,
         };
         if let Err(e) = self
             .ledger

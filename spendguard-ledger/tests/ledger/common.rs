@@ -29,6 +29,7 @@ pub fn req(agent: &AgentName, amount: MicroUsd) -> ReserveRequest {
             host: "api.openai.com".into(),
             model: "gpt-4o".into(),
             provider: "openai".into(),
+            payment: None,
         },
     }
 }
