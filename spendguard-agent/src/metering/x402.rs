@@ -222,7 +222,10 @@ impl Metering {
             .await
         {
             Ok(r) => r,
-            Err(refused) => return refused,
+            Err(refused) => {
+                super::stage::drain(req).await;
+                return refused;
+            }
         };
         Decision::Forward {
             request: req,
