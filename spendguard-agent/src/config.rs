@@ -46,6 +46,11 @@ pub const ENV_CLUSTER_STORE: &str = "SPENDGUARD_CLUSTER_STORE";
 pub const ENV_CLUSTER_STORE_CA: &str = "SPENDGUARD_CLUSTER_STORE_CA";
 /// This node's name in the cluster store (default: `NODE_NAME`, else the host name).
 pub const ENV_NODE_NAME: &str = "SPENDGUARD_NODE_NAME";
+/// Most budgets a workload may create below its own agent with delegations.
+pub const ENV_DELEGATE_MAX_CHILDREN: &str = "SPENDGUARD_DELEGATE_MAX_CHILDREN";
+/// `delegate_max_children` by default: enough for an orchestrator's tasks, small enough that a
+/// runaway loop cannot fill the ledger with budgets.
+pub const DEFAULT_DELEGATE_MAX_CHILDREN: u32 = 100;
 /// Comma-separated `x402_hosts` (replaces the config file's list).
 pub const ENV_X402_HOSTS: &str = "SPENDGUARD_X402_HOSTS";
 
@@ -111,6 +116,9 @@ pub struct RawConfig {
     pub cluster_store_ca: Option<PathBuf>,
     /// This node's name in the cluster store.
     pub node_name: Option<String>,
+    /// Most budgets one workload may create below its own agent through
+    /// `/.well-known/spendguard/delegate` (narrowing existing ones does not count). Default 100.
+    pub delegate_max_children: Option<u32>,
 }
 
 /// What one whole token of an x402 asset is worth (`[[x402_assets]]`).
@@ -168,6 +176,7 @@ pub struct Config {
     pub cluster_store: Option<String>,
     pub cluster_store_ca: Option<PathBuf>,
     pub node_name: String,
+    pub delegate_max_children: u32,
 }
 
 fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -375,6 +384,9 @@ impl Config {
                 .map(PathBuf::from)
                 .or(raw.cluster_store_ca),
             node_name: node_name(env, raw.node_name),
+            delegate_max_children: parse_env(env, ENV_DELEGATE_MAX_CHILDREN)?
+                .or(raw.delegate_max_children)
+                .unwrap_or(DEFAULT_DELEGATE_MAX_CHILDREN),
             metering: match env.get(ENV_METERING).as_deref() {
                 Some("off") | Some("false") | Some("0") => false,
                 Some(_) | None => raw.metering.unwrap_or(true),
@@ -574,6 +586,17 @@ mod tests {
         )
         .expect_err("a CA without TLS");
         assert!(e.to_string().contains("cluster_store_ca"), "{e}");
+    }
+
+    #[test]
+    fn delegate_max_children_from_file_env_or_default() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(c.delegate_max_children, DEFAULT_DELEGATE_MAX_CHILDREN);
+        let raw: RawConfig = toml::from_str("delegate_max_children = 5").expect("toml");
+        let c = Config::from_raw(raw, &env(&[(ENV_DELEGATE_MAX_CHILDREN, "7")])).expect("valid");
+        assert_eq!(c.delegate_max_children, 7, "the environment wins");
+        let e = Config::load(None, &env(&[(ENV_DELEGATE_MAX_CHILDREN, "-1")])).expect_err("neg");
+        assert!(e.to_string().contains(ENV_DELEGATE_MAX_CHILDREN), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!
 //! Fail closed at every step: no price, no reservation, no ledger → the request does not leave the node.
 
+pub mod delegate;
 pub mod prices;
 pub mod stage;
 pub mod watch;
@@ -19,3 +20,6 @@ pub use stage::Metering;
 
 /// Where workloads ask for their own budget (never forwarded).
 pub const BUDGET_PATH: &str = "/.well-known/spendguard/budget";
+
+/// Where a workload creates or narrows budgets below its own (never forwarded).
+pub const DELEGATE_PATH: &str = "/.well-known/spendguard/delegate";

@@ -50,7 +50,11 @@ pub enum Format {
 /// Groups `events` (up to `until`, exclusive) into rows, days in `zone`.
 pub fn rows(events: &[AuditEvent], until: Option<DateTime<Utc>>, zone: &Zone) -> Vec<Row> {
     let mut groups: BTreeMap<(String, String, String), Row> = BTreeMap::new();
-    for e in events.iter().filter(|e| until.is_none_or(|u| e.time < u)) {
+    // Delegations are audited too, but they are not requests.
+    for e in events
+        .iter()
+        .filter(|e| e.delegation.is_none() && until.is_none_or(|u| e.time < u))
+    {
         let at = e.settled_at.unwrap_or(e.time);
         let day = zone.local(at).format("%Y-%m-%d").to_string();
         let key = (day.clone(), e.agent.to_string(), e.model.clone());
@@ -504,6 +508,7 @@ mod tests {
             settled_at: cost.map(|_| time),
             recovered: false,
             payment: None,
+            delegation: None,
         }
     }
 

@@ -59,6 +59,7 @@ fn req() -> ReserveRequest {
             model: "gpt-4o-mini".into(),
             provider: "openai".into(),
             payment: None,
+            delegation: None,
         },
     }
 }

@@ -21,6 +21,7 @@ fn req(i: usize) -> ReserveRequest {
             model: "gpt-4o-mini".into(),
             provider: "openai".into(),
             payment: None,
+            delegation: None,
         },
     }
 }

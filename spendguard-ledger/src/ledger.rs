@@ -597,6 +597,18 @@ impl Ledger {
         .await?
     }
 
+    /// Records an audit event that is not a request (a delegation: `ctx.delegation` says what
+    /// was set), charged nothing; durable before it returns.
+    pub async fn audit_note(&self, agent: AgentName, ctx: AuditContext) -> Result<(), LedgerError> {
+        self.call(|reply| Op::Audit {
+            agent,
+            ctx,
+            amount: MicroUsd::ZERO,
+            reply,
+        })
+        .await?
+    }
+
     /// Changes only the limits `patch` names; returns the agent's limits afterwards. Refuses a
     /// limit above an ancestor's, or below a descendant's, of the same kind.
     pub async fn set_limits(

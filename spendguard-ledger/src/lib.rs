@@ -52,9 +52,9 @@ pub use limits::{LimitKind, Limits, LimitsPatch, Mode, OtherHosts, DEFAULT_SOFT_
 pub use money::MicroUsd;
 pub use period::Period;
 pub use types::{
-    AgentState, AgentStatus, AuditContext, AuditEvent, AuditFilter, Decision, Denial, DenyReason,
-    Hold, Notification, PaymentAudit, PeriodAmounts, PeriodResets, RemainingByPeriod, Reservation,
-    ReserveRequest, Settled,
+    AgentState, AgentStatus, AuditContext, AuditEvent, AuditFilter, Decision, DelegationAudit,
+    Denial, DenyReason, Hold, Notification, PaymentAudit, PeriodAmounts, PeriodResets,
+    RemainingByPeriod, Reservation, ReserveRequest, Settled,
 };
 pub use zone::{Zone, ZoneError};
 

@@ -140,6 +140,7 @@ impl AuditRecord {
             settled_at: self.settled_at,
             recovered: self.recovered,
             payment: self.ctx.payment.clone(),
+            delegation: self.ctx.delegation.clone(),
         }
     }
 }

@@ -706,6 +706,7 @@ mod tests {
                         host: "api.openai.com".into(),
                         model: "gpt-4o-mini".into(),
                         provider: "openai".into(),
+                        ..AuditContext::default()
                     },
                 };
                 ids.push(st.reserve(req, now, &mut fx).expect("reserve").id);

@@ -21,6 +21,24 @@ pub struct AuditContext {
     /// The x402 payment the request carried (x402 hosts only). Older records have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentAudit>,
+    /// A budget handed down from inside a workload (not a request). Older records have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<DelegationAudit>,
+}
+
+/// A delegation (`/.well-known/spendguard/delegate`), as the audit log names it: who set what on
+/// which budget. The event's agent is the budget that was created or narrowed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationAudit {
+    /// The agent that delegated (the caller's own, or the budget it routed to).
+    pub created_by: AgentName,
+    /// Whether the budget was created by this delegation (else an existing one was narrowed).
+    pub created: bool,
+    /// The caller's pod (`namespace/name`), when its tag came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// What was set, as the workload sent it (dollars, RFC 3339).
+    pub set: serde_json::Value,
 }
 
 /// An x402 payment, as the audit log names it: where it went and how much of what.
@@ -361,6 +379,9 @@ pub struct AuditEvent {
     /// The x402 payment the request carried, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentAudit>,
+    /// A delegation, not a request: what was set on `agent`, by whom.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<DelegationAudit>,
 }
 
 /// Which audit events to return.

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use spendguard_agent::control::client::{self, ClientError};
-use spendguard_agent::control::protocol::{Request, Response};
+use spendguard_agent::control::protocol::{DelegatedBudget, Request, Response};
 use spendguard_agent::identity::{AgentName, Tag, TagSource};
 use spendguard_agent::metering::prices::PriceOverride;
 use spendguard_agent::report::{By, Format};
@@ -525,7 +525,7 @@ fn run(cli: Cli) -> Result<(), ClientError> {
     let resp = client::call(&cli.socket, &req)?;
     if cli.json {
         let v = match resp {
-            Response::Agents { tags } => serde_json::to_value(tags),
+            Response::Agents { tags, delegated } => agents_json(&tags, &delegated),
             Response::Tagged { tag } | Response::Untagged { tag } => serde_json::to_value(tag),
             Response::Status { status } => Ok(status),
             Response::Limits { limits, .. } => Ok(limits),
@@ -553,7 +553,10 @@ fn run(cli: Cli) -> Result<(), ClientError> {
         Response::Untagged { tag } => {
             println!("untagged {} (was {})", tag.cgroup.display(), tag.agent)
         }
-        Response::Agents { tags } => print_tags(&tags),
+        Response::Agents { tags, delegated } => {
+            print_tags(&tags);
+            print_delegated(&delegated);
+        }
         Response::CaCert { pem } => print!("{pem}"),
         Response::Limits { agent, limits } => print_limits(&agent, &limits),
         Response::Status { status } => print_status(&status),
@@ -584,6 +587,48 @@ fn usd(v: &Value) -> String {
         Some(f) => format!("{f}"),
         None if v.is_null() => "-".into(),
         None => v.to_string(),
+    }
+}
+
+/// `agents --json`: the tags as they always were, then one entry per budget a workload created
+/// (`source.kind` = `delegated`, with `created_by`).
+fn agents_json(
+    tags: &[Tag],
+    delegated: &[DelegatedBudget],
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut list = match serde_json::to_value(tags)? {
+        Value::Array(a) => a,
+        _ => Vec::new(),
+    };
+    for d in delegated {
+        list.push(serde_json::json!({
+            "agent": d.agent,
+            "created_by": d.record.created_by,
+            "created_at": d.record.created_at,
+            "source": {
+                "kind": "delegated",
+                "workload": d.record.workload,
+                "cgroup": d.record.cgroup,
+                "pod": d.record.pod,
+            },
+        }));
+    }
+    Ok(Value::Array(list))
+}
+
+fn print_delegated(delegated: &[DelegatedBudget]) {
+    if delegated.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<32} {:<32} CREATED", "BUDGET", "CREATED BY");
+    for d in delegated {
+        println!(
+            "{:<32} {:<32} {}",
+            d.agent,
+            d.record.created_by.as_str(),
+            d.record.created_at.to_rfc3339()
+        );
     }
 }
 
@@ -682,6 +727,9 @@ fn print_status(s: &Value) {
         );
     }
     println!("  reserved in flight: {}", usd(&s["reserved"]));
+    if let Some(by) = s["created_by"].as_str() {
+        println!("  created by: {by} (delegation)");
+    }
     println!(
         "  other hosts: {}",
         s["other_hosts"].as_str().unwrap_or("allow")

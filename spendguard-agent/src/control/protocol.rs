@@ -101,6 +101,9 @@ pub enum Response {
     },
     Agents {
         tags: Vec<Tag>,
+        /// Budgets workloads created (`/.well-known/spendguard/delegate`) and who created them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        delegated: Vec<DelegatedBudget>,
     },
     CaCert {
         pem: String,
@@ -154,4 +157,12 @@ mod tests {
             assert_eq!(parse_request(&wire).unwrap(), req, "{}", String::from_utf8_lossy(&wire));
         }
     }
+}
+
+/// A budget a workload created, as `spendguard agents` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelegatedBudget {
+    pub agent: String,
+    #[serde(flatten)]
+    pub record: crate::metering::delegate::Record,
 }

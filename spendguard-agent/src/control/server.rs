@@ -198,6 +198,10 @@ async fn handle(req: Request, ctx: &ControlContext) -> Response {
         },
         Request::Agents => Response::Agents {
             tags: ctx.tags.list(),
+            delegated: crate::metering::delegate::records(&ctx.ledger)
+                .into_iter()
+                .map(|(agent, record)| super::protocol::DelegatedBudget { agent, record })
+                .collect(),
         },
         other => handle_ledger(other, ctx).await,
     }
@@ -230,10 +234,10 @@ async fn handle_ledger(req: Request, ctx: &ControlContext) -> Response {
         },
         Request::Status { agent } => match name(&agent) {
             Ok(n) => match ctx.ledger.cluster_status(&n).await {
-                None => Response::Status { status: serde_json::to_value(ctx.ledger.status(&n)).unwrap_or_default() },
+                None => Response::Status { status: crate::metering::delegate::status_json(&ctx.ledger, &n) },
                 // Cluster-wide numbers, plus who holds what leased.
                 Some(Ok(u)) => {
-                    let mut status = serde_json::to_value(&u.status).unwrap_or_default();
+                    let mut status = crate::metering::delegate::with_created_by(&ctx.ledger, &n, serde_json::to_value(&u.status).unwrap_or_default());
                     let nodes: serde_json::Map<String, serde_json::Value> = u
                         .nodes
                         .iter()

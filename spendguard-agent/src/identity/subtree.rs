@@ -21,7 +21,11 @@ pub enum SubtreeError {
         problem: String,
     },
     #[error("{name} is outside {caller}'s budget tree: a workload may name only {caller} and the budgets below it")]
-    Outside { caller: AgentName, name: AgentName },
+    /// Boxed: names are 64 bytes inline, and two would make every `Result` of `resolve` this big.
+    Outside {
+        caller: Box<AgentName>,
+        name: Box<AgentName>,
+    },
 }
 
 /// The budget `given` names, from the point of view of `caller`: `caller` itself or a descendant.
@@ -40,8 +44,8 @@ pub fn resolve(caller: &AgentName, given: &str) -> Result<AgentName, SubtreeErro
     };
     if !name.is_within(caller) {
         return Err(SubtreeError::Outside {
-            caller: caller.clone(),
-            name,
+            caller: Box::new(caller.clone()),
+            name: Box::new(name),
         });
     }
     Ok(name)

@@ -14,7 +14,7 @@ use spendguard_pricing::providers::{adapter_for, PricingError, ProviderId, Quote
 use spendguard_pricing::MicroUsd;
 
 use super::watch::{FreeWatch, MeterWatch};
-use super::{Prices, BUDGET_PATH};
+use super::{Prices, BUDGET_PATH, DELEGATE_PATH};
 use crate::identity::subtree::{self, SubtreeError, HDR_ROUTE_AGENT};
 use crate::metrics::{Metrics, Outcome};
 use crate::proxy::body::{full, Body, BoxError};
@@ -35,6 +35,8 @@ pub struct Metering {
     pub x402: Arc<super::x402::X402>,
     /// Where settles run; the agent waits for it on a graceful stop.
     pub settles: tokio_util::task::TaskTracker,
+    /// Budgets handed down from inside workloads (`/.well-known/spendguard/delegate`).
+    pub delegations: super::delegate::Delegations,
 }
 
 /// Whose budget a request pays from (`x-spendguard-agent`).
@@ -59,6 +61,9 @@ impl Stage for Metering {
 
 impl Metering {
     async fn decide(&self, ctx: &RequestContext, mut req: Request<Body>) -> Decision {
+        // The workload's own agent (its cgroup's tag), before any routing header: what bounds
+        // the budgets it may create.
+        let workload = ctx.identity.agent.clone();
         let routed;
         let ctx = match self.route_to_descendant(ctx, &mut req) {
             Routed::Caller => ctx,
@@ -72,8 +77,14 @@ impl Metering {
             }
         };
         let agent = ctx.identity.agent.clone();
+        if req.uri().path() == DELEGATE_PATH {
+            return self
+                .delegations
+                .handle(&self.ledger, &workload, ctx, req)
+                .await;
+        }
         if req.uri().path() == BUDGET_PATH {
-            let status = self.ledger.status(&agent);
+            let status = super::delegate::status_json(&self.ledger, &agent);
             let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
             let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
@@ -88,6 +99,7 @@ impl Metering {
             model: model.to_string(),
             provider: provider.to_string(),
             payment: None,
+            delegation: None,
         };
         // x402 hosts: a paid request is priced at its payment; an unpaid one (the 402 challenge
         // round-trip) costs nothing, unless the host is a provider host too.
@@ -504,7 +516,7 @@ pub fn denial_response(host: &str, d: &Denial) -> Response<Body> {
     )
 }
 
-enum Collect {
+pub(super) enum Collect {
     /// More than the limit: what was read so far, and the rest of the body.
     TooLarge {
         read: Bytes,
@@ -536,7 +548,7 @@ pub(super) async fn drain(req: Request<Body>) {
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The whole body, refusing more than `limit` bytes (the request is priced from all of it).
-async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Collect> {
+pub(super) async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Collect> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Collect::Broken(e.to_string()))?;

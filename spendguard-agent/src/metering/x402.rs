@@ -138,6 +138,7 @@ fn audit_ctx(ctx: &RequestContext, payment: Option<PaymentAudit>) -> AuditContex
         model: X402_LABEL.to_string(),
         provider: X402_LABEL.to_string(),
         payment,
+        delegation: None,
     }
 }
 

@@ -76,6 +76,7 @@ impl Egress {
             model: String::new(),
             provider: String::new(),
             payment: None,
+            delegation: None,
         };
         if let Err(e) = self
             .ledger

@@ -124,6 +124,7 @@ async fn handle(
             agent,
             tagged_cgroup: "explicit-proxy".into(),
             cgroup_id: 0,
+            pod: None,
         },
         pending: rest,
     };

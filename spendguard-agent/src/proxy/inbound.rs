@@ -30,6 +30,8 @@ pub struct Identity {
     pub tagged_cgroup: PathBuf,
     /// The caller's own cgroup id.
     pub cgroup_id: u64,
+    /// `namespace/name` of the pod whose label tagged the cgroup (for the audit log).
+    pub pod: Option<String>,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,12 @@ impl Inbound {
             peer,
             orig_dst: redirect::orig_dst_addr(&orig),
             identity: Identity {
+                pod: match &tag.source {
+                    crate::identity::tags::TagSource::Pod {
+                        namespace, name, ..
+                    } => Some(format!("{namespace}/{name}")),
+                    crate::identity::tags::TagSource::Manual => None,
+                },
                 agent: tag.agent,
                 tagged_cgroup: tag.cgroup,
                 cgroup_id: orig.cgroup_id,

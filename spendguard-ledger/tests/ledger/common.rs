@@ -30,6 +30,7 @@ pub fn req(agent: &AgentName, amount: MicroUsd) -> ReserveRequest {
             model: "gpt-4o".into(),
             provider: "openai".into(),
             payment: None,
+            delegation: None,
         },
     }
 }
