@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use spendguard_tests::metered::{Metered as Env, HOSTS};
-use spendguard_tests::sdk::run_bounded;
+use spendguard_tests::sdk::{python, run_bounded};
 use spendguard_tests::{place, privileged};
 
 const CHAT: &str =
@@ -576,4 +576,79 @@ fn a_workload_creates_at_most_delegate_max_children_budgets() {
     );
     let (code, j) = delegate(&e, r#"{"agent": "bulk-7", "total": 0.005}"#, &[]);
     assert_eq!(code, 200, "{j}");
+}
+
+/// The orchestrator of the README recipe, with the real `openai` SDK: it makes a task budget
+/// (httpx POST), calls through it with `default_headers`, reads what is left, and meets the task's
+/// limit as the SDK's own error.
+#[test]
+fn an_orchestrator_process_with_the_openai_sdk_makes_task_budgets_and_calls_through_them() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.orchestrator");
+    e.cli_ok(&["limit", "set", "acme.orchestrator", "--daily", "5"]);
+    let out = python(
+        e.at(),
+        HOSTS,
+        &e.ca,
+        r#"
+try:
+    import httpx
+except ImportError:  # the SDK venv's openai depends on httpx's successor, httpx2
+    import httpx2 as httpx
+import openai
+BASE = "https://api.openai.com/.well-known/spendguard"
+res = {}
+made = httpx.post(f"{BASE}/delegate", json={"agent": "task-42", "total": 2, "per_call": 0.01})
+res["made"] = {"status": made.status_code, "body": made.json()}
+too_much = httpx.post(f"{BASE}/delegate", json={"agent": "task-43", "total": 50})
+res["too_much"] = {"status": too_much.status_code, "code": too_much.json().get("code")}
+task = openai.OpenAI(api_key="sk-test", max_retries=0, default_headers={"x-spendguard-agent": "task-42"})
+raw = task.chat.completions.with_raw_response.create(model="gpt-4o-mini",
+    messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+    extra_headers={"x-fake-usage": "prompt=1000,completion=20"})
+res["agent_header"] = raw.headers.get("x-spendguard-agent")
+try:
+    # Above the task's per-call limit: refused as the SDK's own error, never sent.
+    task.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=4000)
+    res["capped"] = "allowed?!"
+except openai.APIStatusError as err:
+    res["capped"] = {"status": err.status_code, "reason": err.response.json().get("reason")}
+left = httpx.get(f"{BASE}/budget", headers={"x-spendguard-agent": "task-42"})
+res["left"] = left.json()
+emit(res)
+"#,
+    );
+    assert_eq!(out["made"]["status"], 200, "{out}");
+    assert_eq!(
+        out["made"]["body"]["agent"], "acme.orchestrator.task-42",
+        "{out}"
+    );
+    assert_eq!(
+        out["made"]["body"]["created_by"], "acme.orchestrator",
+        "{out}"
+    );
+    assert_eq!(out["too_much"]["status"], 403, "{out}");
+    assert_eq!(out["too_much"]["code"], "LIMIT_ABOVE_REMAINING", "{out}");
+    assert_eq!(out["agent_header"], "acme.orchestrator.task-42", "{out}");
+    assert_eq!(out["capped"]["status"], 402, "{out}");
+    assert_eq!(out["capped"]["reason"], "per_call_limit_exceeded", "{out}");
+    assert_eq!(e.fake.request_count(), 1, "only the allowed call was sent");
+    let task = e.settled_spend("acme.orchestrator.task-42");
+    assert!(task > 0);
+    assert_eq!(
+        e.spent_total("acme.orchestrator"),
+        task,
+        "the orchestrator pays too"
+    );
+    assert_eq!(
+        spendguard_tests::metered::usd_to_micro(&out["left"]["remaining"]["total"]),
+        2_000_000 - task,
+        "{out}"
+    );
+    assert!(
+        e.fake.requests()[0].header("x-spendguard-agent").is_none(),
+        "the routing header reached the provider"
+    );
 }
