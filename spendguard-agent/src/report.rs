@@ -596,6 +596,29 @@ mod tests {
     }
 
     #[test]
+    fn delegations_are_not_requests() {
+        let mut events = sample();
+        let mut d = ev(
+            "acme.a.task-1",
+            "",
+            "2026-05-01T11:00:00Z",
+            Decision::Allowed,
+            Some(0),
+        );
+        d.delegation = Some(spendguard_ledger::DelegationAudit {
+            created_by: AgentName::new("acme.a").expect("agent"),
+            created: true,
+            pod: None,
+            set: serde_json::json!({"agent": "task-1", "total": 2.0}),
+        });
+        events.push(d);
+        assert_eq!(
+            rows(&events, None, &Zone::utc()),
+            rows(&sample(), None, &Zone::utc())
+        );
+    }
+
+    #[test]
     fn csv_json_and_table() {
         let rows = rows(&sample(), None, &Zone::utc());
         let csv = render(&rows, By::Agent, Format::Csv);

@@ -443,6 +443,7 @@ mod tests {
         )
         .expect("a record written before the payment field reads");
         assert_eq!(old.payment, None);
+        assert_eq!(old.delegation, None, "nor a delegation");
         assert!(
             !serde_json::to_string(&old)
                 .expect("json")

@@ -485,3 +485,69 @@ fn rediss_store_with_a_private_ca_is_one_budget_and_an_unknown_ca_is_refused() {
         assert_eq!(usd_to_micro(&s["spent"]["total"]), 5 * W, "node-{i}: {s}");
     }
 }
+
+/// A task budget a workload makes on one node (issue 17: its limits, its expiry and who created
+/// it are in the cluster store) binds on every node: another node's workload of the same agent
+/// routes a call to it, and after `expires` that node refuses it `budget_expired` too.
+#[test]
+fn a_delegated_task_budget_and_its_expiry_bind_on_every_node() {
+    if !privileged() || !redis_server::available() {
+        return;
+    }
+    let c = cluster(&["acme.orch", "acme.orch"]);
+    set_exact_price(&c);
+    set_limit(&c, 0, "acme.orch", "total", "5");
+    let at = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let body = format!(
+        r#"{{"agent": "task-1", "total": 0.5, "expires": "{}"}}"#,
+        at.to_rfc3339()
+    );
+    let (code, _, out) = c.nodes[0].curl(
+        "/.well-known/spendguard/delegate",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+        ],
+    );
+    assert_eq!(code, 200, "{out}");
+    let seen = eventually(Duration::from_secs(5), || {
+        let s = c.nodes[1].cli_json(&["status", "acme.orch.task-1"]);
+        s["limits"]["total"] == 0.5
+            && s["limits"]["expires_at"].is_string()
+            && s["created_by"] == "acme.orch"
+    });
+    assert!(
+        seen,
+        "node-1 does not know the task budget: {}",
+        c.nodes[1].cli_json(&["status", "acme.orch.task-1"])
+    );
+    let usage = format!("x-fake-usage: {USAGE}");
+    let call = |n: &Metered| {
+        n.curl(
+            "/v1/chat/completions",
+            &[
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &usage,
+                "-H",
+                "x-spendguard-agent: task-1",
+                "-d",
+                BODY,
+            ],
+        )
+    };
+    let (code, _, out) = call(&c.nodes[1]);
+    assert_eq!(code, 200, "{out}");
+    let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    std::thread::sleep(wait + Duration::from_millis(300));
+    for n in &c.nodes {
+        let (code, _, out) = call(n);
+        assert_eq!(code, 402, "{out}");
+        assert!(out.contains("budget_expired"), "{out}");
+    }
+}

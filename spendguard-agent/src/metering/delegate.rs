@@ -200,7 +200,19 @@ impl Delegations {
         let _one_at_a_time = self.lock.lock().await;
         // Every limit must fit in what the caller has left (the tightest of its periods, over
         // itself and its ancestors): a child can never be promised more than its parent can pay.
-        let left = ledger.status(caller).remaining.tightest();
+        // With a cluster store, what is left cluster-wide; unknown, nothing is changed.
+        let left = match ledger.cluster_status(caller).await {
+            None => ledger.status(caller).remaining.tightest(),
+            Some(Ok(u)) => u.status.remaining.tightest(),
+            Some(Err(e)) => {
+                tracing::error!(agent = %caller, "delegation refused: {e}");
+                return Err(Refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SPENDGUARD_UNAVAILABLE",
+                    "SpendGuard cannot tell what the caller has left (the cluster budget store is unreachable); nothing was changed. The node's spendguard-agent log says why.".into(),
+                ));
+            }
+        };
         for (kind, v) in d.limits() {
             if let Some(v) = v.filter(|v| *v > left) {
                 return Err(forbidden(
