@@ -199,14 +199,14 @@ pub(crate) fn body_usage(body: &[u8]) -> Option<Usage> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return message_end_usage(&v).or_else(|| v.get("usage").and_then(usage_of));
     }
-    body.split(|b| *b == b'\n')
-        .filter_map(|line| {
-            let line = line.trim_ascii();
-            let line = line.strip_prefix(b"data:").unwrap_or(line).trim_ascii();
-            serde_json::from_slice::<Value>(line).ok()
-        })
-        .filter_map(|v| message_end_usage(&v))
-        .last()
+    // The last `message-end` wins: walk the lines from the end.
+    body.rsplit(|b| *b == b'\n').find_map(|line| {
+        let line = line.trim_ascii();
+        let line = line.strip_prefix(b"data:").unwrap_or(line).trim_ascii();
+        serde_json::from_slice::<Value>(line)
+            .ok()
+            .and_then(|v| message_end_usage(&v))
+    })
 }
 
 /// A streamed v2 chat: usage from the `message-end` event only.
