@@ -269,6 +269,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             )),
             settles: settles.clone(),
             delegations: crate::metering::delegate::Delegations::new(cfg.delegate_max_children),
+            provider_hosts: HostList::new(&cfg.provider_hosts),
         })
     } else {
         tracing::warn!("METERING IS OFF (metering = false / SPENDGUARD_METERING=off): provider traffic is intercepted but neither priced nor limited");

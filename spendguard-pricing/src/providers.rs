@@ -2,8 +2,9 @@
 //!
 //! One module per wire format behind one trait ([`Adapter`]): [`openai`] (Chat Completions,
 //! Responses, Embeddings, Completions; also the OpenAI-compatible Mistral, Groq, DeepSeek,
-//! Together, OpenRouter and xAI), [`azure`], [`anthropic`], [`gemini`], [`bedrock`] (AWS),
-//! [`vertex`] (Google Vertex AI: Gemini and Claude). Each module's docs say
+//! Together, OpenRouter, xAI, Fireworks, Cerebras, the Hugging Face router, Perplexity (refused:
+//! per-request fees) and self-hosted servers), [`azure`], [`anthropic`], [`gemini`], [`bedrock`]
+//! (AWS), [`vertex`] (Google Vertex AI: Gemini and Claude), [`cohere`] (v2 chat). Each module's docs say
 //! how its provider reports usage when streaming.
 //!
 //! # The worst case is an upper bound, and why
@@ -32,6 +33,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 mod body_scan;
+pub mod cohere;
 pub mod gemini;
 mod json_pick;
 pub mod openai;
@@ -74,11 +76,20 @@ pub enum ProviderId {
     Xai,
     Bedrock,
     Vertex,
+    Cohere,
+    Fireworks,
+    Perplexity,
+    Cerebras,
+    HuggingFace,
+    /// A host on the provider list that SpendGuard does not know (`extra_provider_hosts`):
+    /// priced as an OpenAI-compatible server (vLLM, Ollama, llama.cpp behind TLS) with the
+    /// operator's prices.
+    SelfHosted,
 }
 
 impl ProviderId {
     /// Every provider.
-    pub const ALL: [ProviderId; 12] = [
+    pub const ALL: [ProviderId; 18] = [
         ProviderId::OpenAi,
         ProviderId::AzureOpenAi,
         ProviderId::Anthropic,
@@ -91,19 +102,38 @@ impl ProviderId {
         ProviderId::Xai,
         ProviderId::Bedrock,
         ProviderId::Vertex,
+        ProviderId::Cohere,
+        ProviderId::Fireworks,
+        ProviderId::Perplexity,
+        ProviderId::Cerebras,
+        ProviderId::HuggingFace,
+        ProviderId::SelfHosted,
     ];
 
     /// The provider serving `host` (a TLS SNI or Host header; case, a trailing dot and a port are
-    /// ignored): `api.openai.com`, `*.openai.azure.com`, `api.anthropic.com`,
-    /// `generativelanguage.googleapis.com`, `api.mistral.ai`, `api.groq.com`, `api.deepseek.com`,
-    /// `api.together.xyz`, `openrouter.ai`, `api.x.ai`, `bedrock-runtime[-fips].{region}.amazonaws.com`, `[{region}-]aiplatform.googleapis.com`.
+    /// ignored): a bundled provider ([`ProviderId::known_host`]), else [`ProviderId::SelfHosted`]
+    /// for any other host name. Only hosts on the agent's provider list reach pricing, so a host
+    /// SpendGuard does not know is one the operator added (`extra_provider_hosts`) to meter a
+    /// self-hosted OpenAI-compatible server; its models need configured prices (unknown models
+    /// are refused). `None` only for an empty name.
     pub fn from_host(host: &str) -> Option<ProviderId> {
-        let host = host.trim();
-        let host = match host.rsplit_once(':') {
-            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        };
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let known = ProviderId::known_host(host);
+        if known.is_some() {
+            return known;
+        }
+        let h = normalize_host(host);
+        (!h.is_empty() && !h.bytes().any(|b| b.is_ascii_whitespace() || b == b'/'))
+            .then_some(ProviderId::SelfHosted)
+    }
+
+    /// The bundled provider serving `host`: `api.openai.com`, `*.openai.azure.com`,
+    /// `api.anthropic.com`, `generativelanguage.googleapis.com`, `api.mistral.ai`, `api.groq.com`,
+    /// `api.deepseek.com`, `api.together.xyz`, `openrouter.ai`, `api.x.ai`,
+    /// `bedrock-runtime[-fips].{region}.amazonaws.com`, `[{region}-]aiplatform.googleapis.com`,
+    /// `api.cohere.com` (and the older `api.cohere.ai`), `api.fireworks.ai`, `api.perplexity.ai`,
+    /// `api.cerebras.ai`, `router.huggingface.co`.
+    pub fn known_host(host: &str) -> Option<ProviderId> {
+        let host = normalize_host(host);
         let id = match host.as_str() {
             "api.openai.com" => ProviderId::OpenAi,
             "api.anthropic.com" => ProviderId::Anthropic,
@@ -114,6 +144,11 @@ impl ProviderId {
             "api.together.xyz" => ProviderId::Together,
             "openrouter.ai" => ProviderId::OpenRouter,
             "api.x.ai" => ProviderId::Xai,
+            "api.cohere.com" | "api.cohere.ai" => ProviderId::Cohere,
+            "api.fireworks.ai" => ProviderId::Fireworks,
+            "api.perplexity.ai" => ProviderId::Perplexity,
+            "api.cerebras.ai" => ProviderId::Cerebras,
+            "router.huggingface.co" => ProviderId::HuggingFace,
             h if is_bedrock_runtime(h) => ProviderId::Bedrock,
             h if is_vertex(h) => ProviderId::Vertex,
             h => {
@@ -142,8 +177,24 @@ impl ProviderId {
             ProviderId::Xai => "xai",
             ProviderId::Bedrock => "bedrock",
             ProviderId::Vertex => "vertex",
+            ProviderId::Cohere => "cohere",
+            ProviderId::Fireworks => "fireworks",
+            ProviderId::Perplexity => "perplexity",
+            ProviderId::Cerebras => "cerebras",
+            ProviderId::HuggingFace => "huggingface",
+            ProviderId::SelfHosted => "self_hosted",
         }
     }
+}
+
+/// Lowercase, without surrounding space, a port or a trailing dot.
+fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// `aiplatform.googleapis.com` or `{region}-aiplatform.googleapis.com`.
@@ -253,6 +304,7 @@ pub fn adapter_for(id: ProviderId) -> &'static dyn Adapter {
         ProviderId::Gemini => &gemini::GEMINI,
         ProviderId::Bedrock => &bedrock::BEDROCK,
         ProviderId::Vertex => &vertex::VERTEX,
+        ProviderId::Cohere => &cohere::COHERE,
         other => openai::compatible(other),
     }
 }
@@ -300,6 +352,8 @@ pub(crate) enum TapSpec {
     },
     /// Bedrock ConverseStream / InvokeModelWithResponseStream (binary event stream).
     BedrockStream,
+    /// Cohere v2 chat: JSON `usage.billed_units`, or the `message-end` event of a stream.
+    Cohere,
 }
 
 impl Quote {
@@ -364,6 +418,7 @@ impl Quote {
                 ),
                 TapSpec::OpenAiResponses => (Box::<openai::ResponsesStream>::default(), false),
                 TapSpec::Anthropic => (Box::<anthropic::MessagesStream>::default(), false),
+                TapSpec::Cohere => (Box::<cohere::ChatStream>::default(), false),
                 TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => {
                     (Box::<gemini::GenerateStream>::default(), false)
                 }
@@ -382,6 +437,8 @@ impl Quote {
             TapSpec::OpenAiResponses => Reader::Members(USAGE, openai::responses_body_usage),
             TapSpec::OpenAiEmbeddings => Reader::Members(USAGE, openai::embeddings_body_usage),
             TapSpec::Anthropic => Reader::Members(&["type", "usage"], anthropic::body_usage),
+            // A JSON answer, or a stream sent without an event-stream content type.
+            TapSpec::Cohere => Reader::Raw(cohere::body_usage),
             // A Gemini body may be a streamed JSON array of responses: read whole.
             TapSpec::Gemini { .. } | TapSpec::GeminiEmbed => Reader::Whole(gemini::body_usage),
             TapSpec::BedrockConverse | TapSpec::BedrockStream => {
@@ -441,6 +498,8 @@ enum Reader {
     Whole(fn(&Value) -> Option<Usage>),
     /// Bedrock InvokeModel: the model family's native body (members vary by family).
     BedrockInvoke(Option<bedrock::Family>),
+    /// The raw bytes (bodies that may not be one JSON value).
+    Raw(fn(&[u8]) -> Option<Usage>),
 }
 
 impl Reader {
@@ -455,6 +514,7 @@ impl Reader {
             Reader::BedrockInvoke(family) => serde_json::from_slice::<Value>(body)
                 .ok()
                 .and_then(|v| bedrock::invoke_body_usage(family, &v)),
+            Reader::Raw(usage) => usage(body),
         }
     }
 }
@@ -911,6 +971,13 @@ mod tests {
             ("api.together.xyz", Some(ProviderId::Together)),
             ("openrouter.ai", Some(ProviderId::OpenRouter)),
             ("api.x.ai", Some(ProviderId::Xai)),
+            ("api.cohere.com", Some(ProviderId::Cohere)),
+            ("api.cohere.ai", Some(ProviderId::Cohere)),
+            ("api.fireworks.ai", Some(ProviderId::Fireworks)),
+            ("api.perplexity.ai", Some(ProviderId::Perplexity)),
+            ("api.cerebras.ai", Some(ProviderId::Cerebras)),
+            ("router.huggingface.co", Some(ProviderId::HuggingFace)),
+            ("huggingface.co", None),
             (
                 "us-central1-aiplatform.googleapis.com",
                 Some(ProviderId::Vertex),
@@ -923,8 +990,16 @@ mod tests {
             ("", None),
         ];
         for (host, want) in cases {
+            assert_eq!(ProviderId::known_host(host), want, "{host}");
+            // Any other host on the provider list is a self-hosted OpenAI-compatible server.
+            let served = want.unwrap_or(ProviderId::SelfHosted);
+            let want = (!host.is_empty()).then_some(served);
             assert_eq!(ProviderId::from_host(host), want, "{host}");
         }
+        assert_eq!(
+            ProviderId::from_host("vllm.internal.example:8443"),
+            Some(ProviderId::SelfHosted)
+        );
         for id in ProviderId::ALL {
             assert_eq!(adapter_for(id).id(), id);
         }

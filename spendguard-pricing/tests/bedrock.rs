@@ -91,19 +91,19 @@ fn converse_body(max_tokens: Option<u64>) -> Value {
 fn the_four_operations_are_priced_and_never_rewritten() {
     let a = adapter_for(ProviderId::Bedrock);
     assert_eq!(
-        ProviderId::from_host("bedrock-runtime.eu-central-1.amazonaws.com"),
+        ProviderId::known_host("bedrock-runtime.eu-central-1.amazonaws.com"),
         Some(ProviderId::Bedrock)
     );
     assert_eq!(
-        ProviderId::from_host("bedrock-runtime-fips.us-east-1.amazonaws.com"),
+        ProviderId::known_host("bedrock-runtime-fips.us-east-1.amazonaws.com"),
         Some(ProviderId::Bedrock)
     );
     assert_eq!(
-        ProviderId::from_host("bedrock.us-east-1.amazonaws.com"),
+        ProviderId::known_host("bedrock.us-east-1.amazonaws.com"),
         None
     );
     assert_eq!(
-        ProviderId::from_host("bedrock-runtime.a.b.amazonaws.com"),
+        ProviderId::known_host("bedrock-runtime.a.b.amazonaws.com"),
         None
     );
     let capped = QuoteOptions {

@@ -91,6 +91,31 @@ fn cases() -> Vec<(ProviderId, &'static str, &'static str, Vec<&'static str>)> {
             r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
             vec!["gemini-2.5-flash", "gemini-2.5-pro"],
         ),
+        (
+            ProviderId::Cohere,
+            "/v2/chat",
+            CHAT,
+            vec![
+                "command-a-03-2025",
+                "command-r-08-2024",
+                "command-r7b-12-2024",
+            ],
+        ),
+        (
+            ProviderId::Fireworks,
+            "/inference/v1/chat/completions",
+            CHAT,
+            vec![
+                "accounts/fireworks/models/llama-v3p1-8b-instruct",
+                "accounts/fireworks/models/gpt-oss-120b",
+            ],
+        ),
+        (
+            ProviderId::Cerebras,
+            "/v1/chat/completions",
+            CHAT,
+            vec!["gpt-oss-120b", "llama3.1-8b", "qwen-3-32b"],
+        ),
     ]
 }
 
@@ -121,12 +146,90 @@ fn every_adapter_prices_its_models() {
         }
     }
     // Every provider is covered (Azure names deployments, mapped to the models above; Gemini's
-    // model is in the path and is covered by the provider suite).
+    // model is in the path and is covered by the provider suite; the Hugging Face router and
+    // self-hosted servers bill what their operator or backend sets, so their prices are
+    // configured, not bundled: `configured_prices_cover_the_unbundled_providers`; Perplexity is
+    // refused: `perplexity_is_refused_not_undercharged`).
     let covered: Vec<ProviderId> = cases().iter().map(|c| c.0).collect();
     for id in ProviderId::ALL {
         assert!(
-            covered.contains(&id) || matches!(id, ProviderId::AzureOpenAi | ProviderId::Gemini),
+            covered.contains(&id)
+                || matches!(
+                    id,
+                    ProviderId::AzureOpenAi
+                        | ProviderId::Gemini
+                        | ProviderId::HuggingFace
+                        | ProviderId::SelfHosted
+                        | ProviderId::Perplexity
+                ),
             "{id} has no coverage case"
         );
     }
+}
+
+/// The providers without bundled prices quote once their model is priced in the config (the
+/// same `PriceTable::set` a `[prices."NAME"]` entry or `spendguard price set` makes), and are
+/// refused as `unknown_model` before that.
+#[test]
+fn configured_prices_cover_the_unbundled_providers() {
+    for (id, path, model) in [
+        (
+            ProviderId::HuggingFace,
+            "/v1/chat/completions",
+            "meta-llama/Llama-3.1-8B-Instruct:cerebras",
+        ),
+        (
+            ProviderId::SelfHosted,
+            "/v1/chat/completions",
+            "Qwen/Qwen2.5-7B-Instruct",
+        ),
+        (ProviderId::SelfHosted, "/chat/completions", "llama3.2:3b"),
+    ] {
+        let body = CHAT.replace("MODEL", model);
+        let quote = |table: &PriceTable| {
+            adapter_for(id).quote(
+                &Method::POST,
+                path,
+                &HeaderMap::new(),
+                body.as_bytes(),
+                table,
+                &QuoteOptions::none(),
+            )
+        };
+        let mut table = PriceTable::bundled();
+        assert!(
+            matches!(
+                quote(&table),
+                Err(spendguard_pricing::PricingError::UnknownModel { .. })
+            ),
+            "{id} {model} must be refused unpriced"
+        );
+        table.set(
+            model,
+            spendguard_pricing::ModelPrice {
+                input_per_mtok: spendguard_pricing::MicroUsd(1_000_000),
+                output_per_mtok: spendguard_pricing::MicroUsd(2_000_000),
+                max_output_tokens: 4096,
+                context_window: 32_768,
+                ..Default::default()
+            },
+        );
+        let q = quote(&table).unwrap_or_else(|e| panic!("{id} {model}: {e}"));
+        assert_eq!(q.model, model);
+        assert!(q.worst_case.0 > 0, "{id} {model}");
+    }
+}
+
+/// Perplexity bills a per-request search fee on top of tokens: every priced-looking request is
+/// refused as unpriced (never forwarded under-charged); reads stay free.
+#[test]
+fn perplexity_is_refused_not_undercharged() {
+    let a = adapter_for(ProviderId::Perplexity);
+    for path in ["/chat/completions", "/v1/chat/completions", "/v1/responses"] {
+        assert!(
+            matches!(a.route(&Method::POST, path), Route::Unpriced { .. }),
+            "{path}"
+        );
+    }
+    assert_eq!(a.route(&Method::GET, "/v1/models"), Route::Free);
 }

@@ -876,3 +876,186 @@ mod fuzz {
         }
     }
 }
+
+// ------------------------------------------------- Cohere, Fireworks, Cerebras, HF, self-hosted
+
+/// A Cohere stream sent without an event-stream content type (bare JSON lines, as curl shows
+/// them, or `data:` lines) still yields the `message-end` usage; one cut before it yields none,
+/// and the reservation is charged.
+#[test]
+fn cohere_stream_read_as_lines_and_cut_stream_has_no_usage() {
+    let q = quote(
+        ProviderId::Cohere,
+        "/v2/chat",
+        COHERE_STREAM_REQUEST,
+        &[],
+        None,
+    );
+    assert!(
+        q.body_rewrite.is_none(),
+        "Cohere sends usage unasked: nothing to inject"
+    );
+    let bare: String = COHERE_SSE
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (ct, body) in [
+        ("application/stream+json", bare.as_str()),
+        ("application/json", COHERE_SSE),
+    ] {
+        let (out, usage) = run_tap(&q, 200, ct, &[body.as_bytes()]);
+        assert_eq!(out, body.as_bytes(), "forwarded unchanged");
+        let u = usage.unwrap_or_else(|| panic!("{ct}: no usage"));
+        assert_eq!((u.input_uncached, u.output), (3, 9), "{ct}");
+    }
+    let cut = &COHERE_SSE[..COHERE_SSE.find("event: message-end").unwrap_or(0)];
+    let (_, usage) = run_tap(&q, 200, "text/event-stream", &[cut.as_bytes()]);
+    assert_eq!(usage, None, "no message-end: the reservation stands");
+}
+
+/// `max_tokens` unset: Cohere generates up to the model's maximum, so that is the worst case;
+/// `thinking` adds its budget on top (reasoning is not assumed to be inside `max_tokens`).
+#[test]
+fn cohere_output_bound_and_thinking_budget() {
+    let q = quote(ProviderId::Cohere, "/v2/chat", COHERE_REQUEST, &[], None);
+    assert_eq!(
+        q.worst_output_tokens, 8000,
+        "command-a-03-2025's maximum output"
+    );
+    let with_budget = r#"{"model":"command-a-03-2025","max_tokens":100,"thinking":{"type":"enabled","token_budget":2000},"messages":[{"role":"user","content":"hi"}]}"#;
+    let q = quote(ProviderId::Cohere, "/v2/chat", with_budget, &[], None);
+    assert_eq!(q.worst_output_tokens, 2100);
+    let disabled = r#"{"model":"command-a-03-2025","max_tokens":100,"thinking":{"type":"disabled"},"messages":[{"role":"user","content":"hi"}]}"#;
+    let q = quote(ProviderId::Cohere, "/v2/chat", disabled, &[], None);
+    assert_eq!(q.worst_output_tokens, 100);
+    let capped = quote(
+        ProviderId::Cohere,
+        "/v2/chat",
+        COHERE_REQUEST,
+        &[],
+        Some(512),
+    );
+    assert_eq!(body_json(&capped)["max_tokens"], json!(512));
+    assert!(matches!(
+        try_quote(
+            ProviderId::Cohere,
+            "/v2/chat",
+            r#"{"model":"command-a-03-2025"}"#,
+            &[],
+            None
+        ),
+        Err(PricingError::MalformedBody { .. })
+    ));
+}
+
+/// Fireworks and Cerebras are not sent `stream_options` (not documented as accepted): a stream
+/// that carries no usage at all reports none, and the reservation is the charge — as for every
+/// OpenAI-shaped stream without usage.
+#[test]
+fn fireworks_and_cerebras_streams_without_usage_charge_the_reservation() {
+    for (id, path, req, sse) in [
+        (
+            ProviderId::Fireworks,
+            "/inference/v1/chat/completions",
+            FIREWORKS_STREAM_REQUEST,
+            FIREWORKS_SSE,
+        ),
+        (
+            ProviderId::Cerebras,
+            "/v1/chat/completions",
+            CEREBRAS_STREAM_REQUEST,
+            CEREBRAS_SSE,
+        ),
+    ] {
+        let q = quote(id, path, req, &[], None);
+        assert!(q.body_rewrite.is_none(), "{id}: nothing injected");
+        let stripped: String = sse
+            .split("\n\n")
+            .filter(|ev| !ev.contains("\"usage\":{"))
+            .map(|ev| format!("{ev}\n\n"))
+            .collect();
+        let (out, usage) = run_tap(&q, 200, "text/event-stream", &[stripped.as_bytes()]);
+        assert_eq!(out, stripped.as_bytes());
+        assert_eq!(usage, None, "{id}");
+    }
+}
+
+fn table_with(model: &str) -> spendguard_pricing::PriceTable {
+    let mut t = spendguard_pricing::PriceTable::bundled();
+    t.set(
+        model,
+        spendguard_pricing::ModelPrice {
+            input_per_mtok: MicroUsd(200_000),
+            output_per_mtok: MicroUsd(800_000),
+            max_output_tokens: 8192,
+            context_window: 32_768,
+            ..Default::default()
+        },
+    );
+    t
+}
+
+/// The Hugging Face router and self-hosted servers (vLLM, Ollama ≥ 0.5.2, llama.cpp) accept
+/// `stream_options.include_usage`: it is injected, the usage-only chunk (vLLM's recorded shape)
+/// is read and hidden from the client; a server that ignores the option sends no usage, and
+/// the reservation stands.
+#[test]
+fn hugging_face_and_self_hosted_get_include_usage_injected() {
+    const VLLM_SSE: &str = concat!(
+        "data: {\"id\":\"chatcmpl-8f3e\",\"object\":\"chat.completion.chunk\",\"created\":1765061000,\"model\":\"MODEL\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-8f3e\",\"object\":\"chat.completion.chunk\",\"created\":1765061000,\"model\":\"MODEL\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi!\"},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}],\"usage\":null}\n\n",
+    );
+    const USAGE_CHUNK: &str = "data: {\"id\":\"chatcmpl-8f3e\",\"object\":\"chat.completion.chunk\",\"created\":1765061000,\"model\":\"MODEL\",\"choices\":[],\"usage\":{\"prompt_tokens\":25,\"total_tokens\":29,\"completion_tokens\":4}}\n\n";
+    for (id, path, model) in [
+        (
+            ProviderId::HuggingFace,
+            "/v1/chat/completions",
+            "openai/gpt-oss-120b:cerebras",
+        ),
+        (
+            ProviderId::SelfHosted,
+            "/v1/chat/completions",
+            "Qwen/Qwen2.5-7B-Instruct",
+        ),
+        (ProviderId::SelfHosted, "/chat/completions", "llama3.2:3b"),
+    ] {
+        let table = table_with(model);
+        let body = format!(
+            r#"{{"model":"{model}","stream":true,"max_tokens":64,"messages":[{{"role":"user","content":"Hi"}}]}}"#
+        );
+        let q = spendguard_pricing::adapter_for(id)
+            .quote(
+                &http::Method::POST,
+                path,
+                &http::HeaderMap::new(),
+                body.as_bytes(),
+                &table,
+                &spendguard_pricing::QuoteOptions::none(),
+            )
+            .unwrap_or_else(|e| panic!("{id} {model}: {e}"));
+        assert_eq!(
+            body_json(&q)["stream_options"],
+            json!({"include_usage": true}),
+            "{id}"
+        );
+        let sse = VLLM_SSE.replace("MODEL", model);
+        let chunk = USAGE_CHUNK.replace("MODEL", model);
+        let full = format!("{sse}{chunk}data: [DONE]\n\n");
+        let (out, usage) = run_tap(&q, 200, "text/event-stream", &[full.as_bytes()]);
+        assert_eq!(
+            out,
+            format!("{sse}data: [DONE]\n\n").into_bytes(),
+            "{id}: usage chunk hidden"
+        );
+        let u = usage.unwrap_or_else(|| panic!("{id}: no usage"));
+        assert_eq!((u.input_uncached, u.output), (25, 4));
+        let (_, none) = run_tap(
+            &q,
+            200,
+            "text/event-stream",
+            &[format!("{sse}data: [DONE]\n\n").as_bytes()],
+        );
+        assert_eq!(none, None, "{id}: no usage chunk, the reservation stands");
+    }
+}

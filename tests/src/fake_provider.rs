@@ -29,6 +29,9 @@
 //!   stream chunks with `amazon-bedrock-invocationMetrics` on the last); InvokeModel answers in
 //!   the Anthropic shape with the `x-amzn-bedrock-*-token-count` headers
 //!   (`x-fake-bedrock-headers: off` leaves them out).
+//! - Cohere (`POST /v2/chat`): `usage.billed_units` = {input_tokens: prompt, output_tokens:
+//!   completion}, `usage.tokens` = {input_tokens: prompt + 50 (the unbilled preamble),
+//!   output_tokens: completion}; streams are SSE ending in `message-end` with that usage.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -389,6 +392,7 @@ enum Flavor {
 
 enum Route {
     Chat,
+    Cohere,
     Responses,
     Embeddings,
     Messages,
@@ -412,6 +416,7 @@ impl Route {
         match path {
             "/upload" => return Route::Upload,
             "/v1/chat/completions" if post => return Route::Chat,
+            "/v2/chat" if post => return Route::Cohere,
             "/v1/responses" if post => return Route::Responses,
             "/v1/embeddings" if post => return Route::Embeddings,
             "/v1/messages" if post => return Route::Messages,
@@ -667,6 +672,7 @@ async fn handle(
     };
     match route {
         Route::Chat => chat(&state, &ctl, &request),
+        Route::Cohere => cohere(&state, &ctl, &request),
         Route::Responses => responses(&state, &ctl, &request),
         Route::Embeddings => embeddings(&state, &ctl, &request),
         Route::Messages => messages(&state, &ctl, &request),
@@ -1254,6 +1260,47 @@ fn messages(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
     }));
     push(json!({"type": "message_stop"}));
     sse_response(state, Flavor::Anthropic, events, ctl)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cohere v2 chat
+// ---------------------------------------------------------------------------------------------
+
+fn cohere(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
+    let u = &ctl.usage;
+    let usage = json!({
+        "billed_units": {"input_tokens": u.prompt, "output_tokens": u.completion},
+        "tokens": {"input_tokens": u.prompt + 50, "output_tokens": u.completion}
+    });
+    let id = format!("cohere-{}", state.id());
+    if !req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let body = json!({
+            "id": id,
+            "message": {"role": "assistant", "content": [{"type": "text", "text": expected_text(ctl.chunks)}]},
+            "finish_reason": "COMPLETE",
+            "usage": usage
+        });
+        return json_response(state, Flavor::OpenAi, 200, &body);
+    }
+    let mut events = Vec::new();
+    let mut push = |v: Value| {
+        let name = v["type"].as_str().unwrap_or("").to_owned();
+        events.push(sse_event(&name, &v));
+    };
+    push(
+        json!({"id": id, "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+    );
+    push(
+        json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+    );
+    for i in 0..ctl.chunks {
+        push(
+            json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": delta_text(i)}}}}),
+        );
+    }
+    push(json!({"type": "content-end", "index": 0}));
+    push(json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": usage}}));
+    sse_response(state, Flavor::OpenAi, events, ctl)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,13 @@ pub const HOSTS: &[(&str, &str)] = &[
     ("generativelanguage.googleapis.com", UPSTREAM_A),
     ("bedrock-runtime.us-east-1.amazonaws.com", UPSTREAM_A),
     ("us-east5-aiplatform.googleapis.com", UPSTREAM_A),
+    ("api.cohere.com", UPSTREAM_A),
+    // A self-hosted OpenAI-compatible server: a provider host only through `extra_provider_hosts`.
+    (SELF_HOSTED, UPSTREAM_A),
 ];
+
+/// The self-hosted server's name in [`HOSTS`].
+pub const SELF_HOSTED: &str = "vllm.internal.test";
 
 // Fields drop in order: the child cgroup before the World that owns its parent.
 pub struct Metered {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use spendguard_pricing::{PriceTable, Usage};
-use spendguard_tests::metered::{curl_host, Metered as Env};
+use spendguard_tests::metered::{curl_host, Metered as Env, SELF_HOSTED};
 use spendguard_tests::privileged;
 
 const BEDROCK: &str = "bedrock-runtime.us-east-1.amazonaws.com";
@@ -302,5 +302,124 @@ fn vertex_claude_and_gemini_are_metered() {
     );
     assert_eq!(status, 402, "{out}");
     assert!(out.contains("unpriced_request"), "{out}");
+    assert_eq!(e.fake.request_count(), before);
+}
+
+#[test]
+fn cohere_v2_chat_is_charged_its_billed_units() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.cohere.bot");
+    let call = |body: &str, usage: &str| {
+        let (status, headers, out) = curl_host(
+            e.at(),
+            &e.ca,
+            "api.cohere.com",
+            "/v2/chat",
+            &[
+                "-H",
+                "authorization: bearer co-test-key",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("x-fake-usage: {usage}"),
+                "--data-binary",
+                body,
+            ],
+        );
+        assert_eq!(status, 200, "{out}");
+        (headers, out)
+    };
+    let json = r#"{"model":"command-r-08-2024","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream = r#"{"model":"command-r-08-2024","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    call(json, "prompt=1000,completion=200");
+    let (headers, out) = call(stream, "prompt=3000,completion=400");
+    assert!(headers.contains("text/event-stream"), "{headers}");
+    assert!(
+        out.contains("message-end"),
+        "the client sees the whole stream: {out}"
+    );
+    // The fake reports 50 more processed than billed input tokens: only billed units count.
+    let want: u64 = [(1000, 200), (3000, 400)]
+        .into_iter()
+        .map(|(p, c)| {
+            cost(
+                "command-r-08-2024",
+                Usage {
+                    input_uncached: p,
+                    output: c,
+                    ..Usage::default()
+                },
+            )
+        })
+        .sum();
+    assert_eq!(e.settled_spend("acme.cohere.bot"), want);
+    // An unpriced Cohere model is refused before it reaches Cohere.
+    let before = e.fake.request_count();
+    let (status, _, out) = curl_host(
+        e.at(),
+        &e.ca,
+        "api.cohere.com",
+        "/v2/chat",
+        &["--data-binary", r#"{"model":"command-z-99","messages":[]}"#],
+    );
+    assert_eq!(status, 402, "{out}");
+    assert!(out.contains("unknown_model"), "{out}");
+    assert_eq!(e.fake.request_count(), before);
+}
+
+/// A self-hosted OpenAI-compatible server named in `extra_provider_hosts` with a configured
+/// price is metered (a stream's usage comes from the injected `include_usage`); its other
+/// models are refused as unknown.
+#[test]
+fn self_hosted_server_on_extra_provider_hosts_is_metered_at_its_configured_price() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::with("acme.local.bot", |w| {
+        w.set_agent_config(&format!(
+            "extra_provider_hosts = [\"{SELF_HOSTED}\"]\n[prices.\"Qwen/Qwen2.5-7B-Instruct\"]\ninput_per_mtok = 2.0\noutput_per_mtok = 8.0\n"
+        ));
+    });
+    let call = |body: &str, usage: &str| {
+        curl_host(
+            e.at(),
+            &e.ca,
+            SELF_HOSTED,
+            "/v1/chat/completions",
+            &[
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("x-fake-usage: {usage}"),
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    let json = r#"{"model":"Qwen/Qwen2.5-7B-Instruct","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+    let stream = r#"{"model":"Qwen/Qwen2.5-7B-Instruct","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, out) = call(json, "prompt=100000,completion=10000");
+    assert_eq!(status, 200, "{out}");
+    let (status, _, out) = call(stream, "prompt=50000,completion=5000");
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        !out.contains("\"choices\":[]"),
+        "the injected usage chunk is hidden: {out}"
+    );
+    let sent = e.fake.requests();
+    let last = sent.last().expect("the server saw the stream");
+    let body: serde_json::Value = serde_json::from_slice(&last.body).expect("json");
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    // $2 and $8 per million: 0.2 + 0.08, then 0.1 + 0.04 dollars.
+    assert_eq!(e.settled_spend("acme.local.bot"), 420_000);
+    let before = e.fake.request_count();
+    let (status, _, out) = call(
+        r#"{"model":"llama3.2:3b","messages":[{"role":"user","content":"hi"}]}"#,
+        "",
+    );
+    assert_eq!(status, 402, "{out}");
+    assert!(out.contains("unknown_model"), "{out}");
     assert_eq!(e.fake.request_count(), before);
 }

@@ -33,6 +33,10 @@ pub struct Metering {
     pub metrics: Arc<Metrics>,
     /// `x402_hosts` and the rates their payments are priced at.
     pub x402: Arc<super::x402::X402>,
+    /// The provider hosts (bundled and `extra_provider_hosts`): an unpaid request to an x402 host
+    /// is free unless the host is one of these too (pricing takes any host it is given for a
+    /// self-hosted OpenAI-compatible server, so it cannot tell).
+    pub provider_hosts: crate::proxy::route::HostList,
     /// Where settles run; the agent waits for it on a graceful stop.
     pub settles: tokio_util::task::TaskTracker,
     /// Budgets handed down from inside workloads (`/.well-known/spendguard/delegate`).
@@ -106,7 +110,7 @@ impl Metering {
         if self.x402.matches(&ctx.sni) {
             match spendguard_pricing::x402::payment_from_headers(req.headers()) {
                 Some(payment) => return self.decide_x402(ctx, req, payment).await,
-                None if ProviderId::from_host(&ctx.sni).is_none() => {
+                None if !self.provider_hosts.matches(&ctx.sni) => {
                     return self.forward_unpaid(ctx, req)
                 }
                 None => {}

@@ -60,6 +60,12 @@ pub const DEFAULT_PROVIDER_HOSTS: &[&str] = &[
     "bedrock-runtime-fips.*.amazonaws.com",
     "aiplatform.googleapis.com",
     "*-aiplatform.googleapis.com",
+    "api.cohere.com",
+    "api.cohere.ai",
+    "api.fireworks.ai",
+    "api.perplexity.ai",
+    "api.cerebras.ai",
+    "router.huggingface.co",
 ];
 
 impl HostList {
@@ -279,8 +285,8 @@ mod tests {
         assert!(!v.matches("us-central1-aiplatform.googleapis.com.evil.net"));
     }
 
-    /// Every bundled provider host is served by a pricing adapter: none can be intercepted only to
-    /// block every request, and none falls back to a pass-through.
+    /// Every bundled provider host is served by its own pricing adapter (not the self-hosted
+    /// fallback that `extra_provider_hosts` get), and none falls back to a pass-through.
     #[test]
     fn every_bundled_provider_host_has_an_adapter() {
         for pattern in DEFAULT_PROVIDER_HOSTS {
@@ -289,7 +295,7 @@ mod tests {
                 .map(|s| format!("myresource.{s}"))
                 .unwrap_or_else(|| pattern.replace('*', "us-east-1"));
             assert!(
-                spendguard_pricing::ProviderId::from_host(&host).is_some(),
+                spendguard_pricing::ProviderId::known_host(&host).is_some(),
                 "{pattern} ({host}) has no pricing adapter"
             );
             assert!(

@@ -35,6 +35,7 @@ const FLAVOR: Flavor = Flavor {
     openrouter: false,
     openai_extras: false,
     reasoning_outside_limit: false,
+    unpriced: None,
 };
 
 /// First api-version (`YYYY-MM-DD[-preview]`) that knows `stream_options`.

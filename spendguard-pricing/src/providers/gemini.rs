@@ -53,6 +53,7 @@ const OPENAI_COMPAT: Flavor = Flavor {
     openrouter: false,
     openai_extras: false,
     reasoning_outside_limit: false,
+    unpriced: None,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

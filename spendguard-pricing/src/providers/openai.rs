@@ -1,4 +1,5 @@
-//! OpenAI and the OpenAI-compatible providers (Mistral, Groq, DeepSeek, Together, OpenRouter, xAI).
+//! OpenAI and the OpenAI-compatible providers (Mistral, Groq, DeepSeek, Together, OpenRouter, xAI,
+//! Fireworks, Cerebras, the Hugging Face router, Perplexity, self-hosted servers).
 //!
 //! # Usage on the wire
 //! * Chat Completions / Completions: `usage.{prompt_tokens, completion_tokens}`;
@@ -21,12 +22,18 @@
 //! | Mistral | `/v1` (+ `/v1/fim/completions`) | sent unasked in the last chunk (with `finish_reason`) | `max_tokens` |
 //! | Together | `/v1` | sent unasked in the last chunk | `max_tokens` |
 //! | OpenRouter | `/api/v1` | sent unasked in the last chunk (`choices: []`); `models` fallbacks and `:nitro`-style suffixes | `max_tokens` |
+//! | Fireworks | `/inference/v1` | read from the last chunk when sent; not injected (acceptance undocumented) | `max_tokens` |
+//! | Cerebras | `/v1` | read from the last chunk when sent; not injected (acceptance undocumented) | `max_completion_tokens` |
+//! | Hugging Face router | `/v1` | only with `include_usage` (we inject it) | `max_tokens` |
+//! | Perplexity | `/`, `/v1` | — (every request refused: per-request search fees) | — |
+//! | self-hosted (`extra_provider_hosts`) | `/v1`, `/` | with `include_usage` (we inject it: vLLM, llama.cpp, Ollama ≥ 0.5.2) | `max_tokens` |
 //! | xAI | `/v1` | sent unasked (usage on chunks; the last one is complete); `reasoning_tokens` are NOT inside `completion_tokens` (only inside `total_tokens`), and no limit field is documented to bound them, so the worst case uses the model's maximum output | `max_completion_tokens` |
 //!
 //! Output is read as `max(completion_tokens, total_tokens - prompt_tokens)`, which is right for
 //! both conventions.
 //!
-//! We inject `include_usage` only where usage is otherwise missing (OpenAI, Azure, DeepSeek):
+//! We inject `include_usage` only where usage is otherwise missing (OpenAI, Azure, DeepSeek, the
+//! Hugging Face router, self-hosted servers):
 //! options a provider does not know may be refused. Where a provider sends no usage after all,
 //! the tap reports `None` and the reservation is charged.
 //! Usage is trusted only from a final chunk: one with `choices: []`, or whose every choice has a
@@ -82,6 +89,9 @@ pub(crate) struct Flavor {
     /// Reasoning tokens are reported apart from `completion_tokens` and no documented limit
     /// field bounds them (xAI): the output bound is the model's maximum output.
     pub reasoning_outside_limit: bool,
+    /// Every POST is refused as unpriced, for this reason (the provider bills in a way the price
+    /// table cannot carry).
+    pub unpriced: Option<&'static str>,
 }
 
 const OPENAI: Flavor = Flavor {
@@ -93,6 +103,7 @@ const OPENAI: Flavor = Flavor {
     openrouter: false,
     openai_extras: true,
     reasoning_outside_limit: false,
+    unpriced: None,
 };
 
 /// An OpenAI-compatible adapter.
@@ -117,6 +128,7 @@ static MISTRAL: OpenAiCompatible = OpenAiCompatible {
         openrouter: false,
         openai_extras: false,
         reasoning_outside_limit: false,
+        unpriced: None,
     },
 };
 static GROQ: OpenAiCompatible = OpenAiCompatible {
@@ -130,6 +142,7 @@ static GROQ: OpenAiCompatible = OpenAiCompatible {
         openrouter: false,
         openai_extras: false,
         reasoning_outside_limit: false,
+        unpriced: None,
     },
 };
 static DEEPSEEK: OpenAiCompatible = OpenAiCompatible {
@@ -143,6 +156,7 @@ static DEEPSEEK: OpenAiCompatible = OpenAiCompatible {
         openrouter: false,
         openai_extras: false,
         reasoning_outside_limit: false,
+        unpriced: None,
     },
 };
 static TOGETHER: OpenAiCompatible = OpenAiCompatible {
@@ -156,6 +170,7 @@ static TOGETHER: OpenAiCompatible = OpenAiCompatible {
         openrouter: false,
         openai_extras: false,
         reasoning_outside_limit: false,
+        unpriced: None,
     },
 };
 static OPENROUTER: OpenAiCompatible = OpenAiCompatible {
@@ -169,6 +184,7 @@ static OPENROUTER: OpenAiCompatible = OpenAiCompatible {
         openrouter: true,
         openai_extras: false,
         reasoning_outside_limit: false,
+        unpriced: None,
     },
 };
 static XAI: OpenAiCompatible = OpenAiCompatible {
@@ -182,7 +198,75 @@ static XAI: OpenAiCompatible = OpenAiCompatible {
         openrouter: false,
         openai_extras: false,
         reasoning_outside_limit: true,
+        unpriced: None,
     },
+};
+
+/// A flavor with OpenAI's shape and none of its extras.
+const fn plain(
+    prefixes: &'static [&'static str],
+    inject_include_usage: bool,
+    limit_field: &'static str,
+) -> Flavor {
+    Flavor {
+        prefixes,
+        inject_include_usage,
+        limit_field,
+        responses: false,
+        fim: false,
+        openrouter: false,
+        openai_extras: false,
+        reasoning_outside_limit: false,
+        unpriced: None,
+    }
+}
+
+// Fireworks (`https://api.fireworks.ai/inference/v1`, <https://docs.fireworks.ai/api-reference/post-chatcompletions>):
+// usage in the answer as OpenAI's; a stream's last chunk (the one with `finish_reason`) carries
+// it. Whether the API accepts `stream_options` is not documented in what we could read
+// (2026-12-06), so nothing is injected: a stream without usage is charged its reservation.
+static FIREWORKS: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Fireworks,
+    flavor: plain(&["/inference/v1"], false, "max_tokens"),
+};
+// Cerebras (`https://api.cerebras.ai/v1`, <https://inference-docs.cerebras.ai/api-reference/chat-completions>):
+// OpenAI's `usage` (with `prompt_tokens_details.cached_tokens`) plus `time_info`;
+// `max_completion_tokens` "including reasoning tokens". Streams: usage read from the final chunk
+// when sent; `stream_options` is not injected (not documented), so a stream without usage is
+// charged its reservation.
+static CEREBRAS: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Cerebras,
+    flavor: plain(&["/v1"], false, "max_completion_tokens"),
+};
+// Hugging Face inference router (`https://router.huggingface.co/v1`,
+// <https://huggingface.co/changelog/inference-providers-openai-compatible>): OpenAI-compatible in
+// front of many providers; streams carry usage only when `stream_options.include_usage` is set,
+// which the router accepts and forwards, and end with `data: [DONE]`
+// (<https://github.com/maximhq/bifrost/pull/6478>). So we inject it and drop the usage chunk.
+// Model names are `org/model` or `org/model:provider`; each is priced only by its exact name.
+static HUGGINGFACE: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::HuggingFace,
+    flavor: plain(&["/v1"], true, "max_tokens"),
+};
+// Perplexity (`https://api.perplexity.ai`): "Total cost per query = Token costs + Request fee
+// (varies by search context size)", and Deep Research bills per search query and citation token
+// (<https://docs.perplexity.ai/getting-started/pricing>, 2026-12-06). The price table carries
+// per-token rates only, so every request is refused rather than under-charged.
+static PERPLEXITY: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::Perplexity,
+    flavor: Flavor {
+        unpriced: Some("Perplexity bills a per-request search fee (and per-search fees for deep research) on top of tokens, which the price table does not carry"),
+        ..plain(&["/v1", ""], false, "max_tokens")
+    },
+};
+// A self-hosted OpenAI-compatible server named in `extra_provider_hosts` (vLLM, Ollama,
+// llama.cpp, … behind TLS): `/v1` or the root. `stream_options.include_usage` is injected: vLLM
+// and llama.cpp support it, Ollama since v0.5.2 (<https://github.com/ollama/ollama/releases/tag/v0.5.2>,
+// <https://github.com/jundot/omlx/issues/61>). A server that sends no usage leaves the reservation
+// as the charge.
+static SELF_HOSTED: OpenAiCompatible = OpenAiCompatible {
+    id: ProviderId::SelfHosted,
+    flavor: plain(&["/v1", ""], true, "max_tokens"),
 };
 
 /// The adapter of an OpenAI-compatible provider (Azure, Anthropic and Gemini have their own).
@@ -194,6 +278,11 @@ pub(crate) fn compatible(id: ProviderId) -> &'static OpenAiCompatible {
         ProviderId::Together => &TOGETHER,
         ProviderId::OpenRouter => &OPENROUTER,
         ProviderId::Xai => &XAI,
+        ProviderId::Fireworks => &FIREWORKS,
+        ProviderId::Cerebras => &CEREBRAS,
+        ProviderId::HuggingFace => &HUGGINGFACE,
+        ProviderId::Perplexity => &PERPLEXITY,
+        ProviderId::SelfHosted => &SELF_HOSTED,
         _ => &OPENAI_ADAPTER,
     }
 }
@@ -267,6 +356,9 @@ pub(crate) const UNKNOWN_ENDPOINT: Route = Route::Unpriced {
 impl OpenAiCompatible {
     fn classify(&self, method: &http::Method, path_and_query: &str) -> Result<Endpoint, Route> {
         let (path, _) = split_path(path_and_query);
+        if let Some(why) = self.flavor.unpriced {
+            return Err(route_read(method, path).unwrap_or(Route::Unpriced { why }));
+        }
         for prefix in self.flavor.prefixes {
             if let Some(rest) = path.strip_prefix(prefix) {
                 if rest.starts_with('/') {

@@ -331,3 +331,52 @@ pub const XAI_SSE: &str = concat!(
     "data: {\"id\":\"7a1b\",\"object\":\"chat.completion.chunk\",\"created\":1752854600,\"model\":\"grok-4-0709\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there!\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":4,\"total_tokens\":143,\"prompt_tokens_details\":{\"text_tokens\":20,\"audio_tokens\":0,\"image_tokens\":0,\"cached_tokens\":5},\"completion_tokens_details\":{\"reasoning_tokens\":119,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0},\"num_sources_used\":0},\"system_fingerprint\":\"fp_3a7881249c\"}\n\n",
     "data: [DONE]\n\n",
 );
+
+// Cohere v2 chat (https://docs.cohere.com/reference/chat): `usage.billed_units` is what is billed
+// (here 21 of the 186 input tokens processed: the hidden preamble is not billed); a stream's
+// usage is in `message-end`'s `delta.usage`.
+pub const COHERE_REQUEST: &str = r#"{"model":"command-a-03-2025","messages":[{"role":"system","content":"You are an assistant for the company Coca Cola"},{"role":"user","content":"what is Coca Cola?"}],"temperature":0.7}"#;
+
+pub const COHERE_STREAM_REQUEST: &str = r#"{"stream":true,"model":"command-r-08-2024","max_tokens":300,"messages":[{"role":"user","content":"Hello world!"}]}"#;
+
+pub const COHERE_RESPONSE: &str = r#"{"id":"146f3a92-6b5d-46df-b369-59001cca307d","message":{"role":"assistant","content":[{"type":"text","text":"Coca-Cola is a carbonated soft drink."}]},"finish_reason":"COMPLETE","usage":{"billed_units":{"input_tokens":21,"output_tokens":105},"tokens":{"input_tokens":186,"output_tokens":105}}}"#;
+
+pub const COHERE_SSE: &str = concat!(
+    "event: message-start\ndata: {\"id\":\"a8fc192e-4bb8-4e15-ae1f-a174e8b02ae8\",\"type\":\"message-start\",\"delta\":{\"message\":{\"role\":\"assistant\",\"content\":[],\"tool_plan\":\"\",\"tool_calls\":[],\"citations\":[]}}}\n\n",
+    "event: content-start\ndata: {\"type\":\"content-start\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"type\":\"text\",\"text\":\"\"}}}}\n\n",
+    "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"Hello\"}}}}\n\n",
+    "event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\" there, usage is billed\"}}}}\n\n",
+    "event: content-end\ndata: {\"type\":\"content-end\",\"index\":0}\n\n",
+    "event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":3,\"output_tokens\":9},\"tokens\":{\"input_tokens\":68,\"output_tokens\":9}}}}\n\n",
+);
+
+// Fireworks (https://docs.fireworks.ai/api-reference/post-chatcompletions): OpenAI's shape; the
+// last streamed chunk carries `finish_reason` and `usage`.
+pub const FIREWORKS_REQUEST: &str = r#"{"model":"accounts/fireworks/models/llama-v3p1-8b-instruct","messages":[{"role":"user","content":"Say this is a test"}]}"#;
+
+pub const FIREWORKS_STREAM_REQUEST: &str = r#"{"model":"accounts/fireworks/models/gpt-oss-120b","messages":[{"role":"user","content":"Hi"}],"stream":true,"max_tokens":128}"#;
+
+pub const FIREWORKS_RESPONSE: &str = r#"{"id":"e2a1b7c0-3f2a-4c8e-9a57-5b1f0c2d9e11","object":"chat.completion","created":1765060000,"model":"accounts/fireworks/models/llama-v3p1-8b-instruct","choices":[{"index":0,"message":{"role":"assistant","content":"This is a test."},"finish_reason":"stop"}],"usage":{"prompt_tokens":17,"total_tokens":23,"completion_tokens":6}}"#;
+
+pub const FIREWORKS_SSE: &str = concat!(
+    "data: {\"id\":\"7c9d2f4e\",\"object\":\"chat.completion.chunk\",\"created\":1765060001,\"model\":\"accounts/fireworks/models/gpt-oss-120b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"7c9d2f4e\",\"object\":\"chat.completion.chunk\",\"created\":1765060001,\"model\":\"accounts/fireworks/models/gpt-oss-120b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello!\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"7c9d2f4e\",\"object\":\"chat.completion.chunk\",\"created\":1765060001,\"model\":\"accounts/fireworks/models/gpt-oss-120b\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":70,\"total_tokens\":91,\"completion_tokens\":21}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+// Cerebras (https://inference-docs.cerebras.ai/api-reference/chat-completions): OpenAI's `usage`
+// (with `prompt_tokens_details.cached_tokens`) and `time_info`.
+pub const CEREBRAS_REQUEST: &str =
+    r#"{"model":"llama3.1-8b","messages":[{"role":"user","content":"Hello!"}]}"#;
+
+pub const CEREBRAS_STREAM_REQUEST: &str = r#"{"model":"gpt-oss-120b","messages":[{"role":"user","content":"Why is fast inference important?"}],"stream":true,"max_completion_tokens":512}"#;
+
+pub const CEREBRAS_RESPONSE: &str = r#"{"id":"chatcmpl-292e278f-514e-4186-9010-91ce6a14168b","choices":[{"finish_reason":"stop","index":0,"message":{"content":"Hello! How can I assist you today?","role":"assistant"}}],"created":1723733419,"model":"llama3.1-8b","system_fingerprint":"fp_70185065a4","object":"chat.completion","usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":0}},"time_info":{"queue_time":0.000073161,"prompt_time":0.0010744798888888889,"completion_time":0.005658071111111111,"total_time":0.022224903106689453,"created":1723733419}}"#;
+
+pub const CEREBRAS_SSE: &str = concat!(
+    "data: {\"id\":\"chatcmpl-5d1c0b9a\",\"choices\":[{\"delta\":{\"content\":\"\",\"role\":\"assistant\"},\"index\":0}],\"created\":1765060100,\"model\":\"gpt-oss-120b\",\"system_fingerprint\":\"fp_1a2b3c\",\"object\":\"chat.completion.chunk\"}\n\n",
+    "data: {\"id\":\"chatcmpl-5d1c0b9a\",\"choices\":[{\"delta\":{\"content\":\"Speed matters.\"},\"index\":0}],\"created\":1765060100,\"model\":\"gpt-oss-120b\",\"system_fingerprint\":\"fp_1a2b3c\",\"object\":\"chat.completion.chunk\"}\n\n",
+    "data: {\"id\":\"chatcmpl-5d1c0b9a\",\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"created\":1765060100,\"model\":\"gpt-oss-120b\",\"system_fingerprint\":\"fp_1a2b3c\",\"object\":\"chat.completion.chunk\",\"usage\":{\"prompt_tokens\":80,\"completion_tokens\":40,\"total_tokens\":120,\"prompt_tokens_details\":{\"cached_tokens\":64}},\"time_info\":{\"queue_time\":0.0001,\"prompt_time\":0.001,\"completion_time\":0.02,\"total_time\":0.03,\"created\":1765060100}}\n\n",
+    "data: [DONE]\n\n",
+);
