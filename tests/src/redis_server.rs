@@ -387,20 +387,27 @@ pub fn aof_dir(s: &RedisServer) -> PathBuf {
 /// Σ `calls` of the `cmdstat_NAME:calls=N,…` lines of `INFO commandstats` whose NAME is in
 /// `commands` (empty: all of them).
 pub fn command_calls(info: &str, commands: &[&str]) -> u64 {
+    command_table(info)
+        .into_iter()
+        .filter(|(name, _)| commands.is_empty() || commands.contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// `calls` per command of `INFO commandstats` (`cmdstat_NAME:calls=N,…` lines).
+pub fn command_table(info: &str) -> std::collections::BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            if !commands.is_empty() && !commands.contains(&name) {
-                return None;
-            }
-            stats
+            let n = stats
                 .split(',')
                 .find_map(|kv| kv.strip_prefix("calls="))?
                 .trim()
                 .parse::<u64>()
-                .ok()
+                .ok()?;
+            Some((name.to_string(), n))
         })
-        .sum()
+        .collect()
 }
 
 #[cfg(test)]

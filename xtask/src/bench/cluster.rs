@@ -14,12 +14,13 @@
 //! Network safety: every node is a [`World`] of its own; the store runs in a namespace bridged to
 //! theirs ([`StoreNet`]); clients reach only `UPSTREAM_A` inside their node namespace.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use serde_json::{json, Value};
-use spendguard_tests::redis_server::command_calls;
+use spendguard_tests::redis_server::command_table;
 use spendguard_tests::store_net::StoreNet;
 use spendguard_tests::{Cgroup, World, UPSTREAM_A};
 
@@ -117,13 +118,32 @@ impl Node {
     }
 }
 
-/// Commands the store has served (`INFO commandstats`), less the bench's own `INFO`s.
-fn store_calls(store: &StoreNet) -> anyhow::Result<u64> {
+/// Calls per command the store has served (`INFO commandstats`), without the bench's own `INFO`s.
+fn store_table(store: &StoreNet) -> anyhow::Result<BTreeMap<String, u64>> {
     let info = store
         .redis
         .cli(&["INFO", "commandstats"])
         .ok_or_else(|| anyhow!("redis-cli INFO commandstats failed"))?;
-    Ok(command_calls(&info, &[]).saturating_sub(command_calls(&info, &["info"])))
+    let mut t = command_table(&info);
+    t.remove("info");
+    Ok(t)
+}
+
+/// Every command's calls from `before` to `after`.
+fn table_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 /// The upper median (as `report::median_run` takes it), `None` for no samples.
@@ -151,9 +171,10 @@ pub fn run(root: &std::path::Path, plan: &Plan, with_litellm: bool) -> anyhow::R
     solo.cli_ok(&["limit", "set", AGENT, "--daily", "100000"])?;
 
     let idle = Duration::from_secs(3);
-    let c0 = store_calls(&store)?;
+    let t0 = store_table(&store)?;
     std::thread::sleep(idle);
-    let idle_ops_per_s = (store_calls(&store)? - c0) as f64 / idle.as_secs_f64();
+    let idle_by_command = table_delta(&t0, &store_table(&store)?);
+    let idle_ops_per_s = idle_by_command.values().sum::<u64>() as f64 / idle.as_secs_f64();
 
     let lim = Duration::from_secs_f64(plan.rate_secs + 40.0);
     let args = [
@@ -176,6 +197,9 @@ pub fn run(root: &std::path::Path, plan: &Plan, with_litellm: bool) -> anyhow::R
     let mut without: Vec<Value> = Vec::new();
     let mut ops_per_req: Vec<f64> = Vec::new();
     let mut ops_per_s: Vec<f64> = Vec::new();
+    // Over every with-store run: which commands the store served, per request.
+    let mut by_command: BTreeMap<String, u64> = BTreeMap::new();
+    let mut served = 0.0f64;
     for round in 0..plan.rounds {
         for i in 0..2 {
             let on_store = (i + round) % 2 == 0;
@@ -190,15 +214,20 @@ pub fn run(root: &std::path::Path, plan: &Plan, with_litellm: bool) -> anyhow::R
                 round + 1,
                 plan.rounds
             );
-            let c0 = store_calls(&store)?;
+            let c0 = store_table(&store)?;
             let t0 = Instant::now();
             let v = b.load(m, &args, lim)?;
             let secs = t0.elapsed().as_secs_f64();
-            let calls = (store_calls(&store)? - c0) as f64;
+            let delta = table_delta(&c0, &store_table(&store)?);
+            let calls = delta.values().sum::<u64>() as f64;
             if on_store {
                 let ok = v["ok"].as_f64().unwrap_or(0.0);
                 if ok > 0.0 {
                     ops_per_req.push(calls / ok);
+                    served += ok;
+                    for (k, n) in delta {
+                        *by_command.entry(k).or_default() += n;
+                    }
                 }
                 ops_per_s.push(calls / secs);
                 with.push(v);
@@ -226,6 +255,14 @@ pub fn run(root: &std::path::Path, plan: &Plan, with_litellm: bool) -> anyhow::R
         "store_ops_per_request": median(&ops_per_req),
         "store_ops_per_s_at_1000_rps": median(&ops_per_s),
         "store_ops_per_s_idle_two_nodes": idle_ops_per_s,
+        "store_calls_per_request_by_command": by_command
+            .iter()
+            .map(|(k, n)| (k.clone(), json!(*n as f64 / served.max(1.0))))
+            .collect::<serde_json::Map<String, Value>>(),
+        "store_calls_per_s_idle_by_command": idle_by_command
+            .iter()
+            .map(|(k, n)| (k.clone(), json!(*n as f64 / idle.as_secs_f64())))
+            .collect::<serde_json::Map<String, Value>>(),
     });
 
     let spendguard = overshoot_spendguard(root, &nodes)?;
