@@ -499,6 +499,8 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
             res.rss_end_kb = rss_kb(agent_pid);
         }
 
+        idle_conns(&bench, &modes, &plan, &sel, &mut res);
+
         if sel.phase("overspend") {
             let lite_ok = _litellm.is_some();
             drop(_litellm);
@@ -668,7 +670,13 @@ fn run_modes(
                 .push(format!("{} new connections failed: {e:#}", m.name)),
         }
     }
-    // Memory per idle keep-alive connection: RSS with `idle_conns` of them open, minus RSS before.
+    Ok(())
+}
+
+/// Memory per idle keep-alive connection: RSS with `idle_conns` of them open, minus RSS before.
+/// Runs last among the agent's phases: the heap it grows is not all handed back to the system
+/// when the connections close, so any RSS taken after it would measure this phase.
+fn idle_conns(bench: &Bench<'_>, modes: &[Mode], plan: &Plan, sel: &Select, res: &mut Results) {
     for m in modes.iter().filter(|_| sel.phase("idle")) {
         let Some(pid) = m.cpu_pid else { continue };
         eprintln!(
@@ -685,6 +693,9 @@ fn run_modes(
         ];
         match bench.hold_open(m, &args, || rss_kb(pid)) {
             Ok((opened, with, v)) => {
+                // What the agent hands back once they are closed (glibc keeps freed heap).
+                std::thread::sleep(Duration::from_secs(1));
+                let after = rss_kb(pid);
                 let per = match (before, with) {
                     (Some(b), Some(w)) if opened > 0 => {
                         Some((w.saturating_sub(b)) as f64 / opened as f64)
@@ -695,7 +706,7 @@ fn run_modes(
                     m.name,
                     "idle_conns",
                     serde_json::json!({"opened": opened, "rss_before_kb": before,
-                        "rss_with_kb": with, "kb_per_conn": per, "failed": v["failed"],
+                        "rss_with_kb": with, "rss_after_close_kb": after, "kb_per_conn": per, "failed": v["failed"],
                         "first_error": v["first_error"]}),
                 );
             }
@@ -704,7 +715,6 @@ fn run_modes(
                 .push(format!("{} idle connections failed: {e:#}", m.name)),
         }
     }
-    Ok(())
 }
 
 /// Deterministic counts per request for each proxy (`perf stat` on its process during 4 s at
