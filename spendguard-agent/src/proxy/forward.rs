@@ -153,7 +153,7 @@ impl Drop for Slot {
     }
 }
 
-/// The provider's response body, holding its request's [`Slot`].
+/// The provider's response body, holding its request's slot on the upstream connection (`Slot`).
 pub struct UpstreamBody {
     inner: Incoming,
     _slot: Slot,
