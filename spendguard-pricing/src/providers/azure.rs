@@ -27,15 +27,8 @@ pub struct AzureOpenAi;
 pub(crate) static AZURE: AzureOpenAi = AzureOpenAi;
 
 const FLAVOR: Flavor = Flavor {
-    prefixes: &[],
-    inject_include_usage: true,
-    limit_field: "max_completion_tokens",
     responses: true,
-    fim: false,
-    openrouter: false,
-    openai_extras: false,
-    reasoning_outside_limit: false,
-    unpriced: None,
+    ..super::openai::plain(&[], true, "max_completion_tokens")
 };
 
 /// First api-version (`YYYY-MM-DD[-preview]`) that knows `stream_options`.

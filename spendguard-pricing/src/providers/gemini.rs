@@ -44,17 +44,7 @@ pub struct Gemini;
 
 pub(crate) static GEMINI: Gemini = Gemini;
 
-const OPENAI_COMPAT: Flavor = Flavor {
-    prefixes: &["/v1beta/openai"],
-    inject_include_usage: false,
-    limit_field: "max_tokens",
-    responses: false,
-    fim: false,
-    openrouter: false,
-    openai_extras: false,
-    reasoning_outside_limit: false,
-    unpriced: None,
-};
+const OPENAI_COMPAT: Flavor = super::openai::plain(&["/v1beta/openai"], false, "max_tokens");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {

@@ -120,90 +120,43 @@ pub(crate) static OPENAI_ADAPTER: OpenAiCompatible = OpenAiCompatible {
 static MISTRAL: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::Mistral,
     flavor: Flavor {
-        prefixes: &["/v1"],
-        inject_include_usage: false,
-        limit_field: "max_tokens",
-        responses: false,
         fim: true,
-        openrouter: false,
-        openai_extras: false,
-        reasoning_outside_limit: false,
-        unpriced: None,
+        ..plain(&["/v1"], false, "max_tokens")
     },
 };
 static GROQ: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::Groq,
     flavor: Flavor {
-        prefixes: &["/openai/v1"],
-        inject_include_usage: false,
-        limit_field: "max_completion_tokens",
         responses: true,
-        fim: false,
-        openrouter: false,
-        openai_extras: false,
-        reasoning_outside_limit: false,
-        unpriced: None,
+        ..plain(&["/openai/v1"], false, "max_completion_tokens")
     },
 };
 static DEEPSEEK: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::DeepSeek,
-    flavor: Flavor {
-        prefixes: &["/beta", "/v1", ""],
-        inject_include_usage: true,
-        limit_field: "max_tokens",
-        responses: false,
-        fim: false,
-        openrouter: false,
-        openai_extras: false,
-        reasoning_outside_limit: false,
-        unpriced: None,
-    },
+    flavor: plain(&["/beta", "/v1", ""], true, "max_tokens"),
 };
 static TOGETHER: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::Together,
-    flavor: Flavor {
-        prefixes: &["/v1"],
-        inject_include_usage: false,
-        limit_field: "max_tokens",
-        responses: false,
-        fim: false,
-        openrouter: false,
-        openai_extras: false,
-        reasoning_outside_limit: false,
-        unpriced: None,
-    },
+    flavor: plain(&["/v1"], false, "max_tokens"),
 };
 static OPENROUTER: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::OpenRouter,
     flavor: Flavor {
-        prefixes: &["/api/v1"],
-        inject_include_usage: false,
-        limit_field: "max_tokens",
-        responses: false,
-        fim: false,
         openrouter: true,
-        openai_extras: false,
-        reasoning_outside_limit: false,
-        unpriced: None,
+        ..plain(&["/api/v1"], false, "max_tokens")
     },
 };
 static XAI: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::Xai,
     flavor: Flavor {
-        prefixes: &["/v1"],
-        inject_include_usage: false,
-        limit_field: "max_completion_tokens",
         responses: true,
-        fim: false,
-        openrouter: false,
-        openai_extras: false,
         reasoning_outside_limit: true,
-        unpriced: None,
+        ..plain(&["/v1"], false, "max_completion_tokens")
     },
 };
 
 /// A flavor with OpenAI's shape and none of its extras.
-const fn plain(
+pub(crate) const fn plain(
     prefixes: &'static [&'static str],
     inject_include_usage: bool,
     limit_field: &'static str,
