@@ -529,27 +529,10 @@ pub(super) enum Collect {
     Broken(String),
 }
 
-/// Reads and discards what is left of a refused request's body (at most [`MAX_PRICED_BODY`]
-/// bytes, for at most [`DRAIN_WAIT`]) before the answer goes out: a connection closed with the
-/// client's bytes still unread is reset by the kernel, and the client may then see the reset
-/// instead of the answer (seen as a status-less curl failure on a 400 sent before the body).
+/// [`crate::proxy::body::drain`] for a refused request, up to the body size pricing reads.
 pub(super) async fn drain(req: Request<Body>) {
-    let mut body = req.into_body();
-    let mut left = MAX_PRICED_BODY;
-    let _ = tokio::time::timeout(DRAIN_WAIT, async {
-        while let Some(Ok(frame)) = body.frame().await {
-            match frame.into_data() {
-                Ok(d) if d.len() >= left => return,
-                Ok(d) => left -= d.len(),
-                Err(_) => {}
-            }
-        }
-    })
-    .await;
+    crate::proxy::body::drain(req.into_body(), MAX_PRICED_BODY).await;
 }
-
-/// See [`drain`].
-const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The whole body, refusing more than `limit` bytes (the request is priced from all of it).
 pub(super) async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Collect> {

@@ -25,6 +25,27 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
+/// Reads and discards what is left of a refused request's body (at most `max_bytes`, for at most
+/// [`DRAIN_WAIT`]) before the answer goes out: a connection closed with the client's bytes still
+/// unread is reset by the kernel, and the client may then see the reset instead of the answer
+/// (seen as a status-less curl failure on a 400 sent before the body was read).
+pub async fn drain(mut body: Body, max_bytes: usize) {
+    let mut left = max_bytes;
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.into_data() {
+                Ok(d) if d.len() >= left => return,
+                Ok(d) => left -= d.len(),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// See [`drain`].
+pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Wraps an upstream response body; reports every chunk and the end (also when dropped early, which
 /// is how a client disconnect shows up) to the watch, exactly once.
 pub struct Watched<B> {

@@ -139,6 +139,9 @@ impl Interceptor {
                     ctx.sni,
                     other.unwrap_or_default()
                 );
+                // Refused before its body was read: drain it first (see `body::drain`).
+                let body = req.into_body().map_err(|e| e.into()).boxed_unsync();
+                super::body::drain(body, spendguard_pricing::providers::MAX_JSON_BODY_BYTES).await;
                 return json_error(
                     StatusCode::MISDIRECTED_REQUEST,
                     &ctx.sni,
