@@ -32,7 +32,19 @@ impl StoreNet {
 
     fn start_with(server: fn(&Netns, &str) -> RedisServer) -> StoreNet {
         let ns = Netns::new(format!("{}s", crate::unique()));
-        ns.ip(&["link", "add", "sgbr", "type", "bridge"]);
+        // A fixed address: a bridge without one takes the lowest address of its ports, so a node
+        // attached later with a lower (random) veth address changed the store's MAC under the
+        // nodes already attached, whose ARP entries then pointed nowhere for up to ~45 s — the
+        // store "did not answer" for them (one test run in three).
+        ns.ip(&[
+            "link",
+            "add",
+            "sgbr",
+            "address",
+            "02:00:0a:4d:09:fe",
+            "type",
+            "bridge",
+        ]);
         ns.ip(&["addr", "add", &format!("{STORE_IP}/24"), "dev", "sgbr"]);
         ns.ip(&["link", "set", "sgbr", "up"]);
         let redis = server(&ns, STORE_IP);
