@@ -70,7 +70,8 @@ pub(crate) enum Op {
     Flush { reply: Reply<()> },
     /// Stop leasing; hand back every unused slice (a graceful stop).
     ReleaseLeases { reply: Reply<MicroUsd> },
-    /// A reservation was orphaned (see [`Granted`]): run a batch to release it.
+    /// Run a batch: a reservation was orphaned (see [`Granted`]), or settles made on their
+    /// callers' tasks wait in `State::deferred`.
     Wake,
     /// The cluster store granted this node a slice: record it (durably) before carving from it.
     ClusterGrant {
@@ -276,6 +277,9 @@ pub(crate) struct Committer {
     pub idle: std::time::Duration,
     /// The last batch's write set: its buffers are reused by the next one.
     pub write_set: WriteSet,
+    /// The batch being written carries settles made outside it (`State::deferred`), which its
+    /// undo log does not cover: if it fails, they are lost from memory and the disk.
+    pub carried_settles: bool,
 }
 
 impl Committer {
@@ -319,6 +323,14 @@ impl Committer {
                     break;
                 }
             }
+        }
+        // Every sender is gone, but settles made on callers' tasks may still wait for their
+        // batch, and lazy commits for their fsync: both durable before the store closes.
+        if !self.lock_state().deferred.is_empty() {
+            self.process(&mut Vec::new());
+        }
+        if self.unsynced_since.is_some() {
+            self.persist();
         }
         self.store.close();
         tracing::debug!(path = %self.store.path().display(), "ledger committer stopped");
@@ -409,7 +421,11 @@ impl Committer {
         let defaults = self.lock_state().defaults.clone();
         let mut fresh = self.store.load(defaults)?;
         let mut st = self.lock_state();
-        if self.unsynced_since.is_some() {
+        // Settles the disk may not hold: committed without an fsync, carried by the failed
+        // batch, or made on their callers' tasks since.
+        let unwritten =
+            self.unsynced_since.is_some() || self.carried_settles || !st.deferred.is_empty();
+        if unwritten {
             // Settles committed without an fsync may be gone from the disk, while their lease
             // rows there still cover them at their worst case. Carrying the leases over would
             // later hand those rows back as unused (a lost charge): leave them open reservations
@@ -423,6 +439,7 @@ impl Committer {
         drop(st);
         self.broken = false;
         self.unsynced_since = None;
+        self.carried_settles = false;
         tracing::info!(path = %self.store.path().display(), "ledger reopened; in-memory state matches the disk again");
         Ok(())
     }
@@ -440,12 +457,17 @@ impl Committer {
         let now = self.clock.now();
         let orphans = self.take_orphans();
         let lazy = self.lazy(batch, &orphans);
-        let mut fx = Effects::default();
+        let (mut fx, carried);
         let mut pending = Vec::with_capacity(batch.len());
         // The previous batch's buffers, refilled (put back below).
         let mut ws = std::mem::take(&mut self.write_set);
         let write_set = {
             let mut st = self.lock_state();
+            // Settles made on their callers' tasks since the last batch are written with this
+            // one (they are carve settles: lazy-compatible, see `lazy`).
+            fx = std::mem::take(&mut st.deferred);
+            st.deferred_woken = false;
+            carried = !fx.is_empty();
             st.begin_batch();
             for id in &orphans {
                 if st
@@ -474,6 +496,7 @@ impl Committer {
                 Some(ws.rebuild(&st, &fx, cutoff))
             }
         };
+        self.carried_settles = carried;
         let wrote_lazily = lazy && matches!(write_set, Some(Ok(_)));
         let result = match write_set {
             // A flush (or any durable operation) also makes earlier lazy settles durable.

@@ -409,3 +409,151 @@ fn the_handle_is_cheap_to_share() {
     assert_error::<LedgerError>();
     assert_error::<ReserveError>();
 }
+
+fn leasing() -> LedgerOptions {
+    LedgerOptions {
+        lease_max: MicroUsd::from_usd(1),
+        // No timer makes lazy commits durable during these tests.
+        settle_durable_within: std::time::Duration::from_secs(3600),
+        ..LedgerOptions::default()
+    }
+}
+
+/// A carve with a slice of $1 behind it (the first request takes the slice and stays open).
+async fn carved(ledger: &Ledger, agent: &AgentName) -> (Reservation, Reservation) {
+    let root = AgentName::new("acme").unwrap();
+    ledger
+        .set_limits(
+            &root,
+            LimitsPatch::default().set(LimitKind::Daily, Some(MicroUsd::from_usd(100))),
+        )
+        .await
+        .unwrap();
+    let cents = |c: u64| ReserveRequest {
+        agent: agent.clone(),
+        amount: MicroUsd(c * 10_000),
+        audit: AuditContext::default(),
+    };
+    let first = ledger.reserve(cents(10)).await.unwrap();
+    ledger.flush().await.unwrap();
+    assert_eq!(ledger.lease_unused(agent), MicroUsd::from_usd(1));
+    let carve = ledger.reserve(cents(10)).await.unwrap();
+    assert_ne!(
+        carve.id & crate::lease::CARVE_BIT,
+        0,
+        "carved from the slice"
+    );
+    (first, carve)
+}
+
+/// `settle_now` charges in memory at once and leaves the write to the committer; with no batch
+/// before the stop (its wake-up suppressed here), closing the ledger writes it. A crash before
+/// that finds the carve's lease row and charges it in full: never less than the settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_on_the_callers_task_is_written_at_close_and_a_crash_before_charges_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let ledger = Ledger::open(&path, leasing()).unwrap();
+    let agent: AgentName = "acme.bot".parse().unwrap();
+    let (first, carve) = carved(&ledger, &agent).await;
+    let three = MicroUsd(30_000);
+    // As if the committer had been told already: nothing wakes it for this settle.
+    ledger
+        .shared_state_for_tests()
+        .lock()
+        .unwrap()
+        .deferred_woken = true;
+    let s = ledger
+        .settle_now(carve.id, three)
+        .expect("a carve")
+        .unwrap();
+    assert_eq!(s.charged, three);
+    assert_eq!(ledger.status(&agent).spent.daily, three, "memory at once");
+    assert!(!ledger
+        .shared_state_for_tests()
+        .lock()
+        .unwrap()
+        .deferred
+        .is_empty());
+    assert!(
+        ledger
+            .settle_now(carve.id, three)
+            .expect("a carve")
+            .is_err(),
+        "a second settle of the same carve is refused"
+    );
+
+    // A crash now: the disk still has the lease row as it was (the copy is what a restart
+    // after SIGKILL finds: redb's header points at the last durable commit).
+    let copy = dir.path().join("crash.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    let crashed = Ledger::open(&copy, LedgerOptions::default()).unwrap();
+    let spent = crashed.status(&agent).spent.daily;
+    assert_eq!(
+        spent,
+        MicroUsd(10_000 * 10 + 1_000_000),
+        "the open first request and the whole lease row (no meter beside the copy)"
+    );
+    assert!(spent >= MicroUsd(100_000 + three.0), "no charge lost");
+    drop(crashed);
+
+    // A graceful stop: the committer writes the deferred settle before closing.
+    drop(first);
+    drop(ledger);
+    let ledger = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    let audit = ledger.audit(&AuditFilter::default()).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.reservation_id == Some(carve.id) && e.final_cost == Some(three)),
+        "the settle's audit event is on disk: {audit:?}"
+    );
+    // The settle, and the first request left open at its worst case; the unused slice is
+    // handed back (the lease meter vouches for it).
+    assert_eq!(
+        ledger.status(&agent).spent.daily,
+        MicroUsd(100_000 + three.0)
+    );
+}
+
+/// The batch that carries a caller-task settle fails (disk full): the settle is gone from memory
+/// with the rest of the batch, and the lease row that covers it stays open on disk, so the next
+/// start charges it in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_carrying_a_callers_task_settle_leaves_its_row_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let fail = Arc::new(AtomicBool::new(false));
+    let ledger = counted_ledger(
+        path.clone(),
+        fail.clone(),
+        Arc::new(AtomicBool::new(false)),
+        Arc::default(),
+        leasing(),
+    );
+    let agent: AgentName = "acme.bot".parse().unwrap();
+    let (first, carve) = carved(&ledger, &agent).await;
+    fail.store(true, Ordering::SeqCst);
+    ledger
+        .settle_now(carve.id, MicroUsd(30_000))
+        .expect("a carve")
+        .unwrap();
+    assert!(ledger.flush().await.is_err(), "the batch carrying it fails");
+    fail.store(false, Ordering::SeqCst);
+    ledger.flush().await.unwrap();
+    let s = ledger.status(&agent);
+    assert!(
+        s.spent.daily.0 + s.reserved.0 >= 100_000 + 30_000,
+        "memory, rebuilt from the disk, still holds the settle's worst case: {s:?}"
+    );
+    // A graceful stop hands back what the leases did not use: the carve is not among it.
+    ledger.release_leases().await.unwrap();
+    drop(first);
+    drop(ledger);
+    let ledger = Ledger::open(&path, LedgerOptions::default()).unwrap();
+    let spent = ledger.status(&agent).spent.daily;
+    assert!(
+        spent >= MicroUsd(100_000 + 100_000),
+        "the first request and the carve at its worst case at least: {spent}"
+    );
+}

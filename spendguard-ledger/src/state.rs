@@ -235,6 +235,11 @@ pub(crate) struct State {
     pub(crate) cluster_deltas: BTreeMap<AgentName, (u64, u64)>,
     /// What each lease has left, where a crash of the process cannot lose it (meter.rs).
     pub(crate) meter: LeaseMeter,
+    /// Changes made outside a batch, on the caller's task ([`crate::Ledger::settle_now`]):
+    /// the committer's next batch writes them.
+    pub(crate) deferred: Effects,
+    /// The committer was woken for [`State::deferred`] and has not taken it yet.
+    pub(crate) deferred_woken: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -279,6 +284,8 @@ impl State {
             next_outbox: 1,
             cluster_deltas: BTreeMap::new(),
             meter: LeaseMeter::default(),
+            deferred: Effects::default(),
+            deferred_woken: false,
         }
     }
 

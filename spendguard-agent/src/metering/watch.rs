@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use spendguard_ledger::{Ledger, Reservation};
+use spendguard_ledger::{Ledger, Reservation, Settled};
 use spendguard_pricing::providers::{Quote, UsageTap};
 use spendguard_pricing::{MicroUsd, Usage};
 
@@ -162,8 +162,8 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Runs the settle on the tracker (a graceful stop waits for it), retrying while the ledger's
-    /// disk fails.
+    /// Settles a carved request right here (see [`Ledger::settle_now`]); anything else runs on
+    /// the tracker (a graceful stop waits for it), retrying while the ledger's disk fails.
     pub fn spawn(self) {
         let Settle {
             ledger,
@@ -173,6 +173,16 @@ impl Settle {
             metrics,
             settles,
         } = self;
+        match ledger.settle_now(id, cost) {
+            Some(Ok(s)) => return settled(&ledger, &s, &model, metrics.as_deref()),
+            Some(Err(e)) => {
+                return tracing::error!(
+                    "settling reservation {id} failed: {e}; it stays reserved until the next \
+                     start charges it in full"
+                )
+            }
+            None => {}
+        }
         let settle = async move {
             let mut delay = SETTLE_RETRY_FIRST;
             let mut failures = 0u32;
@@ -186,12 +196,7 @@ impl Settle {
                                 "settled after the ledger could write again"
                             );
                         }
-                        if let Some(m) = metrics {
-                            let status = ledger.status(&s.agent);
-                            m.metering
-                                .settled(s.agent.as_str(), &model, s.charged, &status);
-                        }
-                        return;
+                        return settled(&ledger, &s, &model, metrics.as_deref());
                     }
                     // The disk is full or failing: the reservation stays held (the budget is
                     // never short of it) and the real cost lands once the disk is back, instead
@@ -221,6 +226,15 @@ impl Settle {
             Some(t) => drop(t.spawn(settle)),
             None => drop(tokio::spawn(settle)),
         }
+    }
+}
+
+/// The spend metrics of a settled request.
+fn settled(ledger: &Ledger, s: &Settled, model: &str, metrics: Option<&Metrics>) {
+    if let Some(m) = metrics {
+        let status = ledger.status(&s.agent);
+        m.metering
+            .settled(s.agent.as_str(), model, s.charged, &status);
     }
 }
 

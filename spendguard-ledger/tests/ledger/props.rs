@@ -200,7 +200,15 @@ fn run(steps: Vec<Step>, lease_max: MicroUsd) {
                     let id = *model.open.keys().nth(pick % model.open.len()).unwrap();
                     let (agent, amount) = model.open.remove(&id).unwrap();
                     let actual = amount * pct / 100;
-                    let s = ledger.settle(id, MicroUsd(actual)).await.unwrap();
+                    // Half the settles take the caller's-task path (carves only: the
+                    // others still go through the committer).
+                    let now_path = (pct % 2 == 0)
+                        .then(|| ledger.settle_now(id, MicroUsd(actual)))
+                        .flatten();
+                    let s = match now_path {
+                        Some(r) => r.unwrap(),
+                        None => ledger.settle(id, MicroUsd(actual)).await.unwrap(),
+                    };
                     assert_eq!(s.charged.0, actual);
                     model.charges.push((now, agent, actual));
                     model.settled_sum += actual;
