@@ -483,14 +483,12 @@ mod tests {
         let all = whole.feed(&s).unwrap();
         let mut split = FrameReader::new(Sender::Server, Limit::Skip(1 << 20));
         let mut got = Vec::new();
-        let mut at = 0;
-        for b in &s {
+        for (at, b) in s.iter().enumerate() {
             for e in split.feed(std::slice::from_ref(b)).unwrap() {
                 // Offsets are within the chunk fed: one byte, so always 1.
                 assert_eq!(e.end(), 1);
                 got.push((at, e));
             }
-            at += 1;
         }
         assert_eq!(all.len(), 4);
         assert_eq!(got.len(), 4);
