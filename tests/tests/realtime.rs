@@ -232,3 +232,67 @@ fn an_exhausted_budget_closes_the_session_with_an_error_event_and_a_later_open_g
     assert_eq!(upgrades_after, upgrades_before);
     assert_eq!(e.settled_spend(AGENT), 2 * cost(big));
 }
+
+#[test]
+fn an_agent_killed_mid_session_charges_the_sessions_slice() {
+    if !privileged() {
+        return;
+    }
+    // Exact reservations: after the crash the charge is exactly what the session held.
+    let e = Env::with(AGENT, |w| w.set_agent_env("SPENDGUARD_LEASE_USD", "0"));
+    e.cli_ok(&["limit", "set", AGENT, "--total", "10"]);
+    let n = [100, 1000, 0, 0, 50, 400];
+    let code = format!(
+        r#"
+import asyncio, json
+from openai import AsyncOpenAI
+import websockets
+
+async def main():
+    client = AsyncOpenAI(api_key="sk-test", max_retries=0)
+    out = {{"done": 0}}
+    try:
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.recv_bytes()
+            await conn.send({{"type": "response.create", "response": {{"metadata": json.loads({meta:?})}}}})
+            while json.loads(await conn.recv_bytes())["type"] != "response.done":
+                pass
+            out["done"] = 1
+            # Hold the session open until the agent dies under it.
+            await asyncio.wait_for(conn.recv_bytes(), 30)
+    except (websockets.exceptions.ConnectionClosed, asyncio.TimeoutError) as ex:
+        out["ended"] = type(ex).__name__
+    emit(out)
+
+asyncio.run(main())
+"#,
+        meta = metadata(n)
+    );
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| python(e.at(), HOSTS, &e.ca, &code));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while creates(&e) < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the session never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Let the response.done pass the tap, then crash under the open session.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        e.w.kill_agent();
+        client.join().expect("client thread")
+    });
+    assert_eq!(out["done"], 1, "{out}");
+    e.w.start_agent();
+    let status = e.cli_json(&["status", AGENT]);
+    let spent = usd_to_micro(&status["spent"]["total"]);
+    assert!(spent >= cost(n), "a charge was lost: {status}");
+    assert_eq!(
+        spent, 2_000_000,
+        "the session's slice ($2) is the charge: {status}"
+    );
+    assert_eq!(usd_to_micro(&status["reserved"]), 0, "{status}");
+    let audit = e.audit(AGENT);
+    assert!(audit.iter().any(|a| a["recovered"] == true), "{audit:?}");
+}
