@@ -45,6 +45,9 @@ pub enum ClientEvent {
     SessionUpdate {
         max_output_tokens: Option<Option<u64>>,
         model: Option<String>,
+        /// It turns on input audio transcription (`audio.input.transcription`, or the beta
+        /// `input_audio_transcription`), which is billed apart from `response.usage`.
+        transcription: bool,
     },
     /// Anything else (audio appends, conversation items, cancels): costs nothing by itself.
     Other,
@@ -92,12 +95,15 @@ pub fn classify_client(msg: &[u8]) -> ClientEvent {
                 s.get("max_output_tokens")
                     .or_else(|| s.get("max_response_output_tokens"))
             });
+            let on = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
             ClientEvent::SessionUpdate {
                 max_output_tokens: field.map(|f| f.as_u64()),
                 model: s
                     .and_then(|s| s.get("model"))
                     .and_then(Value::as_str)
                     .map(str::to_string),
+                transcription: on(s.and_then(|s| s.pointer("/audio/input/transcription")))
+                    || on(s.and_then(|s| s.get("input_audio_transcription"))),
             }
         }
         _ if mentions(msg, b"response.create") => ClientEvent::ResponseCreate {
@@ -345,7 +351,7 @@ mod tests {
         );
         assert_eq!(
             classify_client(br#"{"type":"session.update","session":{"max_output_tokens":"inf","model":"gpt-realtime-2"}}"#),
-            ClientEvent::SessionUpdate { max_output_tokens: Some(None), model: Some("gpt-realtime-2".into()) }
+            ClientEvent::SessionUpdate { max_output_tokens: Some(None), model: Some("gpt-realtime-2".into()), transcription: false }
         );
         assert_eq!(
             classify_client(br#"{"type":"input_audio_buffer.append","audio":"AAA="}"#),

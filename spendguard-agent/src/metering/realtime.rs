@@ -205,15 +205,29 @@ impl RealtimeSession {
             ClientEvent::SessionUpdate {
                 max_output_tokens,
                 model,
+                transcription,
             } => {
+                if transcription {
+                    // Billed per transcription, outside response.usage: a session could spend
+                    // on it without one response, so it is not let through.
+                    return refuse(Refusal {
+                        event: error_event(
+                            "transcription_refused",
+                            "SpendGuard meters Realtime responses only; input audio transcription is billed apart and cannot be metered here (leave audio.input.transcription unset)",
+                            serde_json::json!({"agent": self.agent.as_str()}),
+                        ),
+                        reason: "transcription not metered".into(),
+                    });
+                }
                 if let Some(m) = model {
                     let same = self
                         .prices
                         .read()
                         .lookup(&m)
-                        .is_some_and(|(name, _)| name == self.model);
+                        .is_some_and(|(name, p)| name == self.model || *p == self.price);
                     if !same {
-                        // The session was priced for its model at the upgrade.
+                        // The session was priced for its model at the upgrade (a dated
+                        // snapshot at the same prices is the same model here).
                         return refuse(Refusal {
                             event: error_event(
                                 "model_change_refused",
@@ -355,5 +369,140 @@ impl SessionWatch for RealtimeSession {
             }
             .spawn();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spendguard_ledger::{LedgerOptions, LimitsPatch};
+
+    const WORST: MicroUsd = MicroUsd(1_286_144); // gpt-realtime, no output cap
+
+    async fn open(total_usd: u64, slice: MicroUsd) -> (tempfile::TempDir, RealtimeSession) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger =
+            Ledger::open(dir.path().join("ledger.redb"), LedgerOptions::default()).expect("ledger");
+        let agent = AgentName::new("acme.voice").expect("name");
+        ledger
+            .set_limits(
+                &agent,
+                LimitsPatch {
+                    total: Some(Some(MicroUsd::from_usd(total_usd))),
+                    ..LimitsPatch::default()
+                },
+            )
+            .await
+            .expect("limits");
+        let metrics = Arc::new(Metrics::new());
+        let prices = Prices::load(&ledger, metrics.metering.model_labels());
+        let price = prices
+            .read()
+            .lookup("gpt-realtime")
+            .expect("priced")
+            .1
+            .clone();
+        let amount = WORST.max(slice_within_limits(&ledger, &agent, slice));
+        let audit = AuditContext {
+            cgroup: String::new(),
+            host: "api.openai.com".into(),
+            model: "gpt-realtime".into(),
+            provider: "openai".into(),
+            payment: None,
+            delegation: None,
+        };
+        let opened = ledger
+            .reserve(ReserveRequest {
+                agent,
+                amount,
+                audit: audit.clone(),
+            })
+            .await
+            .expect("opening slice");
+        let s = RealtimeSession::new(
+            ledger,
+            metrics,
+            tokio_util::task::TaskTracker::new(),
+            prices,
+            "openai",
+            "gpt-realtime".into(),
+            price,
+            slice,
+            audit,
+            opened,
+        );
+        (dir, s)
+    }
+
+    fn done(input_audio: u64, output_audio: u64) -> Vec<u8> {
+        serde_json::json!({"type": "response.done", "response": {"usage": {
+            "input_tokens": input_audio, "output_tokens": output_audio,
+            "input_token_details": {"audio_tokens": input_audio},
+            "output_token_details": {"audio_tokens": output_audio}}}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn concurrent_responses_are_each_covered_and_the_charge_spans_the_reservations() {
+        // A zero slice: the session holds one worst case, so the second concurrent
+        // response.create needs a top-up of a whole worst case.
+        let (_dir, mut s) = open(10, MicroUsd::from_usd(0)).await;
+        let create = br#"{"type":"response.create"}"#;
+        assert_eq!(s.client_text(create).await, Verdict::Forward);
+        assert_eq!(s.reservations.len(), 1);
+        assert_eq!(s.client_text(create).await, Verdict::Forward);
+        assert_eq!(s.reservations.len(), 2);
+        assert_eq!(s.held(), MicroUsd(2 * WORST.0));
+        for _ in 0..2 {
+            s.server_text(Some(br#"{"type":"response.created"}"#)).await;
+        }
+        // Each: 30,000 audio in ($0.96) + 100 audio out ($0.0064).
+        for _ in 0..2 {
+            s.server_text(Some(&done(30_000, 100))).await;
+        }
+        assert_eq!(s.charged, MicroUsd(2 * 966_400));
+        assert!(s.running.is_empty() && s.asked.is_empty());
+        let ledger = s.ledger.clone();
+        let agent = s.agent.clone();
+        let settles = s.settles.clone();
+        Box::new(s).on_end(true, "test");
+        settles.close();
+        settles.wait().await;
+        let status = ledger.status(&agent);
+        assert_eq!(status.spent.total, MicroUsd(2 * 966_400));
+        assert_eq!(status.reserved, MicroUsd::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_running_response_without_usage_is_charged_its_worst_case() {
+        let (_dir, mut s) = open(10, MicroUsd::from_usd(2)).await;
+        s.client_text(br#"{"type":"response.create","response":{"max_output_tokens":100}}"#)
+            .await;
+        s.server_text(Some(br#"{"type":"response.created"}"#)).await;
+        let worst = realtime::worst_case_response(&s.price, Some(100)).expect("priced");
+        assert_eq!(s.committed(), worst);
+        let (ledger, agent, settles) = (s.ledger.clone(), s.agent.clone(), s.settles.clone());
+        Box::new(s).on_end(true, "cut short");
+        settles.close();
+        settles.wait().await;
+        assert_eq!(ledger.status(&agent).spent.total, worst);
+    }
+
+    #[tokio::test]
+    async fn transcription_and_model_switches_are_refused() {
+        let (_dir, mut s) = open(10, MicroUsd::from_usd(2)).await;
+        let t = br#"{"type":"session.update","session":{"audio":{"input":{"transcription":{"model":"gpt-4o-transcribe"}}}}}"#;
+        assert!(matches!(s.client_text(t).await, Verdict::Close { .. }));
+        let m = br#"{"type":"session.update","session":{"model":"gpt-realtime-2"}}"#;
+        assert!(matches!(s.client_text(m).await, Verdict::Close { .. }));
+        let same = br#"{"type":"session.update","session":{"model":"gpt-realtime-2025-08-28","max_output_tokens":50}}"#;
+        assert_eq!(s.client_text(same).await, Verdict::Forward);
+        assert_eq!(s.session_max_output, Some(50));
+        let (settles, ledger, agent) = (s.settles.clone(), s.ledger.clone(), s.agent.clone());
+        Box::new(s).on_end(true, "test");
+        settles.close();
+        settles.wait().await;
+        assert_eq!(ledger.status(&agent).spent.total, MicroUsd::ZERO);
     }
 }
