@@ -57,9 +57,10 @@ pub enum Verdict {
 pub trait SessionWatch: Send + 'static {
     /// The provider's `101 Switching Protocols` head, before the client sees it.
     fn on_head(&mut self, _head: &mut http::response::Parts) {}
-    /// A complete client text message, before it is forwarded.
+    /// A complete client message (text, or binary: a provider may read JSON from either), before
+    /// it is forwarded.
     fn on_client_text<'a>(&'a mut self, msg: &'a [u8]) -> BoxFuture<'a, Verdict>;
-    /// A complete server text message, just forwarded (`None`: longer than the tap keeps).
+    /// A complete server message, just forwarded (`None`: longer than the tap keeps).
     fn on_server_text<'a>(&'a mut self, msg: Option<&'a [u8]>) -> BoxFuture<'a, Verdict>;
     /// Called exactly once, last: the session ended (`switched`: it ever got past the handshake;
     /// `why` says how it ended).

@@ -313,7 +313,8 @@ where
                     held.extend_from_slice(&cbuf[start..ev.end()]);
                     start = ev.end();
                     let verdict = match &ev {
-                        Event::Message { text: true, payload: Some(p), .. } => watch.on_client_text(p).await,
+                        // Binary messages too: a provider may parse a JSON event from either.
+                        Event::Message { payload: Some(p), .. } => watch.on_client_text(p).await,
                         _ => Verdict::Forward,
                     };
                     match verdict {
@@ -381,7 +382,7 @@ where
                         }
                         continue;
                     }
-                    if let Event::Message { text: true, payload, .. } = &ev {
+                    if let Event::Message { payload, .. } = &ev {
                         if cw.write_all(&sbuf[written..end]).await.is_err() {
                             client_open = false;
                         }
@@ -576,5 +577,40 @@ mod tests {
             "the whole server message, then the event and close: {cl:?}"
         );
         assert!(matches!(&cl[0], Event::Message { payload: Some(p), .. } if p.len() == 1000));
+    }
+
+    #[tokio::test]
+    async fn binary_client_messages_are_judged_too() {
+        let (client_side, relay_client) = duplex(1 << 16);
+        let (relay_server, server_side) = duplex(1 << 16);
+        let (mut client_r, mut client_w) = tokio::io::split(client_side);
+        let (mut server_r, _server_w) = tokio::io::split(server_side);
+        let mut judge = Judge::default();
+        let relay = relay(
+            relay_client,
+            relay_server,
+            &mut judge,
+            CancellationToken::new(),
+        );
+        let drive = async {
+            let mut bin = websocket::encode(Opcode::Text, b"over", Some([5; 4]));
+            bin[0] = 0x82; // final binary frame
+            client_w.write_all(&bin).await.unwrap();
+            let (to_server, _) = tokio::join!(read_all(&mut server_r), read_all(&mut client_r));
+            to_server
+        };
+        let (why, to_server) = tokio::join!(relay, drive);
+        assert!(why.contains("refused"), "{why}");
+        let srv = events(Sender::Client, &to_server);
+        assert!(
+            matches!(
+                &srv[..],
+                [Event::Control {
+                    kind: Control::Close,
+                    ..
+                }]
+            ),
+            "only a close reached the server: {srv:?}"
+        );
     }
 }
