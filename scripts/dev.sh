@@ -74,12 +74,13 @@ bpf_linker() {
 }
 
 python_venv() {
-  # The real provider SDKs, driven by the e2e tests with their default base URLs.
+  # The real provider SDKs, driven by the e2e tests with their default base URLs; `websockets`
+  # for the openai SDK's Realtime client (its `realtime` extra), used by tests/tests/realtime.rs.
   local venv="$ROOT/target/sdk-venv"
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai, anthropic' 2>/dev/null; then return; fi
-  log "creating $venv with the openai and anthropic SDKs"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check openai anthropic
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openai, anthropic, websockets' 2>/dev/null; then return; fi
+  log "creating $venv with the openai (realtime) and anthropic SDKs"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'openai[realtime]' anthropic
 }
 
 bpffs() {

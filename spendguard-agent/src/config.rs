@@ -95,6 +95,11 @@ pub struct RawConfig {
     /// durable commit each; a crash may charge the unused part of one slice per agent. 0 = off.
     #[serde(default, with = "spendguard_ledger::usd::option")]
     pub lease_usd: Option<spendguard_ledger::MicroUsd>,
+    /// The budget slice (USD) an OpenAI Realtime session reserves when it opens and at each
+    /// top-up; never more than the limits allow, never less than one response's worst case.
+    /// Default 2.
+    #[serde(default, with = "spendguard_ledger::usd::option")]
+    pub realtime_slice_usd: Option<spendguard_ledger::MicroUsd>,
     /// Milliseconds a carved request's settle may stay committed without an fsync (its lease row
     /// covers it meanwhile; a crash loses its audit event, never its charge). 0: every settle is
     /// durable before it returns. Default 1000.
@@ -163,6 +168,8 @@ pub struct Config {
     pub audit_retention_days: u32,
     #[serde(with = "spendguard_ledger::usd")]
     pub lease_usd: spendguard_ledger::MicroUsd,
+    #[serde(with = "spendguard_ledger::usd")]
+    pub realtime_slice_usd: spendguard_ledger::MicroUsd,
     pub settle_durable_ms: u64,
     pub prices: HashMap<String, crate::metering::prices::PriceOverride>,
     pub metering: bool,
@@ -352,6 +359,9 @@ impl Config {
                 })?,
                 None => raw.lease_usd.unwrap_or(DEFAULT_LEASE_USD),
             },
+            realtime_slice_usd: raw
+                .realtime_slice_usd
+                .unwrap_or(crate::metering::realtime::DEFAULT_SLICE),
             settle_durable_ms: parse_env(env, ENV_SETTLE_DURABLE_MS)?
                 .or(raw.settle_durable_ms)
                 .unwrap_or(DEFAULT_SETTLE_DURABLE_MS),

@@ -5,12 +5,14 @@
 //!            durable) ─▶ forward (maybe rewritten) ─▶ watch the response (usage) ─▶ settle (real cost)
 //! ```
 //! On `x402_hosts` the quote is the request's x402 payment, and the settle follows the server's
-//! settlement receipt ([`x402`]).
+//! settlement receipt ([`x402`]). An OpenAI Realtime WebSocket session reserves a slice at the
+//! upgrade and is charged per `response.done` ([`realtime`]).
 //!
 //! Fail closed at every step: no price, no reservation, no ledger → the request does not leave the node.
 
 pub mod delegate;
 pub mod prices;
+pub mod realtime;
 pub mod stage;
 pub mod watch;
 pub mod x402;

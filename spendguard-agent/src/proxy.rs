@@ -6,6 +6,7 @@
 //!
 //! ```text
 //!                                  ┌─ provider SNI ─▶ intercept (TLS, HTTP) ─▶ stage ─▶ forward ─▶ watch
+//!                                  │                     WebSocket upgrade ─▶ stage ─▶ ws_relay (frame tap)
 //! accept ─▶ inbound ─▶ route ─────┤
 //!                                  └─ anything else ─▶ passthrough (bytes, never decrypted)
 //! ```
@@ -22,6 +23,8 @@ pub mod rewind;
 pub mod route;
 pub mod stage;
 pub mod upstream;
+pub mod websocket;
+pub mod ws_relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

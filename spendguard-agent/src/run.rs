@@ -252,6 +252,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             prices: prices.clone(),
             output_cap: cfg.output_cap,
             azure_deployments: cfg.azure_deployments.clone(),
+            realtime_slice: cfg.realtime_slice_usd,
             metrics: metrics.clone(),
             x402: Arc::new(crate::metering::x402::X402::new(
                 &cfg.x402_hosts,

@@ -16,12 +16,13 @@ pub mod money;
 pub mod eventstream;
 pub mod prices;
 pub mod providers;
+pub mod realtime;
 pub mod sse;
 pub mod usage;
 pub mod x402;
 
 pub use money::MicroUsd;
-pub use prices::{LongContextPrice, ModelPrice, PriceTable};
+pub use prices::{AudioPrice, ImagePrice, LongContextPrice, ModelPrice, PriceTable};
 pub use providers::{
     adapter_for, Adapter, PricingError, ProviderId, Quote, QuoteOptions, Route, UsageTap,
 };

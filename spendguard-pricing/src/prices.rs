@@ -12,7 +12,8 @@
 //! ```
 //! Prices are dollars per million tokens written as decimal strings (parsed exactly by
 //! [`MicroUsd::from_str`], never through a float). Optional per model: `cached_input`,
-//! `cache_write` (5-minute), `cache_write_1h`, `long_context`. Unknown fields are refused.
+//! `cache_write` (5-minute), `cache_write_1h`, `long_context`, and for Realtime models `audio`
+//! ({input, cached_input, output}) and `image` ({input, cached_input}). Unknown fields are refused.
 //!
 //! # Lookup rules ([`PriceTable::lookup`])
 //! Tried in order; the first hit wins and its table key is the canonical name:
@@ -65,6 +66,28 @@ pub struct ModelPrice {
     /// Higher prices for the whole request once its input exceeds a threshold (Gemini 2.5 Pro,
     /// Claude long context, GPT-5.4 and later). `None`: one price at every size.
     pub long_context: Option<LongContextPrice>,
+    /// Audio token prices (OpenAI Realtime models); `None`: the model takes no audio.
+    pub audio: Option<AudioPrice>,
+    /// Image input token prices (Realtime models price image tokens apart); `None`: not apart.
+    pub image: Option<ImagePrice>,
+}
+
+/// Per-million-token prices of audio tokens (Realtime sessions), which cost several times
+/// their text counterparts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AudioPrice {
+    pub input_per_mtok: MicroUsd,
+    /// `None`: cached audio is billed as audio input.
+    pub cached_input_per_mtok: Option<MicroUsd>,
+    pub output_per_mtok: MicroUsd,
+}
+
+/// Per-million-token prices of image input tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ImagePrice {
+    pub input_per_mtok: MicroUsd,
+    /// `None`: cached image tokens are billed as image input.
+    pub cached_input_per_mtok: Option<MicroUsd>,
 }
 
 /// Prices that apply to a whole request whose input tokens exceed `above_input_tokens`.
@@ -206,6 +229,27 @@ struct RawModel {
     context_window: u64,
     #[serde(default)]
     long_context: Option<RawLongContext>,
+    #[serde(default)]
+    audio: Option<RawAudio>,
+    #[serde(default)]
+    image: Option<RawImage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudio {
+    input: String,
+    #[serde(default)]
+    cached_input: Option<String>,
+    output: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    input: String,
+    #[serde(default)]
+    cached_input: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +485,21 @@ impl RawModel {
             }),
             None => None,
         };
+        let audio = match &self.audio {
+            Some(a) => Some(AudioPrice {
+                input_per_mtok: p("audio.input", &a.input)?,
+                cached_input_per_mtok: opt("audio.cached_input", a.cached_input.as_ref())?,
+                output_per_mtok: p("audio.output", &a.output)?,
+            }),
+            None => None,
+        };
+        let image = match &self.image {
+            Some(i) => Some(ImagePrice {
+                input_per_mtok: p("image.input", &i.input)?,
+                cached_input_per_mtok: opt("image.cached_input", i.cached_input.as_ref())?,
+            }),
+            None => None,
+        };
         Ok(ModelPrice {
             input_per_mtok: p("input", &self.input)?,
             cached_input_per_mtok: opt("cached_input", self.cached_input.as_ref())?,
@@ -450,6 +509,8 @@ impl RawModel {
             max_output_tokens: self.max_output_tokens,
             context_window: self.context_window,
             long_context,
+            audio,
+            image,
         })
     }
 }

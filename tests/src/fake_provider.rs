@@ -197,6 +197,8 @@ struct State {
     abandoned_before_head: AtomicUsize,
     resets: AtomicUsize,
     next_id: AtomicU64,
+    /// Client events of Realtime sessions, in arrival order.
+    realtime: crate::fake_realtime::Events,
 }
 
 impl State {
@@ -308,6 +310,15 @@ impl FakeProvider {
         self.state.resets.load(Ordering::SeqCst)
     }
 
+    /// Every client event the fake Realtime server received, oldest first.
+    pub fn realtime_events(&self) -> Vec<Value> {
+        self.state
+            .realtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// How many connections were accepted (TLS handshakes completed).
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
@@ -368,7 +379,9 @@ async fn serve(
             server
                 .http2()
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-            let _ = server.serve_connection(TokioIo::new(tls), service).await;
+            let _ = server
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
         });
     }
 }
@@ -615,6 +628,19 @@ async fn handle(
             )
         })
         .collect();
+    if crate::fake_realtime::is_realtime_upgrade(&req) {
+        state.requests().push(RecordedRequest {
+            method,
+            path,
+            version,
+            headers,
+            body: Vec::new(),
+            body_len: 0,
+            sni,
+        });
+        return crate::fake_realtime::accept(req, state.realtime.clone())
+            .map(|()| Full::new(Bytes::new()).boxed_unsync());
+    }
     let mut ctl = Control::from_headers(req.headers());
     ctl.sock = sock;
     let route = Route::parse(&method, req.uri().path(), req.uri().query());

@@ -15,6 +15,7 @@
 )]
 
 pub mod fake_provider;
+pub mod fake_realtime;
 pub mod fake_x402;
 pub mod loopfs;
 pub mod metered;

@@ -25,11 +25,16 @@ use crate::proxy::stage::{BoxFuture, Decision, RequestContext, Stage};
 /// a larger body cannot be priced and is refused.
 pub const MAX_PRICED_BODY: usize = spendguard_pricing::providers::MAX_JSON_BODY_BYTES;
 
+/// Where OpenAI serves Realtime sessions (a WebSocket upgrade).
+pub const REALTIME_PATH: &str = "/v1/realtime";
+
 pub struct Metering {
     pub ledger: Ledger,
     pub prices: Prices,
     pub output_cap: Option<u64>,
     pub azure_deployments: HashMap<String, String>,
+    /// `realtime_slice_usd`: what a Realtime session reserves at a time.
+    pub realtime_slice: MicroUsd,
     pub metrics: Arc<Metrics>,
     /// `x402_hosts` and the rates their payments are priced at.
     pub x402: Arc<super::x402::X402>,
@@ -128,6 +133,12 @@ impl Metering {
                 )
                 .await;
         };
+        if provider == ProviderId::OpenAi
+            && req.uri().path() == REALTIME_PATH
+            && crate::proxy::ws_relay::is_upgrade(&req)
+        {
+            return self.open_realtime(ctx, provider, req).await;
+        }
         let adapter = adapter_for(provider);
         let pq = req
             .uri()
@@ -284,6 +295,93 @@ impl Metering {
                     .with_metrics(self.metrics.clone())
                     .with_settles(self.settles.clone()),
             ),
+        }
+    }
+
+    /// An OpenAI Realtime session: priced by its model (`?model=`), a slice reserved, then the
+    /// upgrade goes out with the session meter watching its frames (`metering/realtime.rs`).
+    async fn open_realtime(
+        &self,
+        ctx: &RequestContext,
+        provider: ProviderId,
+        req: Request<Body>,
+    ) -> Decision {
+        let audit = |model: &str| AuditContext {
+            cgroup: ctx.identity.tagged_cgroup.display().to_string(),
+            host: ctx.sni.clone(),
+            model: model.to_string(),
+            provider: provider.as_str().to_string(),
+            payment: None,
+            delegation: None,
+        };
+        let model = req.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "model")
+                .map(|(_, v)| v.to_string())
+        });
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
+            return self
+                .block(
+                    ctx,
+                    DenyReason::UnpricedRequest,
+                    MicroUsd::ZERO,
+                    audit(""),
+                    "a Realtime session names its model in the URL (?model=…); without one it cannot be priced",
+                    req,
+                )
+                .await;
+        };
+        let found = self
+            .prices
+            .read()
+            .lookup(&model)
+            .filter(|(_, p)| spendguard_pricing::realtime::priceable(p))
+            .map(|(name, p)| (name.to_string(), p.clone()));
+        let Some((name, price)) = found else {
+            let msg = format!(
+                "no Realtime (audio) price for model '{model}': Realtime sessions are metered only for models the price table gives audio prices"
+            );
+            return self
+                .block(
+                    ctx,
+                    DenyReason::UnknownModel,
+                    MicroUsd::ZERO,
+                    audit(&model),
+                    &msg,
+                    req,
+                )
+                .await;
+        };
+        let worst = spendguard_pricing::realtime::worst_case_response(&price, None)
+            .unwrap_or(MicroUsd::MAX);
+        let agent = ctx.identity.agent.clone();
+        let amount = worst.max(super::realtime::slice_within_limits(
+            &self.ledger,
+            &agent,
+            self.realtime_slice,
+        ));
+        let reservation = match self
+            .reserve(ctx, provider.as_str(), amount, audit(&name))
+            .await
+        {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
+        Decision::Upgrade {
+            request: req,
+            watch: Box::new(super::realtime::RealtimeSession::new(
+                self.ledger.clone(),
+                self.metrics.clone(),
+                self.settles.clone(),
+                self.prices.clone(),
+                provider.as_str(),
+                name.clone(),
+                price,
+                self.realtime_slice,
+                audit(&name),
+                reservation,
+            )),
         }
     }
 

@@ -188,6 +188,12 @@ impl Upstreams {
         }
     }
 
+    /// The TLS configuration upstream connections verify providers with (WebSocket sessions
+    /// open their own connection with it).
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        self.tls.clone()
+    }
+
     fn shards(&self, dst: SocketAddr) -> Arc<Shards> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = pools.get(&dst) {

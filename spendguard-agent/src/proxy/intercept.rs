@@ -82,13 +82,15 @@ impl Interceptor {
             orig_dst: inbound.orig_dst,
         });
         let this = self.clone();
+        let sessions_stop = shutdown.clone();
         let got_request = Arc::new(AtomicBool::new(false));
         let got = got_request.clone();
         let svc = hyper::service::service_fn(move |req| {
             got.store(true, Ordering::Relaxed);
             let this = this.clone();
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, &ctx).await) }
+            let stop = sessions_stop.clone();
+            async move { Ok::<_, Infallible>(this.handle(req, &ctx, stop).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -96,7 +98,8 @@ impl Interceptor {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         builder.http2().timer(TokioTimer::new());
-        let conn = builder.serve_connection(TokioIo::new(tls), svc);
+        // With upgrades: a WebSocket session (OpenAI Realtime) takes the connection over.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first bytes:
         // a connection that never starts a request is closed here.
@@ -117,7 +120,12 @@ impl Interceptor {
             .map_err(|e| InterceptError::Http(forward::error_chain(&*e)))
     }
 
-    async fn handle(&self, req: Request<Incoming>, ctx: &RequestContext) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        ctx: &RequestContext,
+        shutdown: CancellationToken,
+    ) -> Response<Body> {
         let received = std::time::Instant::now();
         // A request for another host on this connection (HTTP/2 coalescing, or a forged Host) must not
         // ride on a certificate and a decision made for the SNI.
@@ -154,6 +162,10 @@ impl Interceptor {
         let req = req.map(|b| b.map_err(|e| e.into()).boxed_unsync());
         match self.stage.on_request(ctx, req).await {
             Decision::Respond(resp) => resp,
+            Decision::Upgrade { request, watch } => {
+                self.metrics.proxy.observe_added_latency(received.elapsed());
+                super::ws_relay::open(&self.upstreams, ctx, request, watch, shutdown).await
+            }
             Decision::Forward { request, watch } => {
                 self.metrics.proxy.observe_added_latency(received.elapsed());
                 // Until the response head arrives the watch is ours: if the client goes away first

@@ -33,6 +33,38 @@ pub enum Decision {
     },
     /// Answer the client directly; nothing is sent upstream.
     Respond(Response<Body>),
+    /// A WebSocket upgrade: send `request` upstream as its own HTTP/1.1 connection and, once both
+    /// sides switched protocols, relay the frames through `watch` (`proxy/ws_relay.rs`).
+    Upgrade {
+        request: Request<Body>,
+        watch: Box<dyn SessionWatch>,
+    },
+}
+
+/// What to do with a WebSocket message the tap read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through (a server message has already gone through: the tap reads beside it).
+    Forward,
+    /// End the session: the client gets `event` (a text message) and a close frame with `reason`;
+    /// a refused client message never reaches the provider.
+    Close { event: String, reason: String },
+}
+
+/// Watches one WebSocket session, message by message, in both directions. Transport calls it in
+/// order and waits for each answer, so a client message is held (and only it: the server's
+/// stream keeps flowing) while the stage decides about it.
+pub trait SessionWatch: Send + 'static {
+    /// The provider's `101 Switching Protocols` head, before the client sees it.
+    fn on_head(&mut self, _head: &mut http::response::Parts) {}
+    /// A complete client message (text, or binary: a provider may read JSON from either), before
+    /// it is forwarded.
+    fn on_client_text<'a>(&'a mut self, msg: &'a [u8]) -> BoxFuture<'a, Verdict>;
+    /// A complete server message, just forwarded (`None`: longer than the tap keeps).
+    fn on_server_text<'a>(&'a mut self, msg: Option<&'a [u8]>) -> BoxFuture<'a, Verdict>;
+    /// Called exactly once, last: the session ended (`switched`: it ever got past the handshake;
+    /// `why` says how it ended).
+    fn on_end(self: Box<Self>, switched: bool, why: &str);
 }
 
 /// How a response body ended.

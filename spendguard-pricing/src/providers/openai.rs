@@ -267,7 +267,7 @@ pub(crate) fn route_rest(
                     why: "file uploads feed batch jobs and hosted tools, whose cost is unknowable here",
                 }),
                 "realtime" => Err(Route::Unpriced {
-                    why: "realtime sessions are long-lived and billed per response; they are blocked by default",
+                    why: "Realtime is metered over WebSocket only (an upgrade to /v1/realtime?model=M); its WebRTC calls, client secrets and plain HTTP requests cannot be priced",
                 }),
                 "audio" => Err(Route::Unpriced {
                     why: "audio endpoints bill per second, character or audio token, which the price table does not carry",
@@ -294,7 +294,7 @@ pub(crate) fn route_read(method: &http::Method, path: &str) -> Option<Route> {
     if method == http::Method::GET || method == http::Method::HEAD {
         if path.contains("/realtime") {
             return Some(Route::Unpriced {
-                why: "realtime sessions are long-lived and billed per response; they are blocked by default",
+                why: "Realtime is metered over WebSocket only (an upgrade to /v1/realtime?model=M); its WebRTC calls, client secrets and plain HTTP requests cannot be priced",
             });
         }
         return Some(Route::Free);
