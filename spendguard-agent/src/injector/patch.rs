@@ -323,3 +323,240 @@ pub fn env_map(c: &Container) -> BTreeMap<String, String> {
         .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).expect("pod JSON")
+    }
+
+    /// The pod after `mutate`'s patch is applied (as the API server does).
+    fn mutated(p: &Value) -> (Value, Mutation) {
+        let m = mutate(&pod(p.clone()), "spendguard-trust");
+        let mut doc = p.clone();
+        json_patch::patch(&mut doc, &m.patch).expect("the patch applies");
+        (doc, m)
+    }
+
+    fn container<'a>(doc: &'a Value, list: &str, i: usize) -> Container {
+        serde_json::from_value(doc["spec"][list][i].clone()).expect("container")
+    }
+
+    fn labelled(spec: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "ns", "labels": {"spendguard.io/agent": "acme.a"}},
+            "spec": spec,
+        })
+    }
+
+    #[test]
+    fn a_bare_labelled_pod_gets_volume_mounts_and_every_variable_in_every_container() {
+        let p = labelled(json!({
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [{"name": "app", "image": "python"}, {"name": "side", "image": "node"}],
+        }));
+        let (doc, m) = mutated(&p);
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let vols = doc["spec"]["volumes"].as_array().expect("volumes");
+        assert_eq!(vols.len(), 1);
+        assert_eq!(vols[0]["name"], TRUST_VOLUME);
+        assert_eq!(vols[0]["configMap"]["name"], "spendguard-trust");
+        assert_eq!(vols[0]["configMap"]["optional"], false);
+        for (list, i) in [("initContainers", 0), ("containers", 0), ("containers", 1)] {
+            let c = container(&doc, list, i);
+            let mounts = c.volume_mounts.clone().expect("mounts");
+            assert_eq!(mounts.len(), 1, "{list}[{i}]");
+            assert_eq!(mounts[0].name, TRUST_VOLUME);
+            assert_eq!(mounts[0].mount_path, TRUST_MOUNT_PATH);
+            assert_eq!(mounts[0].read_only, Some(true));
+            let env = env_map(&c);
+            for v in BUNDLE_VARS {
+                assert_eq!(
+                    env[v], "/etc/spendguard-trust/ca-bundle.crt",
+                    "{list}[{i}] {v}"
+                );
+            }
+            assert_eq!(env[CA_VAR], "/etc/spendguard-trust/ca.crt");
+            assert_eq!(
+                env[JAVA_VAR],
+                "-Djavax.net.ssl.trustStore=/etc/spendguard-trust/truststore.p12 \
+                 -Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=PKCS12"
+            );
+        }
+        assert_eq!(doc["metadata"]["annotations"][INJECTED_ANNOTATION], "true");
+
+        // Idempotent: the mutated pod gets nothing more.
+        let again = mutate(&pod(doc.clone()), "spendguard-trust");
+        assert!(again.is_empty(), "second pass: {:?}", again.patch);
+        assert!(again.warnings.is_empty());
+    }
+
+    #[test]
+    fn what_the_pod_set_wins_and_the_rest_is_appended() {
+        let p = labelled(json!({
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{
+                "name": "app", "image": "python",
+                "env": [
+                    {"name": "SSL_CERT_FILE", "value": "/mine/bundle.pem"},
+                    {"name": "NODE_EXTRA_CA_CERTS", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "y"}}},
+                    {"name": "OTHER", "value": "1"},
+                ],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }],
+        }));
+        let (doc, m) = mutated(&p);
+        let c = container(&doc, "containers", 0);
+        let env = c.env.clone().expect("env");
+        // The pod's own entries are untouched, in place; ours come after.
+        assert_eq!(env[0].value.as_deref(), Some("/mine/bundle.pem"));
+        assert!(env[1].value_from.is_some() && env[1].value.is_none());
+        assert_eq!(env[2].name, "OTHER");
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "SSL_CERT_FILE",
+                "NODE_EXTRA_CA_CERTS",
+                "OTHER",
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+                "JAVA_TOOL_OPTIONS"
+            ]
+        );
+        assert_eq!(names.iter().filter(|n| **n == "SSL_CERT_FILE").count(), 1);
+        // The pod's volume is kept, ours appended; the mount appended after the pod's.
+        let vols = doc["spec"]["volumes"].as_array().expect("volumes");
+        assert_eq!(
+            vols.iter().map(|v| v["name"].as_str()).collect::<Vec<_>>(),
+            [Some("data"), Some(TRUST_VOLUME)]
+        );
+        let mounts = c.volume_mounts.expect("mounts");
+        assert_eq!(mounts[0].name, "data");
+        assert_eq!(mounts[1].name, TRUST_VOLUME);
+        assert!(m.warnings.is_empty());
+        assert!(mutate(&pod(doc), "spendguard-trust").is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_brings_its_own_trust_volume_keeps_it_and_variables_follow_its_mount() {
+        let p = labelled(json!({
+            "volumes": [{"name": TRUST_VOLUME, "secret": {"secretName": "my-bundle"}}],
+            "containers": [
+                {"name": "app", "image": "python",
+                 "volumeMounts": [{"name": TRUST_VOLUME, "mountPath": "/opt/trust/"}]},
+                {"name": "plain", "image": "python"},
+            ],
+        }));
+        let (doc, _) = mutated(&p);
+        let vols = doc["spec"]["volumes"].as_array().expect("volumes");
+        assert_eq!(vols.len(), 1);
+        assert_eq!(
+            vols[0]["secret"]["secretName"], "my-bundle",
+            "the pod's volume wins"
+        );
+        let app = container(&doc, "containers", 0);
+        assert_eq!(
+            app.volume_mounts.as_ref().map(Vec::len),
+            Some(1),
+            "no second mount"
+        );
+        assert_eq!(env_map(&app)["SSL_CERT_FILE"], "/opt/trust/ca-bundle.crt");
+        assert!(env_map(&app)[JAVA_VAR].contains("/opt/trust/truststore.p12"));
+        let plain = container(&doc, "containers", 1);
+        assert_eq!(
+            plain.volume_mounts.clone().expect("mount")[0].mount_path,
+            TRUST_MOUNT_PATH
+        );
+        assert_eq!(
+            env_map(&plain)["SSL_CERT_FILE"],
+            "/etc/spendguard-trust/ca-bundle.crt"
+        );
+    }
+
+    #[test]
+    fn another_volume_at_our_mount_path_leaves_that_container_alone_with_a_warning() {
+        let p = labelled(json!({
+            "volumes": [{"name": "theirs", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": "x",
+                "volumeMounts": [{"name": "theirs", "mountPath": TRUST_MOUNT_PATH}]}],
+        }));
+        let m = mutate(&pod(p), "spendguard-trust");
+        assert!(
+            m.is_empty(),
+            "no container changed, so no volume or annotation either"
+        );
+        assert_eq!(m.warnings.len(), 1);
+        assert!(m.warnings[0].contains("\"app\""), "{}", m.warnings[0]);
+    }
+
+    #[test]
+    fn java_tool_options_get_the_truststore_appended_unless_they_name_one() {
+        let p = labelled(json!({
+            "containers": [
+                {"name": "plain", "image": "j", "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx512m "}]},
+                {"name": "own", "image": "j", "env": [{"name": "JAVA_TOOL_OPTIONS",
+                    "value": "-Djavax.net.ssl.trustStore=/my/store.jks -Xmx1g"}]},
+                {"name": "ref", "image": "j", "env": [{"name": "JAVA_TOOL_OPTIONS",
+                    "valueFrom": {"configMapKeyRef": {"name": "java", "key": "opts"}}}]},
+                {"name": "empty", "image": "j", "env": [{"name": "JAVA_TOOL_OPTIONS", "value": ""}]},
+            ],
+        }));
+        let (doc, m) = mutated(&p);
+        let opts = |i| {
+            env_map(&container(&doc, "containers", i))
+                .get(JAVA_VAR)
+                .cloned()
+        };
+        assert_eq!(
+            opts(0),
+            Some(format!("-Xmx512m {}", java_options(TRUST_MOUNT_PATH)))
+        );
+        assert_eq!(
+            opts(1).as_deref(),
+            Some("-Djavax.net.ssl.trustStore=/my/store.jks -Xmx1g")
+        );
+        assert_eq!(opts(2), None, "valueFrom kept as it is");
+        assert!(container(&doc, "containers", 2).env.expect("env")[0]
+            .value_from
+            .is_some());
+        assert_eq!(opts(3), Some(java_options(TRUST_MOUNT_PATH)));
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+        assert!(m.warnings[0].contains("valueFrom"));
+        // The other variables still arrive in every one of them.
+        for i in 0..4 {
+            assert!(env_map(&container(&doc, "containers", i)).contains_key("SSL_CERT_FILE"));
+        }
+        // Appending is guarded by a test of the value read: a changed value fails the patch.
+        let mut other = p.clone();
+        other["spec"]["containers"][0]["env"][0]["value"] = json!("-Xmx2g");
+        let stale = mutate(&pod(p.clone()), "spendguard-trust");
+        assert!(json_patch::patch(&mut other, &stale.patch).is_err());
+        // And a second pass changes nothing.
+        let again = mutate(&pod(doc), "spendguard-trust");
+        assert!(again.is_empty(), "{:?}", again.patch);
+    }
+
+    #[test]
+    fn unlabelled_and_opted_out_pods_are_not_patched() {
+        let unlabelled = json!({"metadata": {"name": "p", "labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        let m = mutate(&pod(unlabelled), "spendguard-trust");
+        assert!(m.is_empty() && m.warnings.is_empty());
+        let mut opted = labelled(json!({"containers": [{"name": "c", "image": "x"}]}));
+        opted["metadata"]["annotations"] = json!({OPT_OUT_ANNOTATION: "false"});
+        assert!(mutate(&pod(opted.clone()), "spendguard-trust").is_empty());
+        // Any other value of the annotation does not opt out.
+        opted["metadata"]["annotations"] = json!({OPT_OUT_ANNOTATION: "true", "other/x": "1"});
+        let (doc, _) = mutated(&opted);
+        assert_eq!(doc["metadata"]["annotations"][INJECTED_ANNOTATION], "true");
+        assert_eq!(
+            doc["metadata"]["annotations"]["other/x"], "1",
+            "existing annotations kept"
+        );
+    }
+}

@@ -333,6 +333,7 @@ impl ResolvesServerCert for SwappableCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
     use rustls::pki_types::pem::PemObject as _;
 
     fn verifies(bundle_pem: &str, leaf: &CertificateDer<'_>, san: &str, at: SystemTime) -> bool {
