@@ -223,21 +223,28 @@ async fn renew_loop(
     resolver: Arc<SwappableCert>,
     shutdown: CancellationToken,
 ) {
-    let cap = Duration::from_secs(3600);
+    // Re-published every resync even when nothing changed here: another replica may have
+    // dropped this one's CA from the shared caBundle (merge_ca_bundle keeps a bounded number).
+    let cap = cfg.resync;
+    let mut published_at = std::time::Instant::now();
     loop {
-        let now = SystemTime::now();
-        let mut wait = certs.next_check(now, cap);
-        if !certs.is_published() {
+        let due = !certs.is_published() || published_at.elapsed() >= cfg.resync;
+        let mut retry = false;
+        if due {
             match publish(&cfg, client.as_ref(), &certs.ca_bundle_pem()).await {
                 Ok(()) => {
                     certs.mark_published(SystemTime::now());
-                    wait = certs.next_check(SystemTime::now(), cap);
+                    published_at = std::time::Instant::now();
                 }
                 Err(e) => {
                     tracing::error!("{e}; retrying in {PUBLISH_RETRY:?}");
-                    wait = wait.min(PUBLISH_RETRY);
+                    retry = true;
                 }
             }
+        }
+        let mut wait = certs.next_check(SystemTime::now(), cap);
+        if retry {
+            wait = wait.min(PUBLISH_RETRY);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

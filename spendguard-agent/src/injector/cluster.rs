@@ -51,7 +51,51 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Sets `caBundle` of every webhook in the configuration `name`. Returns whether it changed.
+/// At most this many other replicas' CAs are kept in the caBundle (newest first): CAs of replicas
+/// that died stay until they expire, and this bounds them. A live replica re-adds its own at every
+/// resync.
+pub const MAX_OTHER_CAS: usize = 16;
+
+/// The caBundle to publish: `ours` first, then the unexpired injector CAs (by common name) of other
+/// replicas found in `existing`, newest first, at most [`MAX_OTHER_CAS`]. Anything else in
+/// `existing` (not an injector CA, expired, unparsable) is dropped.
+pub fn merge_ca_bundle(existing: &[u8], ours: &str, now: std::time::SystemTime) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let own: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ours.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let now_unix = now
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let mut others: Vec<(i64, CertificateDer<'static>)> = Vec::new();
+    for der in CertificateDer::pem_slice_iter(existing).filter_map(Result::ok) {
+        if own.contains(&der) || others.iter().any(|(_, d)| d == &der) {
+            continue;
+        }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+            continue;
+        };
+        let ours_by_name = cert
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str().ok() == Some(super::serving::CA_COMMON_NAME));
+        if ours_by_name && cert.validity().not_after.timestamp() > now_unix {
+            others.push((cert.validity().not_before.timestamp(), der.clone()));
+        }
+    }
+    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others.truncate(MAX_OTHER_CAS);
+    let mut out = ours.to_string();
+    for (_, der) in others {
+        out.push_str(&super::bundle::pem(&der));
+    }
+    out
+}
+
+/// Merges `pem` (this replica's CA bundle) into the `caBundle` of every webhook in the
+/// configuration `name` ([`merge_ca_bundle`]). Returns whether it changed.
 pub async fn publish_ca_bundle(
     client: &kube::Client,
     name: &str,
@@ -74,9 +118,11 @@ pub async fn publish_ca_bundle(
                 ))
             }
         };
-        let want = ByteString(pem.as_bytes().to_vec());
+        let now = std::time::SystemTime::now();
         let mut changed = false;
         for wh in cfg.webhooks.iter_mut().flatten() {
+            let existing = wh.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
+            let want = ByteString(merge_ca_bundle(existing.unwrap_or_default(), pem, now).into_bytes());
             if wh.client_config.ca_bundle.as_ref() != Some(&want) {
                 wh.client_config.ca_bundle = Some(want.clone());
                 changed = true;
@@ -200,4 +246,43 @@ pub async fn labelled_namespaces(client: &kube::Client) -> Result<BTreeSet<Strin
         .into_iter()
         .filter_map(|p| p.metadata.namespace)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::injector::serving::{Rotation, ServingCerts};
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_ca_bundle_keeps_other_replicas_unexpired_cas_and_drops_the_rest() {
+        let t0 = SystemTime::now();
+        let sans = ["injector.test".to_string()];
+        let rot = Rotation::new(Duration::from_secs(3600), Duration::from_secs(600));
+        let a = ServingCerts::new(&sans, rot, t0).expect("a");
+        let b = ServingCerts::new(&sans, rot, t0 + Duration::from_secs(1)).expect("b");
+        let stranger = crate::injector::bundle::pem(&{
+            let key = rcgen::KeyPair::generate().expect("key");
+            rcgen::CertificateParams::new(vec!["x".to_string()])
+                .expect("p")
+                .self_signed(&key)
+                .expect("cert")
+                .der()
+                .clone()
+        });
+        // B publishes into a bundle holding A's CA and a stranger: A's stays, the stranger goes.
+        let existing = format!("{}{}", a.ca_bundle_pem(), stranger);
+        let merged = merge_ca_bundle(existing.as_bytes(), &b.ca_bundle_pem(), t0);
+        assert!(merged.starts_with(&b.ca_bundle_pem()), "ours first");
+        assert!(merged.contains(a.ca_bundle_pem().trim()), "the other replica's CA kept");
+        assert!(!merged.contains(stranger.trim()), "not an injector CA: dropped");
+        assert_eq!(merged.matches("BEGIN CERTIFICATE").count(), 2);
+        // Publishing again changes nothing (no churn of the configuration).
+        assert_eq!(merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), t0), merged);
+        // After A's CA expired, it is dropped.
+        let later = t0 + Duration::from_secs(3700);
+        assert_eq!(merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), later), b.ca_bundle_pem());
+        // Garbage in the existing caBundle is no obstacle.
+        assert_eq!(merge_ca_bundle(b"junk", &b.ca_bundle_pem(), t0), b.ca_bundle_pem());
+    }
 }

@@ -35,6 +35,10 @@ pub enum ServingError {
     BadSan(String),
 }
 
+/// The common name of every injector serving CA: how one replica recognises the others' CAs in
+/// the shared caBundle (see `cluster::merge_ca_bundle`).
+pub const CA_COMMON_NAME: &str = "SpendGuard injector webhook CA";
+
 /// Lifetimes of the serving CA and leaf.
 #[derive(Clone, Copy, Debug)]
 pub struct Rotation {
@@ -245,7 +249,7 @@ fn mint_ca(serial: u64, lifetime: Duration, now: SystemTime) -> Result<MintedCa,
     let key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "SpendGuard injector webhook CA");
+    dn.push(DnType::CommonName, CA_COMMON_NAME);
     dn.push(DnType::OrganizationName, "SpendGuard");
     params.distinguished_name = dn;
     // Signs only the injector's serving leaves.
