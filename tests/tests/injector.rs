@@ -115,13 +115,11 @@ impl Drop for Injector {
 }
 
 fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// One HTTPS request to the injector (server name 127.0.0.1, as a URL webhook is called): the
@@ -264,7 +262,12 @@ fn env_of(pod: &Value, name: &str) -> std::collections::BTreeMap<String, String>
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
         .collect()
 }
 
@@ -276,15 +279,26 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
 
     let pod = labelled_pod();
     let (resp, patched) = admit(&inj, "uid-1", &pod, false);
-    assert!(resp["patch"].is_array() || resp["patch"].is_string(), "{resp}");
+    assert!(
+        resp["patch"].is_array() || resp["patch"].is_string(),
+        "{resp}"
+    );
     let vols = patched["spec"]["volumes"].as_array().expect("volumes");
     assert_eq!(vols.len(), 1);
     assert_eq!(vols[0]["name"], "spendguard-trust");
     assert_eq!(vols[0]["configMap"]["name"], "spendguard-trust");
     for c in ["migrate", "app"] {
         let env = env_of(&patched, c);
-        assert_eq!(env["SSL_CERT_FILE"], format!("{MOUNT}/ca-bundle.crt"), "{c}");
-        assert_eq!(env["CURL_CA_BUNDLE"], format!("{MOUNT}/ca-bundle.crt"), "{c}");
+        assert_eq!(
+            env["SSL_CERT_FILE"],
+            format!("{MOUNT}/ca-bundle.crt"),
+            "{c}"
+        );
+        assert_eq!(
+            env["CURL_CA_BUNDLE"],
+            format!("{MOUNT}/ca-bundle.crt"),
+            "{c}"
+        );
         assert_eq!(env["NODE_EXTRA_CA_CERTS"], format!("{MOUNT}/ca.crt"), "{c}");
         assert!(env["JAVA_TOOL_OPTIONS"].contains("-Djavax.net.ssl.trustStoreType=PKCS12"));
     }
@@ -292,7 +306,10 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
     let app = env_of(&patched, "app");
     assert_eq!(app["REQUESTS_CA_BUNDLE"], "/mine/ca.pem");
     assert!(app["JAVA_TOOL_OPTIONS"].starts_with("-Xmx256m -Djavax.net.ssl.trustStore="));
-    assert_eq!(env_of(&patched, "migrate")["REQUESTS_CA_BUNDLE"], format!("{MOUNT}/ca-bundle.crt"));
+    assert_eq!(
+        env_of(&patched, "migrate")["REQUESTS_CA_BUNDLE"],
+        format!("{MOUNT}/ca-bundle.crt")
+    );
     for c in patched["spec"]["initContainers"]
         .as_array()
         .into_iter()
@@ -300,10 +317,19 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
         .flatten()
     {
         let m = &c["volumeMounts"][0];
-        assert_eq!((m["name"].as_str(), m["mountPath"].as_str(), m["readOnly"].as_bool()),
-                   (Some("spendguard-trust"), Some(MOUNT), Some(true)));
+        assert_eq!(
+            (
+                m["name"].as_str(),
+                m["mountPath"].as_str(),
+                m["readOnly"].as_bool()
+            ),
+            (Some("spendguard-trust"), Some(MOUNT), Some(true))
+        );
     }
-    assert_eq!(patched["metadata"]["annotations"]["spendguard.io/trust-injected"], "true");
+    assert_eq!(
+        patched["metadata"]["annotations"]["spendguard.io/trust-injected"],
+        "true"
+    );
 
     // Idempotent through the server: the mutated pod comes back unchanged, without a patch.
     let (resp, again) = admit(&inj, "uid-2", &patched, false);
@@ -320,10 +346,17 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
     assert_eq!(dry, patched);
 
     // Not an AdmissionReview: refused with a reason; other paths: 404; probes answer.
-    let (status, body, _) =
-        request(inj.addr, inj.client_tls(), "POST", "/mutate", b"{\"x\":1}".to_vec()).expect("req");
+    let (status, body, _) = request(
+        inj.addr,
+        inj.client_tls(),
+        "POST",
+        "/mutate",
+        b"{\"x\":1}".to_vec(),
+    )
+    .expect("req");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    let (status, _, _) = request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("req");
+    let (status, _, _) =
+        request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("req");
     assert_eq!(status, 200);
     let (status, _, _) = request(inj.addr, inj.client_tls(), "GET", "/other", vec![]).expect("req");
     assert_eq!(status, 404);
@@ -331,7 +364,8 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
     // A client that trusts some other CA refuses the injector's certificate: the trust above is real.
     let mut other = rustls::RootCertStore::empty();
     other.add(public.cert_der()).expect("root");
-    let e = request(inj.addr, client_config(other), "GET", "/healthz", vec![]).expect_err("untrusted");
+    let e =
+        request(inj.addr, client_config(other), "GET", "/healthz", vec![]).expect_err("untrusted");
     assert!(e.contains("TLS"), "{e}");
 }
 
@@ -339,9 +373,14 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
 fn serving_certificate_is_renewed_before_it_expires_and_stays_trusted() {
     let ca = TestCa::new("SpendGuard test CA");
     // A 3 s leaf is renewed at 2 s; the CA (60 s) does not roll during the test.
-    let inj = Injector::start(&ca, &[&ca], &["--leaf-lifetime-secs", "3", "--ca-lifetime-secs", "60"]);
+    let inj = Injector::start(
+        &ca,
+        &[&ca],
+        &["--leaf-lifetime-secs", "3", "--ca-lifetime-secs", "60"],
+    );
     let started = Instant::now();
-    let (_, _, first) = request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("first");
+    let (_, _, first) =
+        request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("first");
     let mut renewed = None;
     let changed = eventually(Duration::from_secs(6), || {
         match request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]) {
@@ -353,13 +392,20 @@ fn serving_certificate_is_renewed_before_it_expires_and_stays_trusted() {
             Err(e) => panic!("a handshake failed while the certificate rotated: {e}"),
         }
     });
-    assert!(changed, "the 3 s serving certificate was not renewed within 6 s");
+    assert!(
+        changed,
+        "the 3 s serving certificate was not renewed within 6 s"
+    );
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(3), "renewed only after {elapsed:?}: too late, it expires at 3 s");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "renewed only after {elapsed:?}: too late, it expires at 3 s"
+    );
     // The new certificate is accepted by the same client (the published CA bundle signs it), and
     // is served to every new connection from then on.
     let renewed = renewed.expect("renewed");
-    let (_, _, now) = request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("after");
+    let (_, _, now) =
+        request(inj.addr, inj.client_tls(), "GET", "/healthz", vec![]).expect("after");
     assert_ne!(now, first);
     let _ = renewed;
 }
@@ -405,7 +451,10 @@ except Exception as e:
         cmd.env(k, v);
     }
     let out = run_bounded(cmd, CLIENT_TIMEOUT);
-    (out.success(), format!("{}{}", out.stdout_str(), out.stderr_str()))
+    (
+        out.success(),
+        format!("{}{}", out.stdout_str(), out.stderr_str()),
+    )
 }
 
 #[test]
@@ -419,7 +468,10 @@ fn the_injected_bundle_is_trusted_by_the_openai_sdk() {
 
     // An intercepted call: the agent's leaf is signed by SpendGuard's CA.
     let intercepted = provider_signed_by(&ca);
-    let (ok, out) = openai_models(&[("SSL_CERT_FILE", ssl_cert_file.clone())], &intercepted.base_url());
+    let (ok, out) = openai_models(
+        &[("SSL_CERT_FILE", ssl_cert_file.clone())],
+        &intercepted.base_url(),
+    );
     assert!(ok, "the openai SDK with the injected SSL_CERT_FILE: {out}");
     assert!(out.contains("OK"), "{out}");
     assert_eq!(intercepted.request_count(), 1);
@@ -432,7 +484,10 @@ fn the_injected_bundle_is_trusted_by_the_openai_sdk() {
     let roots_only = inj.dir.path().join("system-roots.pem");
     let (ok, out) = openai_models(&[("SSL_CERT_FILE", roots_only)], &intercepted.base_url());
     assert!(!ok, "must fail without SpendGuard's CA: {out}");
-    assert!(out.contains("CERTIFICATE_VERIFY_FAILED") || out.contains("certificate verify failed"), "{out}");
+    assert!(
+        out.contains("CERTIFICATE_VERIFY_FAILED") || out.contains("certificate verify failed"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -446,7 +501,8 @@ fn the_injected_truststore_is_trusted_by_a_real_jvm() {
     let inj = Injector::start(&ca, &[&public], &[]);
     let (_, patched) = admit(&inj, "uid-java", &labelled_pod(), false);
     // The container's Java options: the pod's -Xmx256m with ours appended; paths as on the host.
-    let opts = env_of(&patched, "app")["JAVA_TOOL_OPTIONS"].replace(MOUNT, &inj.trust_dir().display().to_string());
+    let opts = env_of(&patched, "app")["JAVA_TOOL_OPTIONS"]
+        .replace(MOUNT, &inj.trust_dir().display().to_string());
     let src = inj.dir.path().join("Fetch.java");
     std::fs::write(
         &src,
@@ -463,23 +519,35 @@ public class Fetch {
     .expect("write Fetch.java");
     let run = |url: &str, opts: Option<&str>| {
         let mut cmd = Command::new(&java);
-        cmd.arg(&src).arg(url).env_clear().env("PATH", "/usr/bin:/bin");
+        cmd.arg(&src)
+            .arg(url)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
         if let Some(o) = opts {
             cmd.env("JAVA_TOOL_OPTIONS", o);
         }
         let out = run_bounded(cmd, CLIENT_TIMEOUT);
-        (out.success(), format!("{}{}", out.stdout_str(), out.stderr_str()))
+        (
+            out.success(),
+            format!("{}{}", out.stdout_str(), out.stderr_str()),
+        )
     };
     let intercepted = provider_signed_by(&ca);
     let passthrough = provider_signed_by(&public);
     for p in [&intercepted, &passthrough] {
         let (ok, out) = run(&format!("{}/v1/models", p.base_url()), Some(&opts));
-        assert!(ok && out.contains("STATUS 200"), "the JVM with the injected options: {out}");
+        assert!(
+            ok && out.contains("STATUS 200"),
+            "the JVM with the injected options: {out}"
+        );
     }
     // Control: the JDK's own cacerts does not know the test CA.
     let (ok, out) = run(&format!("{}/v1/models", intercepted.base_url()), None);
     assert!(!ok, "must fail without the truststore: {out}");
-    assert!(out.contains("PKIX") || out.contains("SSLHandshakeException"), "{out}");
+    assert!(
+        out.contains("PKIX") || out.contains("SSLHandshakeException"),
+        "{out}"
+    );
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
@@ -525,6 +593,9 @@ fn url_webhook_configuration_keeps_the_manifest_rules_and_points_at_the_url() {
     assert_eq!(wh["clientConfig"]["url"], "https://127.0.0.1:9443/mutate");
     assert!(wh["clientConfig"].get("service").is_none());
     assert_eq!(wh["clientConfig"]["caBundle"], "UEVN");
-    assert_eq!(wh["objectSelector"]["matchExpressions"][0]["key"], "spendguard.io/agent");
+    assert_eq!(
+        wh["objectSelector"]["matchExpressions"][0]["key"],
+        "spendguard.io/agent"
+    );
     assert_eq!(wh["admissionReviewVersions"], json!(["v1"]));
 }

@@ -122,7 +122,8 @@ pub async fn publish_ca_bundle(
         let mut changed = false;
         for wh in cfg.webhooks.iter_mut().flatten() {
             let existing = wh.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
-            let want = ByteString(merge_ca_bundle(existing.unwrap_or_default(), pem, now).into_bytes());
+            let want =
+                ByteString(merge_ca_bundle(existing.unwrap_or_default(), pem, now).into_bytes());
             if wh.client_config.ca_bundle.as_ref() != Some(&want) {
                 wh.client_config.ca_bundle = Some(want.clone());
                 changed = true;
@@ -274,15 +275,30 @@ mod tests {
         let existing = format!("{}{}", a.ca_bundle_pem(), stranger);
         let merged = merge_ca_bundle(existing.as_bytes(), &b.ca_bundle_pem(), t0);
         assert!(merged.starts_with(&b.ca_bundle_pem()), "ours first");
-        assert!(merged.contains(a.ca_bundle_pem().trim()), "the other replica's CA kept");
-        assert!(!merged.contains(stranger.trim()), "not an injector CA: dropped");
+        assert!(
+            merged.contains(a.ca_bundle_pem().trim()),
+            "the other replica's CA kept"
+        );
+        assert!(
+            !merged.contains(stranger.trim()),
+            "not an injector CA: dropped"
+        );
         assert_eq!(merged.matches("BEGIN CERTIFICATE").count(), 2);
         // Publishing again changes nothing (no churn of the configuration).
-        assert_eq!(merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), t0), merged);
+        assert_eq!(
+            merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), t0),
+            merged
+        );
         // After A's CA expired, it is dropped.
         let later = t0 + Duration::from_secs(3700);
-        assert_eq!(merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), later), b.ca_bundle_pem());
+        assert_eq!(
+            merge_ca_bundle(merged.as_bytes(), &b.ca_bundle_pem(), later),
+            b.ca_bundle_pem()
+        );
         // Garbage in the existing caBundle is no obstacle.
-        assert_eq!(merge_ca_bundle(b"junk", &b.ca_bundle_pem(), t0), b.ca_bundle_pem());
+        assert_eq!(
+            merge_ca_bundle(b"junk", &b.ca_bundle_pem(), t0),
+            b.ca_bundle_pem()
+        );
     }
 }
