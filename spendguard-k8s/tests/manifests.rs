@@ -524,7 +524,7 @@ fn daemonset_fits_together() {
 #[test]
 fn example_pod_is_labelled_and_trusts_the_ca_configmap() {
     let dir = deploy_dir();
-    let ex = load(&yaml_files(&dir.join("examples")));
+    let ex = load(&[dir.join("examples/agent-pod.yaml")]);
     let pod = the(&ex.pods, "example Pod");
     let label = pod
         .metadata
@@ -827,4 +827,55 @@ fn injector_deployment_service_webhook_and_rbac_fit_together() {
     assert_eq!(rule.operations, Some(vec!["CREATE".to_string()]));
     assert_eq!(rule.resources, Some(vec!["pods".to_string()]));
     assert_eq!(rule.api_groups, Some(vec!["".to_string()]));
+}
+
+#[test]
+fn trust_manager_example_bundles_the_ca_under_the_injectors_file_names() {
+    let dir = deploy_dir().join("examples");
+    let all: BTreeSet<String> = yaml_files(&dir)
+        .iter()
+        .filter_map(|p| p.file_name().and_then(|f| f.to_str()).map(str::to_string))
+        .collect();
+    assert_eq!(
+        all,
+        BTreeSet::from(["agent-pod.yaml".to_string(), "trust-manager-bundle.yaml".to_string()]),
+        "every example is checked by a test here"
+    );
+    let bundles = docs(&dir.join("trust-manager-bundle.yaml"));
+    assert_eq!(bundles.len(), 2);
+    let by_name = |n: &str| {
+        bundles
+            .iter()
+            .find(|b| b["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("Bundle {n}"))
+            .clone()
+    };
+    for b in &bundles {
+        assert_eq!(b["apiVersion"], "trust.cert-manager.io/v1alpha1");
+        assert_eq!(b["kind"], "Bundle");
+        // Never the injector's own ConfigMap name (it refuses to touch foreign ones).
+        assert_ne!(b["metadata"]["name"], "spendguard-trust");
+        let src = b["spec"]["sources"].as_array().expect("sources");
+        assert!(src
+            .iter()
+            .any(|s| s["configMap"]["name"] == "spendguard-ca" && s["configMap"]["key"] == "ca.crt"));
+        assert_eq!(
+            b["spec"]["target"]["namespaceSelector"]["matchLabels"]["spendguard.io/trust"],
+            "enabled"
+        );
+    }
+    let full = by_name("spendguard-trust-bundle");
+    assert!(full["spec"]["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .any(|s| s["useDefaultCAs"] == true));
+    assert_eq!(full["spec"]["target"]["configMap"]["key"], "ca-bundle.crt");
+    assert_eq!(
+        full["spec"]["target"]["additionalFormats"]["pkcs12"]["key"],
+        "truststore.p12"
+    );
+    let ca = by_name("spendguard-trust-ca");
+    assert_eq!(ca["spec"]["sources"].as_array().map(Vec::len), Some(1));
+    assert_eq!(ca["spec"]["target"]["configMap"]["key"], "ca.crt");
 }
