@@ -838,7 +838,10 @@ fn trust_manager_example_bundles_the_ca_under_the_injectors_file_names() {
         .collect();
     assert_eq!(
         all,
-        BTreeSet::from(["agent-pod.yaml".to_string(), "trust-manager-bundle.yaml".to_string()]),
+        BTreeSet::from([
+            "agent-pod.yaml".to_string(),
+            "trust-manager-bundle.yaml".to_string()
+        ]),
         "every example is checked by a test here"
     );
     let bundles = docs(&dir.join("trust-manager-bundle.yaml"));
@@ -856,9 +859,9 @@ fn trust_manager_example_bundles_the_ca_under_the_injectors_file_names() {
         // Never the injector's own ConfigMap name (it refuses to touch foreign ones).
         assert_ne!(b["metadata"]["name"], "spendguard-trust");
         let src = b["spec"]["sources"].as_array().expect("sources");
-        assert!(src
-            .iter()
-            .any(|s| s["configMap"]["name"] == "spendguard-ca" && s["configMap"]["key"] == "ca.crt"));
+        assert!(src.iter().any(
+            |s| s["configMap"]["name"] == "spendguard-ca" && s["configMap"]["key"] == "ca.crt"
+        ));
         assert_eq!(
             b["spec"]["target"]["namespaceSelector"]["matchLabels"]["spendguard.io/trust"],
             "enabled"

@@ -39,7 +39,7 @@ enum Command {
     /// Run the CA-trust injector: the mutating admission webhook that gives every pod labelled
     /// spendguard.io/agent SpendGuard's trust bundle (a Deployment of its own; see
     /// deploy/injector.yaml). Needs no BPF, no state dir and no privileges.
-    Injector(InjectorArgs),
+    Injector(Box<InjectorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -190,7 +190,7 @@ fn main() -> std::process::ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     // The injector has its own flags and none of the node agent's configuration.
     let command = match cli.command {
-        Some(Command::Injector(args)) => return run_injector(args),
+        Some(Command::Injector(args)) => return run_injector(*args),
         other => other,
     };
     let cfg = Config::load(cli.config.as_deref(), &ProcessEnv)?;

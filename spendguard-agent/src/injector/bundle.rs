@@ -245,7 +245,11 @@ mod tests {
             self_signed("sg"),
         );
         // The CA is also among the roots: it must appear once.
-        let b = build(&[r1.clone(), r2.clone(), ca.clone()], &[ca.clone()]).expect("build");
+        let b = build(
+            &[r1.clone(), r2.clone(), ca.clone()],
+            std::slice::from_ref(&ca),
+        )
+        .expect("build");
         let parsed: Vec<_> = CertificateDer::pem_slice_iter(b.bundle_pem.as_bytes())
             .collect::<Result<_, _>>()
             .expect("bundle PEM");
@@ -280,7 +284,7 @@ mod tests {
         .is_err());
 
         // Same inputs, same digest (though the truststore bytes differ); another CA, another one.
-        let again = build(&[r1.clone(), r2.clone()], &[ca.clone()]).expect("again");
+        let again = build(&[r1.clone(), r2.clone()], std::slice::from_ref(&ca)).expect("again");
         assert_eq!(again.digest, b.digest);
         assert_ne!(again.truststore, b.truststore, "random salts");
         let other = build(&[r1, r2], &[self_signed("other")]).expect("other");

@@ -85,7 +85,7 @@ pub fn merge_ca_bundle(existing: &[u8], ours: &str, now: std::time::SystemTime) 
             others.push((cert.validity().not_before.timestamp(), der.clone()));
         }
     }
-    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
     others.truncate(MAX_OTHER_CAS);
     let mut out = ours.to_string();
     for (_, der) in others {

@@ -341,7 +341,7 @@ mod tests {
         (doc, m)
     }
 
-    fn container<'a>(doc: &'a Value, list: &str, i: usize) -> Container {
+    fn container(doc: &Value, list: &str, i: usize) -> Container {
         serde_json::from_value(doc["spec"][list][i].clone()).expect("container")
     }
 
