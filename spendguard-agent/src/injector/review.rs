@@ -52,8 +52,13 @@ pub fn answer(body: &[u8], configmap: &str) -> Result<Answer, ReviewError> {
             if !m.warnings.is_empty() {
                 resp.warnings = Some(m.warnings.clone());
             }
-            if m.is_empty() {
-                summary = format!("pod {who}: nothing to add");
+            if !patch::wants_trust(pod) {
+                summary = format!(
+                    "pod {who}: not labelled {} (or opted out), unchanged",
+                    patch::AGENT_LABEL
+                );
+            } else if m.is_empty() {
+                summary = format!("pod {who}: has the trust already, unchanged");
             } else {
                 summary = format!("pod {who}: {} patch operations", m.patch.0.len());
                 resp = resp
