@@ -361,6 +361,35 @@ fn labelled_pod_gets_the_trust_bundle_over_real_https_and_the_patch_applies() {
     let (status, _, _) = request(inj.addr, inj.client_tls(), "GET", "/other", vec![]).expect("req");
     assert_eq!(status, 404);
 
+    // The API server may speak HTTP/2 (ALPN h2): curl does, trusting only the published CA.
+    let review_file = inj.dir.path().join("review.json");
+    std::fs::write(
+        &review_file,
+        serde_json::to_vec(&review("uid-h2", &pod, false)).expect("json"),
+    )
+    .expect("write review");
+    let mut curl = Command::new("curl");
+    curl.args(["--silent", "--show-error", "--http2", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(inj.out().join("serving-ca.crt"))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-w",
+            "\nHTTP/%{http_version}",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", review_file.display()))
+        .arg(format!("https://{}/mutate", inj.addr));
+    let out = run_bounded(curl, CLIENT_TIMEOUT);
+    let text = out.stdout_str();
+    assert!(out.success(), "curl: {}{}", text, out.stderr_str());
+    assert!(text.trim_end().ends_with("HTTP/2"), "not HTTP/2: {text}");
+    let body: Value =
+        serde_json::from_str(text.lines().next().expect("body line")).expect("AdmissionReview");
+    assert_eq!(body["response"]["uid"], "uid-h2");
+    assert_eq!(body["response"]["patchType"], "JSONPatch");
+
     // A client that trusts some other CA refuses the injector's certificate: the trust above is real.
     let mut other = rustls::RootCertStore::empty();
     other.add(public.cert_der()).expect("root");
