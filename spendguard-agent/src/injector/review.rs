@@ -79,3 +79,64 @@ pub fn answer(body: &[u8], configmap: &str) -> Result<Answer, ReviewError> {
         summary,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn review(op: &str, kind: &str, dry_run: bool, labelled: bool) -> Vec<u8> {
+        let labels = if labelled {
+            json!({"spendguard.io/agent": "acme.a"})
+        } else {
+            json!({})
+        };
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1",
+                "kind": {"group": "", "version": "v1", "kind": kind},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "ns", "operation": op, "userInfo": {}, "dryRun": dry_run,
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "p", "labels": labels},
+                           "spec": {"containers": [{"name": "c", "image": "x"}]}},
+            }
+        }))
+        .expect("json")
+    }
+
+    fn response(a: &Answer) -> Value {
+        let v: Value = serde_json::from_slice(&a.body).expect("json");
+        assert_eq!(v["response"]["uid"], "u1");
+        assert_eq!(v["response"]["allowed"], true);
+        v["response"].clone()
+    }
+
+    #[test]
+    fn only_a_labelled_pod_creation_is_patched_and_only_a_real_one_writes_the_configmap() {
+        let a = answer(&review("CREATE", "Pod", false, true), "cm").expect("answer");
+        assert_eq!(response(&a)["patchType"], "JSONPatch");
+        assert_eq!(a.ensure_namespace.as_deref(), Some("ns"));
+        // A dry run gets the same patch but no side effect.
+        let a = answer(&review("CREATE", "Pod", true, true), "cm").expect("answer");
+        assert_eq!(response(&a)["patchType"], "JSONPatch");
+        assert_eq!(a.ensure_namespace, None);
+        for body in [
+            review("UPDATE", "Pod", false, true),
+            review("CREATE", "Pod", false, false),
+        ] {
+            let a = answer(&body, "cm").expect("answer");
+            assert!(response(&a).get("patch").is_none(), "{}", a.summary);
+            assert_eq!(a.ensure_namespace, None);
+        }
+        assert!(matches!(answer(b"{}", "cm"), Err(ReviewError::Parse(_))));
+        assert!(matches!(
+            answer(
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "cm"
+            ),
+            Err(ReviewError::NoRequest)
+        ));
+    }
+}
