@@ -393,6 +393,12 @@ fn kubectl_apply_k_deploy_is_accepted_and_stores_what_the_readme_says() {
         "clusterrolebinding.rbac.authorization.k8s.io/spendguard",
         "configmap/spendguard-ca",
         "daemonset.apps/spendguard",
+        "serviceaccount/spendguard-injector",
+        "clusterrole.rbac.authorization.k8s.io/spendguard-injector",
+        "clusterrolebinding.rbac.authorization.k8s.io/spendguard-injector",
+        "deployment.apps/spendguard-injector",
+        "service/spendguard-injector",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/spendguard-injector",
     ] {
         assert!(applied.contains(what), "{what} not applied: {applied}");
     }
