@@ -6,9 +6,11 @@
 //! by the real `openai` Python SDK and a real JVM, against TLS servers on loopback whose
 //! certificates SpendGuard's CA (and a stand-in "public" root) signed.
 //!
-//! The real-API-server test (the webhook reached by URL on loopback through a
-//! MutatingWebhookConfiguration) needs the control-plane harness of issue 18 items 1–2; its hook is
-//! [`url_webhook_configuration`].
+//! Then against a real kube-apiserver 1.20 (`spendguard_tests::kube`): the injector, authenticated
+//! as its ServiceAccount with exactly deploy/injector.yaml's RBAC, publishes its caBundle into the
+//! manifest's MutatingWebhookConfiguration pointed at it by URL on loopback
+//! ([`url_webhook_configuration`]); a pod created with only the label comes back with the trust,
+//! the namespace's trust ConfigMap is written, and the openai SDK trusts the bundle read from it.
 //!
 //! Network safety: every socket here is on 127.0.0.1.
 
@@ -41,6 +43,22 @@ impl Injector {
     /// Starts the binary with SpendGuard's CA `ca` and the "system roots" `roots`, plus `extra`
     /// arguments; waits until it listens.
     fn start(ca: &TestCa, roots: &[&TestCa], extra: &[&str]) -> Injector {
+        Injector::start_with(
+            ca,
+            roots,
+            &[&["--standalone", "--listen", "127.0.0.1:0"], extra].concat(),
+            &[],
+        )
+    }
+
+    /// [`Injector::start`] without `--standalone` and `--listen`: `args` must say them, `env` is
+    /// added (KUBECONFIG for a real API server).
+    fn start_with(
+        ca: &TestCa,
+        roots: &[&TestCa],
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Injector {
         let dir = tempfile::Builder::new()
             .prefix("sg-injector")
             .tempdir()
@@ -53,15 +71,15 @@ impl Injector {
         let out = dir.path().join("out");
         let child = Command::new(bin("spendguard-agent"))
             .arg("injector")
-            .arg("--standalone")
-            .args(["--listen", "127.0.0.1:0", "--san", "127.0.0.1"])
+            .args(["--san", "127.0.0.1"])
             .arg("--ca-cert")
             .arg(&ca_file)
             .arg("--system-roots")
             .arg(&roots_file)
             .arg("--out-dir")
             .arg(&out)
-            .args(extra)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
@@ -627,4 +645,191 @@ fn url_webhook_configuration_keeps_the_manifest_rules_and_points_at_the_url() {
         "spendguard.io/agent"
     );
     assert_eq!(wh["admissionReviewVersions"], json!(["v1"]));
+}
+
+/// The objects of kind `kind` in deploy/injector.yaml.
+fn injector_manifest(kind: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/injector.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/injector.yaml");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("YAML")
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The trust volume's source of `pod` (its `spendguard-trust` volume), if any.
+fn trust_volume(pod: &Value) -> Option<Value> {
+    pod["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == "spendguard-trust")
+        .cloned()
+}
+
+#[test]
+fn real_api_server_injects_trust_into_a_pod_created_with_only_the_label() {
+    use spendguard_tests::kube::{ControlPlane, ControlPlaneOptions};
+    let cp = ControlPlane::start(ControlPlaneOptions::default());
+    cp.kubectl_ok(&["create", "namespace", "spendguard"]);
+    // Exactly the install's identity and RBAC for the injector.
+    for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"] {
+        for obj in injector_manifest(kind) {
+            cp.create(&obj);
+        }
+    }
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    // No caBundle: the injector publishes it.
+    cp.create(&url_webhook_configuration(&url, None));
+    let token = cp.service_account_token("spendguard", "spendguard-injector");
+    let kubeconfig = cp.token_kubeconfig("injector.kubeconfig", &token);
+
+    let ca = TestCa::new("SpendGuard test CA");
+    let public = TestCa::new("Public test root");
+    let listen = format!("127.0.0.1:{port}");
+    let inj = Injector::start_with(
+        &ca,
+        &[&public],
+        &[
+            "--listen",
+            &listen,
+            "--webhook-config",
+            "spendguard-injector",
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let serving_ca = std::fs::read_to_string(inj.out().join("serving-ca.crt")).expect("serving CA");
+    let published = || {
+        let mwc = cp.get_json(&["mutatingwebhookconfiguration", "spendguard-injector"]);
+        let b64 = mwc["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || published()
+            == serving_ca.as_bytes()),
+        "the injector did not publish its serving CA as the caBundle (RBAC get/update on the \
+         MutatingWebhookConfiguration?)"
+    );
+
+    cp.kubectl_ok(&["create", "namespace", "team-a"]);
+    let pod = |name: &str, labels: Value, env: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "team-a", "labels": labels},
+            "spec": {"nodeName": "node-1", "containers": [
+                {"name": "app", "image": "python:3.12-slim", "env": env}]},
+        })
+    };
+    // The pod carries only the label; what the API server stores has the trust.
+    let stored = cp.create(&pod(
+        "labelled",
+        json!({"spendguard.io/agent": "acme.research"}),
+        json!([]),
+    ));
+    let vol = trust_volume(&stored).unwrap_or_else(|| panic!("not injected: {stored}"));
+    assert_eq!(vol["configMap"]["name"], "spendguard-trust");
+    let env = env_of(&stored, "app");
+    assert_eq!(env["SSL_CERT_FILE"], format!("{MOUNT}/ca-bundle.crt"));
+    assert_eq!(env["NODE_EXTRA_CA_CERTS"], format!("{MOUNT}/ca.crt"));
+    assert!(env["JAVA_TOOL_OPTIONS"].contains("truststore.p12"));
+    assert_eq!(
+        stored["metadata"]["annotations"]["spendguard.io/trust-injected"],
+        "true"
+    );
+
+    // The namespace's trust ConfigMap was written (RBAC create) before the pod was admitted.
+    let cm = cp.get_json(&["-n", "team-a", "configmap", "spendguard-trust"]);
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "spendguard-injector"
+    );
+    assert!(cm["binaryData"]["truststore.p12"].is_string(), "{cm}");
+    // Lay the ConfigMap out as kubelet would mount it, and let the openai SDK use the injected
+    // SSL_CERT_FILE against a server SpendGuard's CA signed.
+    let volume = inj.dir.path().join("volume");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    for key in ["ca-bundle.crt", "ca.crt"] {
+        let text = cm["data"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("ConfigMap lacks {key}: {cm}"));
+        std::fs::write(volume.join(key), text).expect("write key");
+    }
+    let ssl_cert_file = volume.join(
+        env["SSL_CERT_FILE"]
+            .strip_prefix(&format!("{MOUNT}/"))
+            .expect("under mount"),
+    );
+    let intercepted = provider_signed_by(&ca);
+    let (ok, out) = openai_models(
+        &[("SSL_CERT_FILE", ssl_cert_file.clone())],
+        &intercepted.base_url(),
+    );
+    assert!(
+        ok,
+        "the openai SDK with the bundle from the API server: {out}"
+    );
+    let passthrough = provider_signed_by(&public);
+    let (ok, out) = openai_models(&[("SSL_CERT_FILE", ssl_cert_file)], &passthrough.base_url());
+    assert!(ok, "the bundle keeps the system roots: {out}");
+
+    // An unlabelled pod is not touched; a pod's own variable wins.
+    let plain = cp.create(&pod("plain", json!({"app": "x"}), json!([])));
+    assert!(trust_volume(&plain).is_none(), "{plain}");
+    assert!(plain["metadata"]["annotations"]
+        .get("spendguard.io/trust-injected")
+        .is_none());
+    let own = cp.create(&pod(
+        "own",
+        json!({"spendguard.io/agent": "acme.research"}),
+        json!([{"name": "SSL_CERT_FILE", "value": "/mine.pem"}]),
+    ));
+    assert_eq!(env_of(&own, "app")["SSL_CERT_FILE"], "/mine.pem");
+    assert_eq!(
+        env_of(&own, "app")["CURL_CA_BUNDLE"],
+        format!("{MOUNT}/ca-bundle.crt")
+    );
+
+    // A server-side dry run is patched too, but writes nothing (sideEffects: NoneOnDryRun).
+    cp.kubectl_ok(&["create", "namespace", "team-b"]);
+    let mut dry = pod(
+        "dry",
+        json!({"spendguard.io/agent": "acme.research"}),
+        json!([]),
+    );
+    dry["metadata"]["namespace"] = json!("team-b");
+    let out = cp.kubectl_with(
+        cp.admin_kubeconfig(),
+        &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&dry.to_string()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dry_stored: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(trust_volume(&dry_stored).is_some(), "{dry_stored}");
+    let cms = cp.get_json(&["-n", "team-b", "configmaps"]);
+    assert!(
+        cms["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|c| c["metadata"]["name"] != "spendguard-trust"),
+        "a dry run wrote the trust ConfigMap: {cms}"
+    );
 }
