@@ -606,13 +606,10 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
-/// Hook for the real-API-server test (issue 18 item 3 "tested against the real API server"): the
-/// injector's MutatingWebhookConfiguration from deploy/injector.yaml with its `service` reference
-/// replaced by `url` (the injector on loopback: `https://127.0.0.1:PORT/mutate`, serving
-/// `--san 127.0.0.1`) and `caBundle` set to `ca_pem` (or left for the injector to publish when
-/// it runs with an API server). The test, once the kube-apiserver harness lands, applies this, starts
-/// the injector against the harness' kubeconfig, creates a pod carrying only the label and checks
-/// it comes back with the bundle (and that the openai SDK trusts it, as above).
+/// The injector's MutatingWebhookConfiguration from deploy/injector.yaml with its `service`
+/// reference replaced by `url` (the injector on loopback: `https://127.0.0.1:PORT/mutate`, serving
+/// `--san 127.0.0.1`) and `caBundle` set to `ca_pem` (or left for the injector to publish): how the
+/// real API server reaches a webhook that runs as a process, not as the Deployment behind the Service.
 pub fn url_webhook_configuration(url: &str, ca_pem: Option<&str>) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/injector.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/injector.yaml");
