@@ -18,10 +18,9 @@ pub mod review;
 pub mod server;
 pub mod serving;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -91,34 +90,22 @@ pub struct Shared {
     pub trust_configmap: String,
     client: Option<kube::Client>,
     bundle: ArcSwap<TrustBundle>,
-    /// Namespace → digest of the bundle last written there (so an admission costs no API call
-    /// once its namespace is current).
-    ensured: Mutex<HashMap<String, String>>,
 }
 
 impl Shared {
-    /// Makes sure the trust ConfigMap in `ns` is current (no-op standalone). Errors are logged:
-    /// admission goes on either way.
+    /// Makes sure the trust ConfigMap in `ns` is current (no-op standalone): one GET when it is,
+    /// so a ConfigMap someone deleted (or a namespace created again) is written again by the next
+    /// admission, not only by the resync. Errors are logged: admission goes on either way.
     pub async fn ensure_namespace(&self, ns: &str) {
         let Some(client) = &self.client else { return };
         let bundle = self.bundle.load_full();
-        let known = self
-            .ensured
-            .lock()
-            .map(|m| m.get(ns) == Some(&bundle.digest))
-            .unwrap_or(false);
-        if known {
-            return;
-        }
         match cluster::ensure_configmap(client, ns, &self.trust_configmap, &bundle).await {
-            Ok(wrote) => {
-                if wrote {
-                    tracing::info!(namespace = %ns, configmap = %self.trust_configmap, "trust ConfigMap written");
-                }
-                if let Ok(mut m) = self.ensured.lock() {
-                    m.insert(ns.to_string(), bundle.digest.clone());
-                }
-            }
+            Ok(true) => tracing::info!(
+                namespace = %ns,
+                configmap = %self.trust_configmap,
+                "trust ConfigMap written"
+            ),
+            Ok(false) => {}
             Err(e) => tracing::error!(namespace = %ns, "{e}"),
         }
     }
@@ -164,7 +151,6 @@ pub async fn run(cfg: InjectorConfig, shutdown: CancellationToken) -> Result<(),
         trust_configmap: cfg.trust_configmap.clone(),
         client: client.clone(),
         bundle: ArcSwap::from_pointee(bundle),
-        ensured: Mutex::new(HashMap::new()),
     });
 
     let mut certs = ServingCerts::new(&cfg.sans, cfg.rotation, SystemTime::now())?;

@@ -800,6 +800,16 @@ fn real_api_server_injects_trust_into_a_pod_created_with_only_the_label() {
         format!("{MOUNT}/ca-bundle.crt")
     );
 
+    // A trust ConfigMap someone deleted is written again at the next labelled pod's admission.
+    cp.kubectl_ok(&["-n", "team-a", "delete", "configmap", "spendguard-trust"]);
+    cp.create(&pod(
+        "again",
+        json!({"spendguard.io/agent": "acme.research"}),
+        json!([]),
+    ));
+    let cm = cp.get_json(&["-n", "team-a", "configmap", "spendguard-trust"]);
+    assert!(cm["data"]["ca-bundle.crt"].is_string(), "{cm}");
+
     // A server-side dry run is patched too, but writes nothing (sideEffects: NoneOnDryRun).
     cp.kubectl_ok(&["create", "namespace", "team-b"]);
     let mut dry = pod(
