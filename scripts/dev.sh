@@ -32,6 +32,13 @@ apt_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # A JDK: tests/tests/injector.rs runs a real JVM against the injector's PKCS#12 truststore (any
+  # JDK >= 11 runs a single-file source; Debian 12's default is 17).
+  if ! command -v java >/dev/null || ! command -v javac >/dev/null; then
+    log "apt-get install default-jdk-headless (for the injector's Java truststore test)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jdk-headless >/dev/null
+  fi
   # prometheus: only for its promtool, which checks and unit-tests deploy/prometheus/rules.yaml
   # (spendguard-agent/tests/dashboard.rs). Without recommends (no node exporter); the server the
   # package starts on systemd hosts is stopped and disabled again.
@@ -87,12 +94,20 @@ bpffs() {
   grep -q ' /sys/fs/bpf bpf ' /proc/mounts || { log "mounting bpffs at /sys/fs/bpf"; mount -t bpf bpffs /sys/fs/bpf; }
 }
 
+kube_bins() {
+  # The Kubernetes tier (tests/tests/kubernetes.rs, kubelet.rs): etcd, containerd, runc from apt and
+  # kube-apiserver/kubelet/kubectl 1.20.2 built from Debian's source package into
+  # /var/cache/spendguard (once, ~5 min; `cargo xtask test` finds them there).
+  bash "$ROOT/scripts/kube-bins.sh" >/dev/null
+}
+
 setup() {
   need_root
   apt_packages
   rust_toolchain
   bpf_linker
   bpffs
+  kube_bins
 }
 
 case "${1:-}" in

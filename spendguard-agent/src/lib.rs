@@ -6,6 +6,7 @@ pub mod activity;
 pub mod config;
 pub mod control;
 pub mod identity;
+pub mod injector;
 pub mod k8s;
 pub mod metering;
 pub mod metrics;

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, ServiceAccount,
+    ConfigMap, Container, EnvVar, Namespace, Pod, PodSpec, Service, ServiceAccount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -86,6 +87,9 @@ struct Manifests {
     bindings: Vec<ClusterRoleBinding>,
     config_maps: Vec<ConfigMap>,
     daemon_sets: Vec<DaemonSet>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    webhooks: Vec<MutatingWebhookConfiguration>,
     pods: Vec<Pod>,
 }
 
@@ -112,6 +116,11 @@ fn load(paths: &[PathBuf]) -> Manifests {
                     m.bindings.push(typed(&doc, &file))
                 }
                 ("apps/v1", "DaemonSet") => m.daemon_sets.push(typed(&doc, &file)),
+                ("apps/v1", "Deployment") => m.deployments.push(typed(&doc, &file)),
+                ("v1", "Service") => m.services.push(typed(&doc, &file)),
+                ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                    m.webhooks.push(typed(&doc, &file))
+                }
                 other => panic!("{file}: unexpected kind {other:?}"),
             }
         }
@@ -129,6 +138,21 @@ where
 {
     assert_eq!(v.len(), 1, "exactly one {what}");
     v[0].clone()
+}
+
+/// The object named `name` among `v`.
+fn named<
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> + Clone,
+>(
+    v: &[T],
+    name: &str,
+) -> T {
+    let found: Vec<&T> = v
+        .iter()
+        .filter(|o| o.metadata().name.as_deref() == Some(name))
+        .collect();
+    assert_eq!(found.len(), 1, "exactly one object named {name}");
+    found[0].clone()
 }
 
 fn env<'a>(c: &'a Container, name: &str) -> &'a EnvVar {
@@ -225,7 +249,9 @@ fn every_manifest_parses_into_api_types_and_all_are_namespaced_in_spendguard() {
         .iter()
         .map(|o| &o.metadata)
         .chain(m.config_maps.iter().map(|o| &o.metadata))
-        .chain(m.daemon_sets.iter().map(|o| &o.metadata));
+        .chain(m.daemon_sets.iter().map(|o| &o.metadata))
+        .chain(m.deployments.iter().map(|o| &o.metadata))
+        .chain(m.services.iter().map(|o| &o.metadata));
     for meta in namespaced {
         assert_eq!(
             meta.namespace.as_deref(),
@@ -266,7 +292,7 @@ fn kustomization_lists_exactly_the_manifest_files() {
 #[test]
 fn cluster_role_grants_exactly_pod_reads_and_event_creation() {
     let m = install();
-    let role = the(&m.cluster_roles, "ClusterRole");
+    let role = named(&m.cluster_roles, "spendguard");
     let mut grants: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role.rules.iter().flatten() {
         assert!(rule.resource_names.is_none(), "no resourceNames");
@@ -288,10 +314,10 @@ fn cluster_role_grants_exactly_pod_reads_and_event_creation() {
     assert_eq!(grants, expected);
     assert!(role.aggregation_rule.is_none());
 
-    let binding = the(&m.bindings, "ClusterRoleBinding");
+    let binding = named(&m.bindings, "spendguard");
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
-    let sa = the(&m.service_accounts, "ServiceAccount");
+    let sa = named(&m.service_accounts, "spendguard");
     let subjects = binding.subjects.expect("subjects");
     assert_eq!(subjects.len(), 1);
     assert_eq!(subjects[0].kind, "ServiceAccount");
@@ -322,7 +348,7 @@ fn daemonset_fits_together() {
     assert!(spec.selector.match_expressions.is_none());
 
     // Service account.
-    let sa = the(&m.service_accounts, "ServiceAccount");
+    let sa = named(&m.service_accounts, "spendguard");
     assert_eq!(pod.service_account_name, sa.metadata.name);
     assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
 
@@ -487,18 +513,28 @@ fn daemonset_fits_together() {
         Some(&c.name)
     );
 
-    // Rolling update, one node at a time, no surge (host ports).
+    // Rolling update, one node at a time, no surge (host ports): maxSurge left to its default 0,
+    // since a 1.20 API server refuses the field (tests/tests/kubernetes.rs applies it there).
     let us = spec.update_strategy.expect("updateStrategy");
     assert_eq!(us.type_.as_deref(), Some("RollingUpdate"));
     let ru = us.rolling_update.expect("rollingUpdate");
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
-    assert_eq!(ru.max_surge, Some(IntOrString::Int(0)));
+    assert_eq!(ru.max_surge, None);
+
+    // AppArmor unconfined (bpffs pins), by the annotation every version honours, not the 1.30 field.
+    assert_eq!(
+        ann.get("container.apparmor.security.beta.kubernetes.io/spendguard")
+            .map(String::as_str),
+        Some("unconfined")
+    );
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert!(sc.app_armor_profile.is_none());
 }
 
 #[test]
 fn example_pod_is_labelled_and_trusts_the_ca_configmap() {
     let dir = deploy_dir();
-    let ex = load(&yaml_files(&dir.join("examples")));
+    let ex = load(&[dir.join("examples/agent-pod.yaml")]);
     let pod = the(&ex.pods, "example Pod");
     let label = pod
         .metadata
@@ -627,4 +663,232 @@ fn dockerfile_builds_both_binaries_the_measured_way() {
         .find(|l| l.starts_with("COPY --from=builder"))
         .expect("COPY from builder");
     assert!(copy.contains("spendguard-agent") && copy.contains("/out/spendguard "));
+}
+
+/// Grants of a ClusterRole: (group, resource, resourceNames) → verbs.
+fn grants(role: &ClusterRole) -> BTreeMap<(String, String, Vec<String>), BTreeSet<String>> {
+    let mut g: BTreeMap<(String, String, Vec<String>), BTreeSet<String>> = BTreeMap::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.non_resource_urls.is_none(), "no nonResourceURLs");
+        for group in rule.api_groups.iter().flatten() {
+            for res in rule.resources.iter().flatten() {
+                g.entry((
+                    group.clone(),
+                    res.clone(),
+                    rule.resource_names.clone().unwrap_or_default(),
+                ))
+                .or_default()
+                .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn injector_deployment_service_webhook_and_rbac_fit_together() {
+    let m = install();
+    let dep = named(&m.deployments, "spendguard-injector");
+    let svc = named(&m.services, "spendguard-injector");
+    let mwc = named(&m.webhooks, "spendguard-injector");
+    let role = named(&m.cluster_roles, "spendguard-injector");
+    let binding = named(&m.bindings, "spendguard-injector");
+    let sa = named(&m.service_accounts, "spendguard-injector");
+
+    // RBAC: exactly what the injector's API calls need (spendguard-agent/src/injector/cluster.rs).
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let expected = BTreeMap::from([
+        (("".into(), "configmaps".into(), vec![]), set(&["create"])),
+        (
+            ("".into(), "configmaps".into(), names(&["spendguard-trust"])),
+            set(&["get", "update"]),
+        ),
+        (("".into(), "pods".into(), vec![]), set(&["list"])),
+        (
+            (
+                "admissionregistration.k8s.io".into(),
+                "mutatingwebhookconfigurations".into(),
+                names(&["spendguard-injector"]),
+            ),
+            set(&["get", "update"]),
+        ),
+    ]);
+    assert_eq!(grants(&role), expected);
+    assert_eq!(binding.role_ref.name, "spendguard-injector");
+    let subjects = binding.subjects.clone().expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(Some(&subjects[0].name), sa.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+
+    // Deployment: its service account, selector ⊆ labels, the injector command, non-root.
+    let spec = dep.spec.clone().expect("spec");
+    let tmpl_labels = spec
+        .template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .expect("template labels");
+    for (k, v) in spec.selector.match_labels.clone().expect("matchLabels") {
+        assert_eq!(tmpl_labels.get(&k), Some(&v));
+    }
+    assert!(
+        !tmpl_labels.contains_key(AGENT_LABEL),
+        "the injector's own pods must not be labelled (the webhook would call itself)"
+    );
+    let pod = spec.template.spec.clone().expect("pod spec");
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    check_volumes(&pod, "injector");
+    let c = the(&pod.containers, "injector container");
+    assert_eq!(
+        c.command.clone().expect("command"),
+        vec!["spendguard-agent".to_string(), "injector".to_string()]
+    );
+    // The CA it reads is the public ConfigMap spendguard-ca, never the Secret with the key.
+    let ca_vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.config_map.as_ref().map(|c| c.name.as_str()) == Some("spendguard-ca"))
+        .expect("a volume from ConfigMap spendguard-ca");
+    assert!(pod.volumes.iter().flatten().all(|v| v.secret.is_none()));
+    assert_eq!(
+        Path::new(env_value(&c, "SPENDGUARD_INJECTOR_CA_CERT")),
+        Path::new(&mount_path(&c, &ca_vol.name)).join("ca.crt")
+    );
+    // Listen port = containerPort = the Service's target; probes over HTTPS on /healthz.
+    let listen_port: i32 = env_value(&c, "SPENDGUARD_INJECTOR_LISTEN")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("listen port");
+    let port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("webhook"))
+        .expect("port webhook");
+    assert_eq!(port.container_port, listen_port);
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("httpGet probe");
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        assert_eq!(get.path.as_deref(), Some("/healthz"));
+    }
+    let sspec = svc.spec.clone().expect("service spec");
+    assert_eq!(
+        sspec.selector.clone().expect("selector"),
+        spec.selector.match_labels.clone().expect("matchLabels")
+    );
+    let sport = the(&sspec.ports.clone().expect("ports"), "service port");
+    assert_eq!(
+        sport.target_port,
+        Some(IntOrString::String("webhook".into()))
+    );
+
+    // The webhook: reaches the Service, only labelled pods, v1, explained policies.
+    assert_eq!(
+        Some(env_value(&c, "SPENDGUARD_INJECTOR_WEBHOOK_CONFIG")),
+        mwc.metadata.name.as_deref()
+    );
+    assert_eq!(
+        env_value(&c, "SPENDGUARD_INJECTOR_TRUST_CONFIGMAP"),
+        "spendguard-trust"
+    );
+    let sans = env_value(&c, "SPENDGUARD_INJECTOR_SANS");
+    let wh = the(&mwc.webhooks.clone().expect("webhooks"), "webhook");
+    let target = wh.client_config.service.clone().expect("service reference");
+    assert_eq!(Some(&target.name), svc.metadata.name.as_ref());
+    assert_eq!(target.namespace, NAMESPACE);
+    assert_eq!(target.port, Some(sport.port));
+    assert_eq!(target.path.as_deref(), Some("/mutate"));
+    assert!(
+        sans.split(',')
+            .any(|s| s == format!("{}.{}.svc", target.name, target.namespace)),
+        "the serving certificate names the Service the API server calls: {sans}"
+    );
+    assert!(
+        wh.client_config.ca_bundle.is_none(),
+        "the injector publishes its own caBundle"
+    );
+    assert_eq!(wh.admission_review_versions, vec!["v1".to_string()]);
+    assert_eq!(wh.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(wh.side_effects, "NoneOnDryRun");
+    assert_eq!(wh.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert!(wh.timeout_seconds.is_some_and(|t| (1..=10).contains(&t)));
+    let sel = wh.object_selector.clone().expect("objectSelector");
+    let expr = the(
+        &sel.match_expressions.clone().expect("matchExpressions"),
+        "expression",
+    );
+    assert_eq!(
+        (expr.key.as_str(), expr.operator.as_str()),
+        (AGENT_LABEL, "Exists")
+    );
+    let rule = the(&wh.rules.clone().expect("rules"), "rule");
+    assert_eq!(rule.operations, Some(vec!["CREATE".to_string()]));
+    assert_eq!(rule.resources, Some(vec!["pods".to_string()]));
+    assert_eq!(rule.api_groups, Some(vec!["".to_string()]));
+}
+
+#[test]
+fn trust_manager_example_bundles_the_ca_under_the_injectors_file_names() {
+    let dir = deploy_dir().join("examples");
+    let all: BTreeSet<String> = yaml_files(&dir)
+        .iter()
+        .filter_map(|p| p.file_name().and_then(|f| f.to_str()).map(str::to_string))
+        .collect();
+    assert_eq!(
+        all,
+        BTreeSet::from([
+            "agent-pod.yaml".to_string(),
+            "trust-manager-bundle.yaml".to_string()
+        ]),
+        "every example is checked by a test here"
+    );
+    let bundles = docs(&dir.join("trust-manager-bundle.yaml"));
+    assert_eq!(bundles.len(), 2);
+    let by_name = |n: &str| {
+        bundles
+            .iter()
+            .find(|b| b["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("Bundle {n}"))
+            .clone()
+    };
+    for b in &bundles {
+        assert_eq!(b["apiVersion"], "trust.cert-manager.io/v1alpha1");
+        assert_eq!(b["kind"], "Bundle");
+        // Never the injector's own ConfigMap name (it refuses to touch foreign ones).
+        assert_ne!(b["metadata"]["name"], "spendguard-trust");
+        let src = b["spec"]["sources"].as_array().expect("sources");
+        assert!(src.iter().any(
+            |s| s["configMap"]["name"] == "spendguard-ca" && s["configMap"]["key"] == "ca.crt"
+        ));
+        assert_eq!(
+            b["spec"]["target"]["namespaceSelector"]["matchLabels"]["spendguard.io/trust"],
+            "enabled"
+        );
+    }
+    let full = by_name("spendguard-trust-bundle");
+    assert!(full["spec"]["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .any(|s| s["useDefaultCAs"] == true));
+    assert_eq!(full["spec"]["target"]["configMap"]["key"], "ca-bundle.crt");
+    assert_eq!(
+        full["spec"]["target"]["additionalFormats"]["pkcs12"]["key"],
+        "truststore.p12"
+    );
+    let ca = by_name("spendguard-trust-ca");
+    assert_eq!(ca["spec"]["sources"].as_array().map(Vec::len), Some(1));
+    assert_eq!(ca["spec"]["target"]["configMap"]["key"], "ca.crt");
 }
