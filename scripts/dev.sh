@@ -86,12 +86,20 @@ bpffs() {
   grep -q ' /sys/fs/bpf bpf ' /proc/mounts || { log "mounting bpffs at /sys/fs/bpf"; mount -t bpf bpffs /sys/fs/bpf; }
 }
 
+kube_bins() {
+  # The Kubernetes tier (tests/tests/kubernetes.rs, kubelet.rs): etcd, containerd, runc from apt and
+  # kube-apiserver/kubelet/kubectl 1.20.2 built from Debian's source package into
+  # /var/cache/spendguard (once, ~5 min; `cargo xtask test` finds them there).
+  bash "$ROOT/scripts/kube-bins.sh" >/dev/null
+}
+
 setup() {
   need_root
   apt_packages
   rust_toolchain
   bpf_linker
   bpffs
+  kube_bins
 }
 
 case "${1:-}" in

@@ -16,6 +16,7 @@
 
 pub mod fake_provider;
 pub mod fake_x402;
+pub mod kube;
 pub mod loopfs;
 pub mod metered;
 pub mod redis_server;
@@ -201,7 +202,7 @@ impl Drop for Cgroup {
 
 /// Kills what is left in a cgroup tree and removes it, children first (a parent with children cannot
 /// be removed, so a forgotten child must not leave the whole tree behind).
-fn remove_cgroup_tree(path: &Path) {
+pub(crate) fn remove_cgroup_tree(path: &Path) {
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -162,6 +162,9 @@ fn main() -> anyhow::Result<()> {
             status(build)?;
             let prev = prev_release::ensure(&root)?;
             let mut test = cargo();
+            if nix_is_root() {
+                test.env("SPENDGUARD_KUBE_BIN_DIR", kube_bins(&root)?);
+            }
             test.current_dir(&root)
                 .env("SPENDGUARD_BIN_DIR", root.join("target/debug"))
                 .env("SPENDGUARD_PREV_BIN_DIR", prev)
@@ -174,6 +177,28 @@ fn main() -> anyhow::Result<()> {
             status(test)
         }
     }
+}
+
+/// The Kubernetes tier's binaries (kube-apiserver, kubelet, kubectl, pause), built once from Debian's
+/// source package into a cache outside the repository by `scripts/kube-bins.sh` (which also
+/// apt-installs etcd, containerd, runc); the directory it prints.
+fn kube_bins(root: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(root.join("scripts/kube-bins.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("run scripts/kube-bins.sh")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/kube-bins.sh failed ({}): the Kubernetes tests need its binaries",
+            out.status
+        );
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if dir.is_empty() {
+        bail!("scripts/kube-bins.sh printed no directory");
+    }
+    Ok(PathBuf::from(dir))
 }
 
 fn nix_is_root() -> bool {
