@@ -487,12 +487,22 @@ fn daemonset_fits_together() {
         Some(&c.name)
     );
 
-    // Rolling update, one node at a time, no surge (host ports).
+    // Rolling update, one node at a time, no surge (host ports): maxSurge left to its default 0,
+    // since a 1.20 API server refuses the field (tests/tests/kubernetes.rs applies it there).
     let us = spec.update_strategy.expect("updateStrategy");
     assert_eq!(us.type_.as_deref(), Some("RollingUpdate"));
     let ru = us.rolling_update.expect("rollingUpdate");
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
-    assert_eq!(ru.max_surge, Some(IntOrString::Int(0)));
+    assert_eq!(ru.max_surge, None);
+
+    // AppArmor unconfined (bpffs pins), by the annotation every version honours, not the 1.30 field.
+    assert_eq!(
+        ann.get("container.apparmor.security.beta.kubernetes.io/spendguard")
+            .map(String::as_str),
+        Some("unconfined")
+    );
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert!(sc.app_armor_profile.is_none());
 }
 
 #[test]
