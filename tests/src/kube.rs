@@ -420,7 +420,8 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 path_str(&d("sa.key"))
             ),
-            "--authorization-mode=RBAC".into(),
+            // Node: what a kubelet (system:node:NAME) may do; RBAC: everyone else.
+            "--authorization-mode=Node,RBAC".into(),
             "--service-cluster-ip-range=10.96.0.0/24".into(),
             // The ServiceAccount plugin wants every pod's token Secret, which only the
             // controller-manager (not run here) creates.

@@ -17,6 +17,7 @@
 pub mod fake_provider;
 pub mod fake_x402;
 pub mod kube;
+pub mod kubelet;
 pub mod loopfs;
 pub mod metered;
 pub mod redis_server;
