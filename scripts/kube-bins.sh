@@ -36,11 +36,15 @@ apt_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Debian's packages start their daemons on systemd hosts; the tests start their own, on loopback,
-  # with their own state directories, so the system-wide ones are stopped and left disabled.
+  # Debian's packages start their daemons on systemd hosts. The tests need neither (they start
+  # their own, with their own sockets and directories, inside test namespaces), so a daemon this
+  # script has just installed is stopped and disabled again; one the machine had before is left.
   if command -v systemctl >/dev/null; then
-    for p in etcd containerd; do
-      if systemctl is-active --quiet "$p" 2>/dev/null; then systemctl disable --now "$p" >/dev/null 2>&1 || true; fi
+    for p in "${missing[@]}"; do
+      case "$p" in
+        etcd-server) systemctl disable --now etcd >/dev/null 2>&1 || true ;;
+        containerd) systemctl disable --now containerd >/dev/null 2>&1 || true ;;
+      esac
     done
   fi
 }

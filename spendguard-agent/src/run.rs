@@ -44,9 +44,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // (tests/tests/kubelet.rs). A runtime that does not is caught per pod by the watcher.
         tracing::warn!(
             cgroup2 = %mount.display(),
-            "this host uses a hybrid cgroup layout: only processes that are also in the cgroup v2 tree ({}) \
-             can be tagged. runc >= 1.1 puts Kubernetes containers there, so their pods are metered; the \
-             pod watcher logs an error for any Running pod whose v2 directory is missing",
+            "this host uses a hybrid cgroup layout: only processes that are also in the cgroup v2 \
+             tree ({}) can be tagged. runc (1.1.5, measured) puts Kubernetes containers there too, \
+             so their pods are metered; the pod watcher logs an error for any Running pod whose v2 \
+             directory is missing",
             mount.display()
         );
     }
