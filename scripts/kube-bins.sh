@@ -28,7 +28,8 @@ apt_packages() {
   # golang-go: Debian's Go 1.19 builds 1.20.2 once reflect2 is swapped (below); rsync: kube's
   # hack/ scripts copy the generators with it. The rest run in the tests.
   local missing=() p
-  for p in etcd-server containerd runc busybox-static golang-go golang-github-modern-go-reflect2-dev dpkg-dev gcc libc6-dev rsync; do
+  for p in etcd-server containerd runc busybox-static golang-go golang-github-modern-go-reflect2-dev dpkg-dev \
+           xz-utils make gcc libc6-dev rsync; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
