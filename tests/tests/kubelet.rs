@@ -211,5 +211,11 @@ fn a_labelled_pod_run_by_kubelet_is_redirected_charged_and_refused_past_its_limi
         !agent_log.contains(&format!("{ns}/plain")),
         "the unlabelled pod reached the watcher:\n{agent_log}"
     );
+    // Nor did it ever think a Running pod had no v2 directory (what a hybrid node whose runtime
+    // left containers out of the v2 tree would log).
+    assert!(
+        !agent_log.contains("none of its cgroup v2 directories exists"),
+        "{agent_log}"
+    );
     eprintln!("labelled pod's requests: {l_codes:?}; its container's v2 cgroup: {v2_line}");
 }
