@@ -28,7 +28,8 @@ apt_packages() {
   # golang-go: Debian's Go 1.19 builds 1.20.2 once reflect2 is swapped (below); rsync: kube's
   # hack/ scripts copy the generators with it. The rest run in the tests.
   local missing=() p
-  for p in etcd-server containerd runc busybox-static golang-go golang-github-modern-go-reflect2-dev dpkg-dev gcc libc6-dev rsync; do
+  for p in etcd-server containerd runc busybox-static golang-go golang-github-modern-go-reflect2-dev dpkg-dev \
+           xz-utils make gcc libc6-dev rsync; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -36,11 +37,15 @@ apt_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Debian's packages start their daemons on systemd hosts; the tests start their own, on loopback,
-  # with their own state directories, so the system-wide ones are stopped and left disabled.
+  # Debian's packages start their daemons on systemd hosts. The tests need neither (they start
+  # their own, with their own sockets and directories, inside test namespaces), so a daemon this
+  # script has just installed is stopped and disabled again; one the machine had before is left.
   if command -v systemctl >/dev/null; then
-    for p in etcd containerd; do
-      if systemctl is-active --quiet "$p" 2>/dev/null; then systemctl disable --now "$p" >/dev/null 2>&1 || true; fi
+    for p in "${missing[@]}"; do
+      case "$p" in
+        etcd-server) systemctl disable --now etcd >/dev/null 2>&1 || true ;;
+        containerd) systemctl disable --now containerd >/dev/null 2>&1 || true ;;
+      esac
     done
   fi
 }

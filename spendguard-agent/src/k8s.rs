@@ -141,7 +141,9 @@ pub async fn start(
     let client = spendguard_k8s::default_client()
         .await
         .context("the Kubernetes pod watcher (NODE_NAME is set)")?;
-    let resolver = CgroupResolver::new(tags.mount());
+    // On a hybrid host kubelet's layout is visible in the v1 hierarchies before the v2 tree has it.
+    let resolver = CgroupResolver::new(tags.mount())
+        .with_v1_hierarchies(crate::identity::cgroupfs::v1_mounts());
     let sink = PodTags::new(tags, ledger);
     sink.pause_quarantine().await;
     let sink: Arc<dyn PodTagSink> = Arc::new(sink);

@@ -39,10 +39,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mount = cgroupfs::cgroup2_mount()?;
     if cgroupfs::is_hybrid() {
+        // Measured on a hybrid Debian 12 node (kubelet 1.20, containerd 1.6, runc 1.1.5): runc puts
+        // every container in the v2 tree too, so pods are tagged and metered there
+        // (tests/tests/kubelet.rs). A runtime that does not is caught per pod by the watcher.
         tracing::warn!(
             cgroup2 = %mount.display(),
-            "this host uses a hybrid cgroup layout: only processes placed in the cgroup v2 tree ({}) can be tagged; \
-             Kubernetes pods on a hybrid/v1 node are NOT metered (use cgroup v2 nodes)",
+            "this host uses a hybrid cgroup layout: only processes that are also in the cgroup v2 \
+             tree ({}) can be tagged. runc (1.1.5, measured) puts Kubernetes containers there too, \
+             so their pods are metered; the pod watcher logs an error for any Running pod whose v2 \
+             directory is missing",
             mount.display()
         );
     }

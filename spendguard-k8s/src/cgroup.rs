@@ -122,21 +122,39 @@ const KUBEPODS_SEARCH_DEPTH: usize = 3;
 #[derive(Clone, Debug)]
 pub struct CgroupResolver {
     root: PathBuf,
+    /// Hybrid hosts: the cgroup v1 mount points, where kubelet's `kubepods` tree is (see
+    /// [`CgroupResolver::with_v1_hierarchies`]).
+    v1: Vec<PathBuf>,
 }
 
 impl CgroupResolver {
     /// `root` is the cgroup v2 mount (read it from /proc/mounts: hybrid hosts mount it at
     /// `/sys/fs/cgroup/unified`).
     pub fn new(root: impl Into<PathBuf>) -> CgroupResolver {
-        CgroupResolver { root: root.into() }
+        CgroupResolver {
+            root: root.into(),
+            v1: Vec::new(),
+        }
+    }
+
+    /// On a hybrid host (cgroup v1 controllers, v2 mounted beside them) kubelet 1.20 with the
+    /// cgroupfs driver creates `kubepods` and its QoS cgroups only in the v1 hierarchies; the pod's
+    /// v2 directory appears only when runc starts the pod's first container (runc 1.1 places every
+    /// container in the v2 tree too, measured with Debian 12's runc 1.1.5 and containerd 1.6). So
+    /// when the v2 tree has no `kubepods` yet, the layout found in these v1 hierarchies (mount
+    /// points) says where the v2 directories will appear — under a custom `--cgroup-root` as well.
+    pub fn with_v1_hierarchies(mut self, mounts: Vec<PathBuf>) -> CgroupResolver {
+        self.v1 = mounts;
+        self
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The cgroup drivers whose `kubepods` directory exists on this node (empty before kubelet has
-    /// created it — or on a cgroup v1/hybrid node, where kubelet uses the v1 hierarchies).
+    /// The cgroup drivers whose `kubepods` directory exists on this node (in the v2 tree, else in
+    /// the v1 hierarchies given to [`CgroupResolver::with_v1_hierarchies`]); empty before kubelet
+    /// has created it.
     pub fn drivers(&self) -> Vec<CgroupDriver> {
         self.kubepods().into_iter().map(|k| k.driver).collect()
     }
@@ -206,61 +224,84 @@ impl CgroupResolver {
         ]
     }
 
-    /// Every `kubepods` directory within [`KUBEPODS_SEARCH_DEPTH`] levels, systemd first. Only
-    /// directories whose name mentions `kube` are descended into (a custom `--cgroup-root` for
-    /// kubelet is named for it in practice: `kubelet`, `kubelet.slice`), so the walk stays small.
+    /// Every `kubepods` directory of the v2 tree; if there is none, the ones of the first v1
+    /// hierarchy that has any, mapped to where they will appear in the v2 tree.
     fn kubepods(&self) -> Vec<Kubepods> {
-        let mut found = Vec::new();
-        let mut frontier = vec![self.root.clone()];
-        for _ in 0..KUBEPODS_SEARCH_DEPTH {
-            let mut next = Vec::new();
-            for dir in frontier {
-                let Ok(entries) = std::fs::read_dir(&dir) else {
+        let found = find_kubepods(&self.root);
+        if !found.is_empty() {
+            return found;
+        }
+        self.v1
+            .iter()
+            .map(|mount| {
+                find_kubepods(mount)
+                    .into_iter()
+                    .filter_map(|k| {
+                        let rel = k.dir.strip_prefix(mount).ok()?;
+                        Some(Kubepods {
+                            dir: self.root.join(rel),
+                            ..k
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .find(|v| !v.is_empty())
+            .unwrap_or_default()
+    }
+}
+
+/// Every `kubepods` directory within [`KUBEPODS_SEARCH_DEPTH`] levels of `root`, systemd first.
+/// Only directories whose name mentions `kube` are descended into (a custom `--cgroup-root` for
+/// kubelet is named for it in practice: `kubelet`, `kubelet.slice`), so the walk stays small.
+fn find_kubepods(root: &Path) -> Vec<Kubepods> {
+    let mut found = Vec::new();
+    let mut frontier = vec![root.to_path_buf()];
+    for _ in 0..KUBEPODS_SEARCH_DEPTH {
+        let mut next = Vec::new();
+        for dir in frontier {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
-                for entry in entries.flatten() {
-                    let Ok(name) = entry.file_name().into_string() else {
-                        continue;
-                    };
-                    if !name.contains("kube") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        continue;
-                    }
-                    let path = entry.path();
-                    if name == "kubepods" {
-                        found.push(Kubepods {
-                            driver: CgroupDriver::Cgroupfs,
-                            dir: path,
-                            stem: name,
-                        });
-                    } else if let Some(stem) = name
-                        .strip_suffix(".slice")
-                        .filter(|s| *s == "kubepods" || s.ends_with("-kubepods"))
-                    {
-                        found.push(Kubepods {
-                            driver: CgroupDriver::Systemd,
-                            stem: stem.to_string(),
-                            dir: path,
-                        });
-                    } else if !name.starts_with("kubepods") {
-                        // `kubepods-…` slices are QoS/pod cgroups, never a cgroup root.
-                        next.push(path);
-                    }
+                if !name.contains("kube") || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = entry.path();
+                if name == "kubepods" {
+                    found.push(Kubepods {
+                        driver: CgroupDriver::Cgroupfs,
+                        dir: path,
+                        stem: name,
+                    });
+                } else if let Some(stem) = name
+                    .strip_suffix(".slice")
+                    .filter(|s| *s == "kubepods" || s.ends_with("-kubepods"))
+                {
+                    found.push(Kubepods {
+                        driver: CgroupDriver::Systemd,
+                        stem: stem.to_string(),
+                        dir: path,
+                    });
+                } else if !name.starts_with("kubepods") {
+                    // `kubepods-…` slices are QoS/pod cgroups, never a cgroup root.
+                    next.push(path);
                 }
             }
-            frontier = next;
         }
-        // Shallowest first (a default kubelet), systemd before cgroupfs, then by path: stable order.
-        found.sort_by(|a, b| {
-            let depth = |k: &Kubepods| k.dir.components().count();
-            depth(a)
-                .cmp(&depth(b))
-                .then(
-                    (a.driver == CgroupDriver::Cgroupfs).cmp(&(b.driver == CgroupDriver::Cgroupfs)),
-                )
-                .then(a.dir.cmp(&b.dir))
-        });
-        found
+        frontier = next;
     }
+    // Shallowest first (a default kubelet), systemd before cgroupfs, then by path: stable order.
+    found.sort_by(|a, b| {
+        let depth = |k: &Kubepods| k.dir.components().count();
+        depth(a)
+            .cmp(&depth(b))
+            .then((a.driver == CgroupDriver::Cgroupfs).cmp(&(b.driver == CgroupDriver::Cgroupfs)))
+            .then(a.dir.cmp(&b.dir))
+    });
+    found
 }
 
 /// The directory names a container's cgroup can have below its pod cgroup, for a runtime scheme

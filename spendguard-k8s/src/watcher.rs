@@ -298,8 +298,9 @@ impl State {
                         looked_for = ?cgroups,
                         root = %self.resolver.root().display(),
                         "pod is Running but none of its cgroup v2 directories exists: its traffic \
-                         is NOT metered. SpendGuard needs pods in cgroup v2; on a cgroup v1 or \
-                         hybrid node kubelet puts them in the v1 hierarchies"
+                         is NOT metered. SpendGuard needs pods in cgroup v2: on a cgroup v1 node they \
+                         never are; on a hybrid node the container runtime did not also place them in \
+                         the v2 tree (runc 1.1.5 does, measured)"
                     );
                     warned = true;
                 }

@@ -176,3 +176,39 @@ fn a_custom_kubelet_cgroup_root_is_found_below_the_mount() {
     assert_eq!(r2.drivers(), vec![CgroupDriver::Cgroupfs]);
     assert_eq!(r2.pod_dirs(UID, QosClass::Guaranteed), vec![pod]);
 }
+
+#[test]
+fn on_a_hybrid_host_the_v1_layout_says_where_the_v2_pod_dir_will_appear() {
+    // kubelet (cgroupfs driver, --cgroup-root=/sg-kube) made kubepods in the v1 hierarchies only;
+    // the v2 tree gets the pod's directory when runc starts its first container.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let v2 = mkdir(&tmp.path().join("unified"));
+    let cpu = mkdir(&tmp.path().join("cpu"));
+    let memory = mkdir(&tmp.path().join("memory"));
+    mkdir(&memory.join("sg-kube/kubepods/besteffort"));
+    mkdir(&cpu.join("sg-kube/kubepods/besteffort"));
+    let want = v2.join(format!("sg-kube/kubepods/besteffort/pod{UID}"));
+
+    // Without the v1 hint: the default root's guesses, wrong for a custom --cgroup-root.
+    let plain = CgroupResolver::new(&v2);
+    assert!(!plain.pod_dirs(UID, QosClass::BestEffort).contains(&want));
+
+    let r = CgroupResolver::new(&v2).with_v1_hierarchies(vec![
+        tmp.path().join("absent"),
+        cpu.clone(),
+        memory,
+    ]);
+    assert_eq!(r.pod_dirs(UID, QosClass::BestEffort), vec![want.clone()]);
+    assert_eq!(r.drivers(), vec![CgroupDriver::Cgroupfs]);
+    mkdir(&want);
+    assert_eq!(r.existing_pod_dirs(UID, QosClass::BestEffort), vec![want]);
+
+    // A kubepods in the v2 tree itself always wins over the v1 hint (whose kubepods is under
+    // sg-kube, not at the root).
+    std::fs::remove_dir_all(v2.join("sg-kube")).expect("rm");
+    mkdir(&v2.join("kubepods/burstable"));
+    assert_eq!(
+        r.pod_dirs(UID, QosClass::Burstable),
+        vec![v2.join(format!("kubepods/burstable/pod{UID}"))]
+    );
+}

@@ -18,7 +18,10 @@
 //! (`--admission-control-config-file=…`, `--enable-admission-plugins=…`), [`ControlPlane::url`],
 //! [`ControlPlane::admin_kubeconfig`] and [`ControlPlane::kubectl`] are the client side, and
 //! [`ControlPlane::ca_pem`] is the CA the API server's certificate (and a webhook's, through
-//! [`KubeCa::server_pem`]) chains to.
+//! [`KubeCa::server_pem`]) chains to. A webhook test serves TLS on 127.0.0.1 (in the same
+//! namespace) with `cp.ca().server_pem(&["127.0.0.1"])` and creates its
+//! `MutatingWebhookConfiguration` with `clientConfig.url: https://127.0.0.1:PORT/…` and
+//! `caBundle: base64(cp.ca_pem())` (`MutatingAdmissionWebhook` is on by default in 1.20).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
@@ -420,7 +423,8 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 path_str(&d("sa.key"))
             ),
-            "--authorization-mode=RBAC".into(),
+            // Node: what a kubelet (system:node:NAME) may do; RBAC: everyone else.
+            "--authorization-mode=Node,RBAC".into(),
             "--service-cluster-ip-range=10.96.0.0/24".into(),
             // The ServiceAccount plugin wants every pod's token Secret, which only the
             // controller-manager (not run here) creates.

@@ -18,6 +18,7 @@ pub mod fake_provider;
 pub mod fake_realtime;
 pub mod fake_x402;
 pub mod kube;
+pub mod kubelet;
 pub mod loopfs;
 pub mod metered;
 pub mod redis_server;

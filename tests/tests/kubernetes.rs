@@ -495,4 +495,16 @@ fn kubectl_apply_k_deploy_is_accepted_and_stores_what_the_readme_says() {
         ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1,
         "{ds}"
     );
+
+    // The README's example workload is accepted too (a server-side dry run: nothing would run it).
+    let example = deploy("examples/agent-pod.yaml");
+    cp.kubectl_ok(&[
+        "apply",
+        "-n",
+        "default",
+        "-f",
+        example.to_str().expect("utf8"),
+        "--server-side",
+        "--dry-run=server",
+    ]);
 }

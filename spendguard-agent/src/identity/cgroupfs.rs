@@ -42,14 +42,28 @@ fn unescape_mount(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Whether `hierarchy` (e.g. a v1 mount list) puts processes outside v2: true on hybrid hosts.
+/// Whether cgroup v1 hierarchies are mounted beside v2: true on hybrid hosts.
 pub fn is_hybrid() -> bool {
+    !v1_mounts().is_empty()
+}
+
+/// The mount points of the cgroup v1 hierarchies (empty on a pure v2 host, or if /proc/mounts
+/// cannot be read).
+pub fn v1_mounts() -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("cgroup"))
+        .map(|m| parse_v1_mounts(&m))
+        .unwrap_or_default()
+}
+
+fn parse_v1_mounts(mounts: &str) -> Vec<PathBuf> {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_dev, mnt, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup").then(|| PathBuf::from(unescape_mount(mnt)))
         })
-        .unwrap_or(false)
+        .collect()
 }
 
 /// The cgroup id of a cgroup v2 directory, after checking it lies under the v2 mount.
@@ -89,6 +103,11 @@ mod tests {
             parse_cgroup2_mount(m),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+        assert_eq!(
+            parse_v1_mounts(m),
+            vec![PathBuf::from("/sys/fs/cgroup/cpu")]
+        );
+        assert!(parse_v1_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n").is_empty());
         assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
         assert_eq!(
             parse_cgroup2_mount("none /a\\040b cgroup2 rw 0 0"),
