@@ -385,9 +385,8 @@ impl Adapter for OpenAiCompatible {
 }
 
 impl OpenAiCompatible {
-    /// The request-fee size of a Perplexity request (`None` elsewhere). A price with fees beyond
-    /// tokens is refused at every other provider: the quote there would leave them out (e.g.
-    /// `perplexity/sonar` through OpenRouter).
+    /// The request-fee size of a Perplexity request (`None` elsewhere; [`quote_body`] refuses
+    /// fee-bearing prices there).
     fn fee_size(
         &self,
         endpoint: Endpoint,
@@ -400,14 +399,6 @@ impl OpenAiCompatible {
                 return Err(unpriced("only Perplexity chat completions are priced here"));
             }
             return perplexity::request_fee_size(body, model, price).map(Some);
-        }
-        if price.request_fee.is_some()
-            || price.search_query_fee.is_some()
-            || price.citation_per_mtok.is_some()
-        {
-            return Err(unpriced(format!(
-                "{model} bills per-request or per-search fees that only Perplexity's own API reports"
-            )));
         }
         Ok(None)
     }
@@ -519,6 +510,18 @@ pub(crate) fn quote_body(
         ));
     }
     refuse_unbounded_features(endpoint, provider, req)?;
+    // A price with fees beyond tokens is quoted only by Perplexity's own adapter, which adds them;
+    // anywhere else (`perplexity/sonar` through OpenRouter, an Azure deployment mapped to it) the
+    // quote would leave them out.
+    let fee_bearing = price.request_fee.is_some()
+        || price.search_query_fee.is_some()
+        || price.citation_per_mtok.is_some()
+        || price.reasoning_per_mtok.is_some();
+    if fee_bearing && provider != ProviderId::Perplexity {
+        return Err(unpriced(format!(
+            "{canonical} bills per-request or per-search fees that only Perplexity's own API reports"
+        )));
+    }
 
     let body_bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
     let mut bound = InputBound {
