@@ -12,7 +12,7 @@ Entries are built by regenerate.py's `entry` (same rounding). Keys, as clients n
     PriceTable::lookup_for tries first for requests to api.cerebras.ai, so names shared with
     other providers keep Cerebras's price.
 Models priced $0 in and out are left out (a zero price would let them run unmetered; unknown
-models are refused instead), as are Perplexity (per-request fees: refused as unpriced) and
+models are refused instead), as are Perplexity (per-request fees: add_perplexity.py adds them) and
 Hugging Face router names (the router bills the serving provider's rate; no list to copy).
 """
 import json, sys, importlib.util, os

@@ -22,8 +22,8 @@ pub mod usage;
 pub mod x402;
 
 pub use money::MicroUsd;
-pub use prices::{AudioPrice, ImagePrice, LongContextPrice, ModelPrice, PriceTable};
+pub use prices::{AudioPrice, ImagePrice, LongContextPrice, ModelPrice, PriceTable, RequestFee};
 pub use providers::{
     adapter_for, Adapter, PricingError, ProviderId, Quote, QuoteOptions, Route, UsageTap,
 };
-pub use usage::Usage;
+pub use usage::{SearchContext, Usage};

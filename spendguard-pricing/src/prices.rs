@@ -13,7 +13,10 @@
 //! Prices are dollars per million tokens written as decimal strings (parsed exactly by
 //! [`MicroUsd::from_str`], never through a float). Optional per model: `cached_input`,
 //! `cache_write` (5-minute), `cache_write_1h`, `long_context`, and for Realtime models `audio`
-//! ({input, cached_input, output}) and `image` ({input, cached_input}). Unknown fields are refused.
+//! ({input, cached_input, output}) and `image` ({input, cached_input}). Perplexity's models carry
+//! what it bills beyond tokens: `request_fee` ({low, medium, high}: dollars per request, by search
+//! context size), and for deep research `citation` and `reasoning` (per million tokens) and
+//! `search_query` (dollars per search query). Unknown fields are refused.
 //!
 //! # Lookup rules ([`PriceTable::lookup`])
 //! Tried in order; the first hit wins and its table key is the canonical name:
@@ -39,7 +42,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::money::MicroUsd;
-use crate::usage::Usage;
+use crate::usage::{SearchContext, Usage};
 use crate::ProviderId;
 
 /// The bundled price list (see the module docs for its format).
@@ -70,6 +73,35 @@ pub struct ModelPrice {
     pub audio: Option<AudioPrice>,
     /// Image input token prices (Realtime models price image tokens apart); `None`: not apart.
     pub image: Option<ImagePrice>,
+    /// A fee per request on top of tokens, by search context size (Perplexity Sonar); `None`: no
+    /// request fee.
+    pub request_fee: Option<RequestFee>,
+    /// Citation token price (Perplexity deep research); `None`: citation tokens are not billed.
+    pub citation_per_mtok: Option<MicroUsd>,
+    /// Price of reasoning tokens billed apart from output (Perplexity deep research); `None`:
+    /// reasoning is billed as output.
+    pub reasoning_per_mtok: Option<MicroUsd>,
+    /// Price of one search query the provider runs (Perplexity deep research); `None`: not billed.
+    pub search_query_fee: Option<MicroUsd>,
+}
+
+/// Dollars per request by search context size (Perplexity's request fee).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestFee {
+    pub low: MicroUsd,
+    pub medium: MicroUsd,
+    pub high: MicroUsd,
+}
+
+impl RequestFee {
+    /// The fee of one request at `size`.
+    pub fn at(&self, size: SearchContext) -> MicroUsd {
+        match size {
+            SearchContext::Low => self.low,
+            SearchContext::Medium => self.medium,
+            SearchContext::High => self.high,
+        }
+    }
 }
 
 /// Per-million-token prices of audio tokens (Realtime sessions), which cost several times
@@ -145,17 +177,41 @@ impl ModelPrice {
 
     /// The cost of `usage`: each bucket's tokens times its rate, summed exactly in u128 and divided
     /// by one million once, rounding up (a provider never bills less than a whole micro-dollar
-    /// below us). Saturates at [`MicroUsd::MAX`].
+    /// below us); then the per-request fee of the reported search context size and the
+    /// per-query fees, which are whole micro-dollars already. Saturates at [`MicroUsd::MAX`].
     pub fn cost(&self, usage: &Usage) -> MicroUsd {
         let r = self.rates_for(usage.total_input());
         let term = |tokens: u64, rate: MicroUsd| u128::from(tokens) * u128::from(rate.0);
+        // Reasoning is inside `output`; a model with its own reasoning rate bills that part at it.
+        let (reasoning, reasoning_rate) = match self.reasoning_per_mtok {
+            Some(rate) => (usage.reasoning.min(usage.output), rate),
+            None => (0, MicroUsd(0)),
+        };
         let sum = term(usage.input_uncached, r.input)
             + term(usage.input_cached, r.cached())
             + term(usage.cache_write_5m, r.write_5m())
             + term(usage.cache_write_1h, r.write_1h())
-            + term(usage.output, r.output);
-        let micro = sum.div_ceil(TOKENS_PER_MTOK);
+            + term(usage.output - reasoning, r.output)
+            + term(reasoning, reasoning_rate)
+            + term(
+                usage.citation,
+                self.citation_per_mtok.unwrap_or(MicroUsd(0)),
+            );
+        let fees = self.request_fee_for(usage.search_context)
+            + term(
+                usage.search_queries,
+                self.search_query_fee.unwrap_or(MicroUsd(0)),
+            );
+        let micro = sum.div_ceil(TOKENS_PER_MTOK).saturating_add(fees);
         MicroUsd(u64::try_from(micro).unwrap_or(u64::MAX))
+    }
+
+    /// The request fee at `size` (none without a size or without a fee table).
+    fn request_fee_for(&self, size: Option<SearchContext>) -> u128 {
+        match (&self.request_fee, size) {
+            (Some(fee), Some(size)) => u128::from(fee.at(size).0),
+            _ => 0,
+        }
     }
 
     /// The most expensive rate any input token of a request could be billed at, given whether the
@@ -233,6 +289,22 @@ struct RawModel {
     audio: Option<RawAudio>,
     #[serde(default)]
     image: Option<RawImage>,
+    #[serde(default)]
+    request_fee: Option<RawRequestFee>,
+    #[serde(default)]
+    citation: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    search_query: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestFee {
+    low: String,
+    medium: String,
+    high: String,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +572,14 @@ impl RawModel {
             }),
             None => None,
         };
+        let request_fee = match &self.request_fee {
+            Some(f) => Some(RequestFee {
+                low: p("request_fee.low", &f.low)?,
+                medium: p("request_fee.medium", &f.medium)?,
+                high: p("request_fee.high", &f.high)?,
+            }),
+            None => None,
+        };
         Ok(ModelPrice {
             input_per_mtok: p("input", &self.input)?,
             cached_input_per_mtok: opt("cached_input", self.cached_input.as_ref())?,
@@ -511,6 +591,10 @@ impl RawModel {
             long_context,
             audio,
             image,
+            request_fee,
+            citation_per_mtok: opt("citation", self.citation.as_ref())?,
+            reasoning_per_mtok: opt("reasoning", self.reasoning.as_ref())?,
+            search_query_fee: opt("search_query", self.search_query.as_ref())?,
         })
     }
 }
@@ -593,6 +677,7 @@ mod tests {
             cache_write_1h: 1,
             output: 1,
             reasoning: 1,
+            ..Usage::default()
         };
         // 3 + 0.3 + 3.75 + 6 + 15 = 28.05 µ$ summed exactly, rounded up once: 29.
         assert_eq!(p.cost(&u), MicroUsd(29));
@@ -604,6 +689,64 @@ mod tests {
             simple("0.000001", "0").cost(&Usage::input_only(1)),
             MicroUsd(1)
         );
+    }
+
+    /// Perplexity: the request fee of the reported context size is added once; deep research
+    /// bills citation tokens, its reasoning share of the output at the reasoning rate, and each
+    /// search query.
+    #[test]
+    fn request_and_search_fees_are_added_exactly() {
+        let t = PriceTable::bundled();
+        let (_, sonar) = t.lookup("perplexity/sonar").unwrap();
+        let fee = sonar.request_fee.as_ref().unwrap();
+        assert_eq!(
+            (fee.low, fee.medium, fee.high),
+            (usd("0.005"), usd("0.008"), usd("0.012"))
+        );
+        let u = Usage {
+            input_uncached: 1000,
+            output: 500,
+            ..Usage::default()
+        };
+        assert_eq!(
+            sonar.cost(&u),
+            MicroUsd(1500),
+            "no size reported: tokens only"
+        );
+        for (size, fee) in [
+            (SearchContext::Low, 5_000),
+            (SearchContext::Medium, 8_000),
+            (SearchContext::High, 12_000),
+        ] {
+            let u = Usage {
+                search_context: Some(size),
+                ..u
+            };
+            assert_eq!(sonar.cost(&u), MicroUsd(1500 + fee), "{size:?}");
+        }
+        let (_, deep) = t.lookup("perplexity/sonar-deep-research").unwrap();
+        assert_eq!(deep.request_fee, None);
+        assert_eq!(deep.citation_per_mtok, Some(usd("2")));
+        assert_eq!(deep.reasoning_per_mtok, Some(usd("3")));
+        assert_eq!(deep.search_query_fee, Some(usd("0.005")));
+        // Perplexity's example: 18 in, 6,627 out, 212,376 reasoning, 34,500 citation, 30 searches.
+        let u = Usage {
+            input_uncached: 18,
+            output: 6627 + 212_376,
+            reasoning: 212_376,
+            citation: 34_500,
+            search_queries: 30,
+            ..Usage::default()
+        };
+        // (18×2 + 6,627×8 + 212,376×3 + 34,500×2) / 1e6 dollars = 0.759180, + 30 × 0.005.
+        assert_eq!(deep.cost(&u), MicroUsd(759_180 + 150_000));
+        // A model without a reasoning rate bills reasoning as the output it is inside.
+        let r = Usage {
+            output: 10,
+            reasoning: 10,
+            ..Usage::default()
+        };
+        assert_eq!(simple("0", "1").cost(&r), MicroUsd(10));
     }
 
     #[test]
@@ -760,6 +903,9 @@ mod tests {
         let e = PriceTable::from_json(bad).unwrap_err().to_string();
         assert!(e.contains("'m'") && e.contains("'input'"), "{e}");
         let unknown = r#"{"source":"s","date":"d","models":{"m":{"input":"1","output":"1","max_output_tokens":1,"context_window":1,"typo":1}}}"#;
+        let fee = r#"{"source":"s","date":"d","models":{"m":{"input":"1","output":"1","max_output_tokens":1,"context_window":1,"request_fee":{"low":"0.005","medium":"x","high":"0.01"}}}}"#;
+        let e = PriceTable::from_json(fee).unwrap_err().to_string();
+        assert!(e.contains("'request_fee.medium'"), "{e}");
         assert!(PriceTable::from_json(unknown).is_err());
         let dangling = r#"{"source":"s","date":"d","models":{},"aliases":{"a":"b"}}"#;
         assert!(matches!(

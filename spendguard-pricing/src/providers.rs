@@ -2,8 +2,8 @@
 //!
 //! One module per wire format behind one trait ([`Adapter`]): [`openai`] (Chat Completions,
 //! Responses, Embeddings, Completions; also the OpenAI-compatible Mistral, Groq, DeepSeek,
-//! Together, OpenRouter, xAI, Fireworks, Cerebras, the Hugging Face router, Perplexity (refused:
-//! per-request fees) and self-hosted servers), [`azure`], [`anthropic`], [`gemini`], [`bedrock`]
+//! Together, OpenRouter, xAI, Fireworks, Cerebras, the Hugging Face router, Perplexity (with its
+//! per-request fees: [`perplexity`]) and self-hosted servers), [`azure`], [`anthropic`], [`gemini`], [`bedrock`]
 //! (AWS), [`vertex`] (Google Vertex AI: Gemini and Claude), [`cohere`] (v2 chat). Each module's docs say
 //! how its provider reports usage when streaming.
 //!
@@ -37,6 +37,7 @@ pub mod cohere;
 pub mod gemini;
 mod json_pick;
 pub mod openai;
+pub mod perplexity;
 mod rewrite;
 pub mod vertex;
 
@@ -354,6 +355,11 @@ pub(crate) enum TapSpec {
     BedrockStream,
     /// Cohere v2 chat: JSON `usage.billed_units`, or the `message-end` event of a stream.
     Cohere,
+    /// Perplexity chat: `usage` with its search fields, cumulative on stream chunks; `size` is
+    /// the quoted search context size, billed when the answer reports none.
+    Perplexity {
+        size: crate::usage::SearchContext,
+    },
 }
 
 impl Quote {
@@ -387,6 +393,19 @@ impl Quote {
         if status >= 400 {
             return Box::new(ErrorTap);
         }
+        let tap = self.body_tap(content_type, headers);
+        match self.tap {
+            TapSpec::Perplexity { size } => Box::new(perplexity::FeeTap { inner: tap, size }),
+            _ => tap,
+        }
+    }
+
+    /// The tap of a successful response's body.
+    fn body_tap(
+        &self,
+        content_type: Option<&str>,
+        headers: Option<&http::HeaderMap>,
+    ) -> Box<dyn UsageTap> {
         match self.tap {
             TapSpec::BedrockStream => return Box::<bedrock::EventStreamTap>::default(),
             TapSpec::BedrockInvoke { family } => {
@@ -416,6 +435,7 @@ impl Quote {
                     Box::new(openai::ChatStream::new(drop_usage_chunk)),
                     drop_usage_chunk,
                 ),
+                TapSpec::Perplexity { .. } => (Box::new(openai::ChatStream::perplexity()), false),
                 TapSpec::OpenAiResponses => (Box::<openai::ResponsesStream>::default(), false),
                 TapSpec::Anthropic => (Box::<anthropic::MessagesStream>::default(), false),
                 TapSpec::Cohere => (Box::<cohere::ChatStream>::default(), false),
@@ -434,6 +454,7 @@ impl Quote {
             TapSpec::OpenAiChat { .. } => {
                 Reader::Members(&["usage", "x_groq"], openai::chat_body_usage)
             }
+            TapSpec::Perplexity { .. } => Reader::Members(USAGE, perplexity::body_usage),
             TapSpec::OpenAiResponses => Reader::Members(USAGE, openai::responses_body_usage),
             TapSpec::OpenAiEmbeddings => Reader::Members(USAGE, openai::embeddings_body_usage),
             TapSpec::Anthropic => Reader::Members(&["type", "usage"], anthropic::body_usage),

@@ -20,8 +20,44 @@ pub struct Usage {
     pub cache_write_1h: u64,
     /// Output tokens, including reasoning/thinking tokens (billed as output).
     pub output: u64,
-    /// Reasoning/thinking tokens: informational only, already counted inside `output`.
+    /// Reasoning/thinking tokens, already counted inside `output`: informational, except for a
+    /// model whose price has a reasoning rate (Perplexity deep research), which bills these of
+    /// the output tokens at that rate.
     pub reasoning: u64,
+    /// Citation tokens (Perplexity), billed at the model's citation rate when it has one; not
+    /// inside input or output.
+    #[serde(default)]
+    pub citation: u64,
+    /// Web searches the provider ran for the request (Perplexity deep research), billed per query
+    /// when the model's price has a per-query fee.
+    #[serde(default)]
+    pub search_queries: u64,
+    /// The search context size the provider billed the request's fee at (Perplexity); `None`: no
+    /// per-request fee was reported.
+    #[serde(default)]
+    pub search_context: Option<SearchContext>,
+}
+
+/// Perplexity's search context size (`web_search_options.search_context_size`, echoed in
+/// `usage.search_context_size`): it selects the per-request fee.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchContext {
+    Low,
+    Medium,
+    High,
+}
+
+impl SearchContext {
+    /// `"low"`, `"medium"` or `"high"` (as the API spells them); anything else is `None`.
+    pub fn parse(s: &str) -> Option<SearchContext> {
+        match s {
+            "low" => Some(SearchContext::Low),
+            "medium" => Some(SearchContext::Medium),
+            "high" => Some(SearchContext::High),
+            _ => None,
+        }
+    }
 }
 
 impl Usage {

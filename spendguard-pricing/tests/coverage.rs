@@ -116,6 +116,17 @@ fn cases() -> Vec<(ProviderId, &'static str, &'static str, Vec<&'static str>)> {
             CHAT,
             vec!["gpt-oss-120b", "llama3.1-8b", "qwen-3-32b"],
         ),
+        (
+            ProviderId::Perplexity,
+            "/chat/completions",
+            CHAT,
+            vec![
+                "sonar",
+                "sonar-pro",
+                "sonar-reasoning",
+                "sonar-reasoning-pro",
+            ],
+        ),
     ]
 }
 
@@ -148,8 +159,7 @@ fn every_adapter_prices_its_models() {
     // Every provider is covered (Azure names deployments, mapped to the models above; Gemini's
     // model is in the path and is covered by the provider suite; the Hugging Face router and
     // self-hosted servers bill what their operator or backend sets, so their prices are
-    // configured, not bundled: `configured_prices_cover_the_unbundled_providers`; Perplexity is
-    // refused: `perplexity_is_refused_not_undercharged`).
+    // configured, not bundled: `configured_prices_cover_the_unbundled_providers`).
     let covered: Vec<ProviderId> = cases().iter().map(|c| c.0).collect();
     for id in ProviderId::ALL {
         assert!(
@@ -160,7 +170,6 @@ fn every_adapter_prices_its_models() {
                         | ProviderId::Gemini
                         | ProviderId::HuggingFace
                         | ProviderId::SelfHosted
-                        | ProviderId::Perplexity
                 ),
             "{id} has no coverage case"
         );
@@ -220,16 +229,30 @@ fn configured_prices_cover_the_unbundled_providers() {
     }
 }
 
-/// Perplexity bills a per-request search fee on top of tokens: every priced-looking request is
-/// refused as unpriced (never forwarded under-charged); reads stay free.
+/// Perplexity's deep research is refused (its searches, citation and reasoning tokens are not
+/// bounded by any request field: see `providers::perplexity`), though its prices are bundled;
+/// reads stay free.
 #[test]
-fn perplexity_is_refused_not_undercharged() {
+fn perplexity_deep_research_is_refused_not_undercharged() {
     let a = adapter_for(ProviderId::Perplexity);
-    for path in ["/chat/completions", "/v1/chat/completions", "/v1/responses"] {
-        assert!(
-            matches!(a.route(&Method::POST, path), Route::Unpriced { .. }),
-            "{path}"
-        );
-    }
+    let table = PriceTable::bundled();
+    assert!(table.lookup("perplexity/sonar-deep-research").is_some());
+    let body = CHAT.replace("MODEL", "sonar-deep-research");
+    let q = a.quote(
+        &Method::POST,
+        "/chat/completions",
+        &HeaderMap::new(),
+        body.as_bytes(),
+        &table,
+        &QuoteOptions::none(),
+    );
+    assert!(
+        matches!(q, Err(spendguard_pricing::PricingError::Unpriced { .. })),
+        "{q:?}"
+    );
+    assert!(matches!(
+        a.route(&Method::POST, "/v1/responses"),
+        Route::Unpriced { .. }
+    ));
     assert_eq!(a.route(&Method::GET, "/v1/models"), Route::Free);
 }

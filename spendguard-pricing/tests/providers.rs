@@ -5,7 +5,7 @@ mod common;
 use common::fixtures::*;
 use common::*;
 use proptest::prelude::*;
-use spendguard_pricing::{ProviderId, Usage};
+use spendguard_pricing::{ProviderId, SearchContext, Usage};
 
 macro_rules! provider_suite {
     ($($name:ident => $case:expr;)+) => {$(
@@ -370,5 +370,25 @@ provider_suite! {
         unknown_model: ("/v1/chat/completions", r#"{"model":"llama-99-9000b","messages":[]}"#, "llama-99-9000b"),
         unpriced: &[("POST", "/v1/batches"), ("POST", "/v1/files")],
         free: &[("GET", "/v1/models")],
+    };
+    perplexity => Case {
+        provider: ProviderId::Perplexity,
+        path: "/chat/completions",
+        request: PERPLEXITY_REQUEST,
+        headers: &[],
+        json_response: PERPLEXITY_RESPONSE,
+        json_usage: Usage { search_context: Some(SearchContext::Low), ..usage(14, 0, 221, 0) },
+        stream_path: "/v1/chat/completions",
+        stream_request: PERPLEXITY_STREAM_REQUEST,
+        sse: PERPLEXITY_SSE,
+        sse_usage: Usage { search_context: Some(SearchContext::Low), ..usage(8, 0, 9, 0) },
+        sse_final_marker: "\"finish_reason\":\"stop\"",
+        injected_chunk: None,
+        limit_pointer: "/max_tokens",
+        choices: 1,
+        cap_bounds_output: true,
+        unknown_model: ("/chat/completions", r#"{"model":"sonar-ultra-9","messages":[]}"#, "sonar-ultra-9"),
+        unpriced: &[("POST", "/v1/responses"), ("POST", "/async/chat/completions"), ("POST", "/search"), ("POST", "/v1/batches")],
+        free: &[("GET", "/v1/models"), ("GET", "/async/chat/completions/req-1")],
     };
 }

@@ -1059,3 +1059,206 @@ fn hugging_face_and_self_hosted_get_include_usage_injected() {
         assert_eq!(none, None, "{id}: no usage chunk, the reservation stands");
     }
 }
+
+// ---------------------------------------------------------------------------------- Perplexity
+
+/// The worst case is the tokens' worst case plus the request fee of the context size the
+/// request asks for; without one, the dearest (`high`) fee.
+#[test]
+fn perplexity_worst_case_adds_the_asked_request_fee() {
+    let sonar_pro = |opts: &str| {
+        let body = format!(
+            r#"{{"model":"sonar-pro","max_tokens":100,"messages":[{{"role":"user","content":"hi"}}]{opts}}}"#
+        );
+        quote(
+            ProviderId::Perplexity,
+            "/chat/completions",
+            &body,
+            &[],
+            None,
+        )
+    };
+    let tokens = |q: &spendguard_pricing::Quote| {
+        q.price
+            .worst_case_cost(q.worst_input_tokens, q.worst_output_tokens, None)
+    };
+    // $6 / $10 / $14 per 1,000 requests.
+    for (opts, fee) in [
+        (
+            r#","web_search_options":{"search_context_size":"low"}"#,
+            6_000,
+        ),
+        (
+            r#","web_search_options":{"search_context_size":"medium","search_type":"fast"}"#,
+            10_000,
+        ),
+        (
+            r#","web_search_options":{"search_context_size":"high"}"#,
+            14_000,
+        ),
+        (
+            r#","web_search_options":{"user_location":{"country":"US"}}"#,
+            14_000,
+        ),
+        ("", 14_000),
+    ] {
+        let q = sonar_pro(opts);
+        assert_eq!(q.model, "perplexity/sonar-pro");
+        assert_eq!(q.worst_output_tokens, 100);
+        assert_eq!(q.worst_case.0, tokens(&q).0 + fee, "{opts}");
+    }
+    assert!(matches!(
+        try_quote(
+            ProviderId::Perplexity,
+            "/chat/completions",
+            r#"{"model":"sonar","messages":[],"web_search_options":{"search_context_size":"huge"}}"#,
+            &[],
+            None
+        ),
+        Err(PricingError::MalformedBody { .. })
+    ));
+}
+
+/// The charge is the tokens plus the fee of the size the answer reports; an answer that reports
+/// none is charged the quoted size's fee (never dropped).
+#[test]
+fn perplexity_charge_is_tokens_plus_the_reported_fee() {
+    let q = quote(
+        ProviderId::Perplexity,
+        "/chat/completions",
+        PERPLEXITY_REQUEST,
+        &[],
+        None,
+    );
+    let (_, usage) = run_tap(
+        &q,
+        200,
+        "application/json",
+        &[PERPLEXITY_RESPONSE.as_bytes()],
+    );
+    // sonar-pro: 14 × $3/M + 221 × $15/M = 42 + 3315 µ$, + the $0.006 low-context fee.
+    assert_eq!(q.price.cost(&usage.unwrap()), MicroUsd(42 + 3315 + 6_000));
+    let unreported = PERPLEXITY_RESPONSE.replace(r#""search_context_size":"low","#, "");
+    let (_, usage) = run_tap(&q, 200, "application/json", &[unreported.as_bytes()]);
+    let usage = usage.unwrap();
+    assert_eq!(
+        usage.search_context,
+        Some(spendguard_pricing::SearchContext::Low),
+        "the asked size"
+    );
+    assert_eq!(q.price.cost(&usage), MicroUsd(42 + 3315 + 6_000));
+    // Asked nothing, reported nothing: the reserved high fee.
+    let bare = quote(
+        ProviderId::Perplexity,
+        "/chat/completions",
+        r#"{"model":"sonar-pro","messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+        None,
+    );
+    let (_, usage) = run_tap(&bare, 200, "application/json", &[unreported.as_bytes()]);
+    assert_eq!(
+        bare.price.cost(&usage.unwrap()),
+        MicroUsd(42 + 3315 + 14_000)
+    );
+    // Errors are not billed, fee included.
+    let (_, usage) = run_tap(&q, 429, "application/json", &[b"{}"]);
+    assert_eq!(q.price.cost(&usage.unwrap()), MicroUsd(0));
+}
+
+/// Usage rides on every chunk, cumulatively: the stream is charged its final counts once, not
+/// their sum, and only once a final chunk was seen; chunks after it (a terminal cost or search
+/// results chunk) keep it final.
+#[test]
+fn perplexity_cumulative_stream_usage_is_charged_once() {
+    let q = quote(
+        ProviderId::Perplexity,
+        "/v1/chat/completions",
+        PERPLEXITY_STREAM_REQUEST,
+        &[],
+        None,
+    );
+    assert!(q.body_rewrite.is_none(), "usage is sent unasked");
+    let (out, usage) = run_tap(&q, 200, "text/event-stream", &[PERPLEXITY_SSE.as_bytes()]);
+    assert_eq!(out, PERPLEXITY_SSE.as_bytes(), "forwarded unchanged");
+    let usage = usage.unwrap();
+    assert_eq!(
+        (usage.input_uncached, usage.output),
+        (8, 9),
+        "the last chunk's counts"
+    );
+    // sonar: 17 tokens at $1/M, + the $0.005 low-context fee (reserved at high: $0.012).
+    assert_eq!(q.price.cost(&usage), MicroUsd(17 + 5_000));
+    assert!(q.worst_case.0 >= 12_000 + 256);
+    let trailer = concat!(
+        "data: {\"id\":\"b1c2\",\"model\":\"sonar\",\"object\":\"chat.completion.done\",\"type\":\"end_of_stream\",\"status\":\"COMPLETED\",",
+        "\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":9,\"total_tokens\":17,\"search_context_size\":\"low\"},",
+        "\"choices\":[{\"index\":0,\"finish_reason\":null,\"delta\":{}}]}\n\n"
+    );
+    let with_trailer = format!("{PERPLEXITY_SSE}{trailer}");
+    let (_, usage) = run_tap(&q, 200, "text/event-stream", &[with_trailer.as_bytes()]);
+    assert_eq!(usage.map(|u| u.output), Some(9));
+    // Without a final chunk (cut after the interim ones) nothing is trusted: the reservation.
+    let interim = &PERPLEXITY_SSE[..PERPLEXITY_SSE.find("\"finish_reason\":\"stop\"").unwrap()];
+    let cut = &interim[..interim.rfind("data: ").unwrap()];
+    assert_eq!(
+        run_tap(&q, 200, "text/event-stream", &[cut.as_bytes()]).1,
+        None
+    );
+    // A stream whose only terminal marker is `type: end_of_stream` is final too.
+    let no_finish = PERPLEXITY_SSE.replace("\"finish_reason\":\"stop\"", "\"finish_reason\":null");
+    let (_, usage) = run_tap(&q, 200, "text/event-stream", &[no_finish.as_bytes()]);
+    assert_eq!(usage, None);
+    let (_, usage) = run_tap(
+        &q,
+        200,
+        "text/event-stream",
+        &[format!("{no_finish}{trailer}").as_bytes()],
+    );
+    assert_eq!(usage.map(|u| u.output), Some(9));
+}
+
+/// What no request field bounds is refused before it reaches Perplexity: deep research (per
+/// search query, citation and reasoning token), Pro Search (per search type), `best_of`, the
+/// Agent API; and Perplexity's fee-bearing models are refused where the fee would be left out.
+#[test]
+fn perplexity_unbounded_requests_are_refused() {
+    let unpriced =
+        |id: ProviderId, path: &str, body: &str| match try_quote(id, path, body, &[], None) {
+            Err(PricingError::Unpriced { why }) => why,
+            Err(PricingError::NotPricedRoute { .. }) => "route".to_string(),
+            other => panic!("{body}: {other:?}"),
+        };
+    let pplx = |body: &str| unpriced(ProviderId::Perplexity, "/chat/completions", body);
+    let why = pplx(
+        r#"{"model":"sonar-deep-research","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert!(why.contains("search query"), "{why}");
+    for search_type in ["pro", "auto"] {
+        let why = pplx(&format!(
+            r#"{{"model":"sonar-pro","stream":true,"messages":[],"web_search_options":{{"search_type":"{search_type}"}}}}"#
+        ));
+        assert!(why.contains("Pro Search"), "{why}");
+    }
+    pplx(r#"{"model":"sonar","best_of":3,"messages":[]}"#);
+    let why = pplx(r#"{"model":"gpt-4o","messages":[]}"#);
+    assert!(why.contains("request_fee"), "{why}");
+    assert_eq!(
+        unpriced(
+            ProviderId::Perplexity,
+            "/v1/responses",
+            r#"{"model":"sonar"}"#
+        ),
+        "route"
+    );
+    unpriced(
+        ProviderId::Perplexity,
+        "/v1/embeddings",
+        r#"{"model":"sonar","input":"x"}"#,
+    );
+    let why = unpriced(
+        ProviderId::OpenRouter,
+        "/api/v1/chat/completions",
+        r#"{"model":"perplexity/sonar","messages":[]}"#,
+    );
+    assert!(why.contains("Perplexity"), "{why}");
+}

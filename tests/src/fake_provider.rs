@@ -32,6 +32,12 @@
 //! - Cohere (`POST /v2/chat`): `usage.billed_units` = {input_tokens: prompt, output_tokens:
 //!   completion}, `usage.tokens` = {input_tokens: prompt + 50 (the unbilled preamble),
 //!   output_tokens: completion}; streams are SSE ending in `message-end` with that usage.
+//! - Perplexity (`POST /chat/completions`, Perplexity's root path): Chat Completions with `usage`
+//!   = {prompt_tokens, completion_tokens, total_tokens, search_context_size: the request's
+//!   `web_search_options.search_context_size` or `low`, cost {…}} plus `citations` and
+//!   `search_results`; streams carry the cumulative usage on every chunk (completion_tokens
+//!   growing to `completion`, a zero cost skeleton until the last chunk, which has
+//!   `finish_reason: stop` and `request_cost`), and no `[DONE]`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -406,6 +412,7 @@ enum Flavor {
 enum Route {
     Chat,
     Cohere,
+    Perplexity,
     Responses,
     Embeddings,
     Messages,
@@ -430,6 +437,7 @@ impl Route {
             "/upload" => return Route::Upload,
             "/v1/chat/completions" if post => return Route::Chat,
             "/v2/chat" if post => return Route::Cohere,
+            "/chat/completions" if post => return Route::Perplexity,
             "/v1/responses" if post => return Route::Responses,
             "/v1/embeddings" if post => return Route::Embeddings,
             "/v1/messages" if post => return Route::Messages,
@@ -699,6 +707,7 @@ async fn handle(
     match route {
         Route::Chat => chat(&state, &ctl, &request),
         Route::Cohere => cohere(&state, &ctl, &request),
+        Route::Perplexity => perplexity(&state, &ctl, &request),
         Route::Responses => responses(&state, &ctl, &request),
         Route::Embeddings => embeddings(&state, &ctl, &request),
         Route::Messages => messages(&state, &ctl, &request),
@@ -1326,6 +1335,66 @@ fn cohere(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
     }
     push(json!({"type": "content-end", "index": 0}));
     push(json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": usage}}));
+    sse_response(state, Flavor::OpenAi, events, ctl)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Perplexity
+// ---------------------------------------------------------------------------------------------
+
+fn perplexity(state: &Arc<State>, ctl: &Control, req: &Value) -> Response<Body> {
+    let model = model_of(req);
+    let id = format!("pplx-{}", state.id());
+    let created = now();
+    let size = req
+        .pointer("/web_search_options/search_context_size")
+        .and_then(Value::as_str)
+        .unwrap_or("low")
+        .to_owned();
+    let u = ctl.usage;
+    // The dollar figures are decorative (floats, as Perplexity sends them): SpendGuard prices
+    // from the token counts, so they must never be what the test's expected charge depends on.
+    let usage = |completion: u64, last: bool| {
+        let mut cost =
+            json!({"input_tokens_cost": 0.0, "output_tokens_cost": 0.0, "total_cost": 0.0});
+        if last {
+            cost = json!({"input_tokens_cost": 0.5, "output_tokens_cost": 0.5, "request_cost": 0.5, "total_cost": 1.5});
+        }
+        json!({
+            "prompt_tokens": u.prompt,
+            "completion_tokens": completion,
+            "total_tokens": u.prompt + completion,
+            "search_context_size": size,
+            "cost": cost
+        })
+    };
+    let citations = json!(["https://example.com/a", "https://example.com/b"]);
+    let results = json!([{"title": "A", "url": "https://example.com/a", "date": null}]);
+    if !req.get("stream").and_then(Value::as_bool).unwrap_or(false) {
+        let body = json!({
+            "id": id, "model": model, "created": created,
+            "usage": usage(u.completion, true),
+            "citations": citations, "search_results": results,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": expected_text(ctl.chunks)}}]
+        });
+        return json_response(state, Flavor::OpenAi, 200, &body);
+    }
+    let n = ctl.chunks.max(1) as u64;
+    let mut events = Vec::new();
+    for i in 0..ctl.chunks.max(1) {
+        let last = i + 1 == ctl.chunks.max(1);
+        let completion = u.completion * (i as u64 + 1) / n;
+        events.push(sse_data(&json!({
+            "id": id, "model": model, "created": created,
+            "usage": usage(completion, last),
+            "citations": citations, "search_results": results,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "finish_reason": if last { json!("stop") } else { Value::Null },
+                "delta": {"role": "assistant", "content": delta_text(i)}}]
+        })));
+    }
     sse_response(state, Flavor::OpenAi, events, ctl)
 }
 

@@ -24,6 +24,7 @@ pub const HOSTS: &[(&str, &str)] = &[
     ("bedrock-runtime.us-east-1.amazonaws.com", UPSTREAM_A),
     ("us-east5-aiplatform.googleapis.com", UPSTREAM_A),
     ("api.cohere.com", UPSTREAM_A),
+    ("api.perplexity.ai", UPSTREAM_A),
     // A self-hosted OpenAI-compatible server: a provider host only through `extra_provider_hosts`.
     (SELF_HOSTED, UPSTREAM_A),
 ];

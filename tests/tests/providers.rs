@@ -423,3 +423,83 @@ fn self_hosted_server_on_extra_provider_hosts_is_metered_at_its_configured_price
     assert!(out.contains("unknown_model"), "{out}");
     assert_eq!(e.fake.request_count(), before);
 }
+
+/// Perplexity is charged its tokens plus the request fee of the search context size the answer
+/// reports (from the token counts and the table, not Perplexity's float `cost`); a stream's
+/// cumulative per-chunk usage is charged once. Deep research, whose searches nothing bounds, is
+/// refused before it reaches Perplexity.
+#[test]
+fn perplexity_is_charged_tokens_plus_its_request_fee() {
+    if !privileged() {
+        return;
+    }
+    let e = Env::new("acme.pplx.bot");
+    let call = |path: &str, body: &str, usage: &str| {
+        curl_host(
+            e.at(),
+            &e.ca,
+            "api.perplexity.ai",
+            path,
+            &[
+                "-H",
+                "authorization: Bearer pplx-test-key",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("x-fake-usage: {usage}"),
+                "-H",
+                "x-fake-chunks: 4",
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    let json = r#"{"model":"sonar-pro","max_tokens":300,"messages":[{"role":"user","content":"hi"}],"web_search_options":{"search_context_size":"medium"}}"#;
+    let stream = r#"{"model":"sonar","max_tokens":300,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, headers, out) = call("/chat/completions", json, "prompt=1000,completion=200");
+    assert_eq!(status, 200, "{out}");
+    // Reserved: the tokens' worst case plus the medium fee ($0.010).
+    let reserved = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("x-spendguard-reserved-usd: "))
+        .unwrap_or_else(|| panic!("no reservation header: {headers}"));
+    let reserved: f64 = reserved
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .expect("usd");
+    assert!(reserved >= 0.010, "{reserved}");
+    let (status, headers, out) = call("/chat/completions", stream, "prompt=3000,completion=400");
+    assert_eq!(status, 200, "{out}");
+    assert!(headers.contains("text/event-stream"), "{headers}");
+    assert!(
+        out.contains("\"finish_reason\":\"stop\""),
+        "the client sees the whole stream: {out}"
+    );
+    let sized = |p, c, size| Usage {
+        input_uncached: p,
+        output: c,
+        search_context: Some(size),
+        ..Usage::default()
+    };
+    // sonar-pro at medium (asked), sonar at low (not asked; the answer reports low).
+    let want = cost(
+        "perplexity/sonar-pro",
+        sized(1000, 200, spendguard_pricing::SearchContext::Medium),
+    ) + cost(
+        "perplexity/sonar",
+        sized(3000, 400, spendguard_pricing::SearchContext::Low),
+    );
+    // $3/M in, $15/M out + $0.010; $1/M in and out + $0.005.
+    assert_eq!(want, (3_000 + 3_000 + 10_000) + (3_000 + 400 + 5_000));
+    assert_eq!(e.settled_spend("acme.pplx.bot"), want);
+    let before = e.fake.request_count();
+    let (status, _, out) = call(
+        "/chat/completions",
+        r#"{"model":"sonar-deep-research","messages":[{"role":"user","content":"research"}]}"#,
+        "",
+    );
+    assert_eq!(status, 402, "{out}");
+    assert!(out.contains("unpriced_request"), "{out}");
+    assert_eq!(e.fake.request_count(), before);
+}

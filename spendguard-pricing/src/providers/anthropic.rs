@@ -325,7 +325,7 @@ impl Counts {
             cache_write_5m: w5m,
             cache_write_1h: w1h,
             output: self.output.unwrap_or(0),
-            reasoning: 0,
+            ..Usage::default()
         })
     }
 }
@@ -400,7 +400,7 @@ mod tests {
                 cache_write_5m: 100,
                 cache_write_1h: 200,
                 output: 50,
-                reasoning: 0
+                ..Usage::default()
             }
         );
         let u = body_usage(&json!({"usage": {"input_tokens": 1, "cache_creation_input_tokens": 7, "output_tokens": 2}})).unwrap();

@@ -25,7 +25,7 @@
 //! | Fireworks | `/inference/v1` | read from the last chunk when sent; not injected (acceptance undocumented) | `max_tokens` |
 //! | Cerebras | `/v1` | read from the last chunk when sent; not injected (acceptance undocumented) | `max_completion_tokens` |
 //! | Hugging Face router | `/v1` | only with `include_usage` (we inject it) | `max_tokens` |
-//! | Perplexity | `/`, `/v1` | — (every request refused: per-request search fees) | — |
+//! | Perplexity | `/`, `/v1` (chat only) | sent unasked, on every chunk (cumulative): the latest is kept once a final chunk was seen; plus a request fee by `search_context_size`, see [`super::perplexity`] | `max_tokens` |
 //! | self-hosted (`extra_provider_hosts`) | `/v1`, `/` | with `include_usage` (we inject it: vLLM, llama.cpp, Ollama ≥ 0.5.2) | `max_tokens` |
 //! | xAI | `/v1` | sent unasked (usage on chunks; the last one is complete); `reasoning_tokens` are NOT inside `completion_tokens` (only inside `total_tokens`), and no limit field is documented to bound them, so the worst case uses the model's maximum output | `max_completion_tokens` |
 //!
@@ -45,8 +45,8 @@ use serde_json::{Map, Value};
 
 use super::body_scan::{Key, OpenAiRequest, Shape};
 use super::{
-    malformed, num, plan_output, rewrite, rewrite_body, short, split_path, unpriced, Adapter,
-    InputBound, Part, PricingError, ProviderId, Quote, QuoteOptions, QuoteParts, Route,
+    malformed, num, perplexity, plan_output, rewrite, rewrite_body, short, split_path, unpriced,
+    Adapter, InputBound, Part, PricingError, ProviderId, Quote, QuoteOptions, QuoteParts, Route,
     StreamState, TapSpec,
 };
 use crate::prices::{ModelPrice, PriceTable};
@@ -201,16 +201,13 @@ static HUGGINGFACE: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::HuggingFace,
     flavor: plain(&["/v1"], true, "max_tokens"),
 };
-// Perplexity (`https://api.perplexity.ai`): "Total cost per query = Token costs + Request fee
-// (varies by search context size)", and Deep Research bills per search query and citation token
-// (<https://docs.perplexity.ai/getting-started/pricing>, 2026-12-06). The price table carries
-// per-token rates only, so every request is refused rather than under-charged.
+// Perplexity (`https://api.perplexity.ai`, `/chat/completions` at the root or under `/v1`):
+// Chat Completions with a per-request fee and search usage fields; see [`super::perplexity`].
+// Only chat is priced (the Agent API's `/v1/responses` bills per tool call; async, search and
+// embeddings endpoints are not known here), and usage is sent unasked, so nothing is injected.
 static PERPLEXITY: OpenAiCompatible = OpenAiCompatible {
     id: ProviderId::Perplexity,
-    flavor: Flavor {
-        unpriced: Some("Perplexity bills a per-request search fee (and per-search fees for deep research) on top of tokens, which the price table does not carry"),
-        ..plain(&["/v1", ""], false, "max_tokens")
-    },
+    flavor: plain(&["/v1", ""], false, "max_tokens"),
 };
 // A self-hosted OpenAI-compatible server named in `extra_provider_hosts` (vLLM, Ollama,
 // llama.cpp, … behind TLS): `/v1` or the root. `stream_options.include_usage` is injected: vLLM
@@ -362,7 +359,7 @@ impl Adapter for OpenAiCompatible {
                     model: short(&candidate),
                 }
             })?;
-            let q = quote_body(
+            let mut q = quote_body(
                 endpoint,
                 &self.flavor,
                 self.id,
@@ -373,6 +370,12 @@ impl Adapter for OpenAiCompatible {
                 opts,
                 self.flavor.inject_include_usage,
             )?;
+            // After the body checks, so a malformed request is reported as such.
+            let fee_size = self.fee_size(endpoint, body, canonical, price)?;
+            if let (Some(size), Some(fee)) = (fee_size, &price.request_fee) {
+                q.worst_case = q.worst_case.saturating_add(fee.at(size));
+                q.tap = TapSpec::Perplexity { size };
+            }
             if best.as_ref().is_none_or(|b| q.worst_case > b.worst_case) {
                 best = Some(q);
             }
@@ -382,6 +385,24 @@ impl Adapter for OpenAiCompatible {
 }
 
 impl OpenAiCompatible {
+    /// The request-fee size of a Perplexity request (`None` elsewhere; [`quote_body`] refuses
+    /// fee-bearing prices there).
+    fn fee_size(
+        &self,
+        endpoint: Endpoint,
+        body: &[u8],
+        model: &str,
+        price: &ModelPrice,
+    ) -> Result<Option<crate::usage::SearchContext>, PricingError> {
+        if self.id == ProviderId::Perplexity {
+            if endpoint != Endpoint::Chat {
+                return Err(unpriced("only Perplexity chat completions are priced here"));
+            }
+            return perplexity::request_fee_size(body, model, price).map(Some);
+        }
+        Ok(None)
+    }
+
     /// The model names a request may run on: the model, plus OpenRouter's `models` fallbacks
     /// (any of them may serve it, so the dearest is the worst case). OpenRouter variant suffixes
     /// that keep the price (`:nitro`, `:floor`, `:exacto`) are dropped and `:free` is priced as the
@@ -489,6 +510,18 @@ pub(crate) fn quote_body(
         ));
     }
     refuse_unbounded_features(endpoint, provider, req)?;
+    // A price with fees beyond tokens is quoted only by Perplexity's own adapter, which adds them;
+    // anywhere else (`perplexity/sonar` through OpenRouter, an Azure deployment mapped to it) the
+    // quote would leave them out.
+    let fee_bearing = price.request_fee.is_some()
+        || price.search_query_fee.is_some()
+        || price.citation_per_mtok.is_some()
+        || price.reasoning_per_mtok.is_some();
+    if fee_bearing && provider != ProviderId::Perplexity {
+        return Err(unpriced(format!(
+            "{canonical} bills per-request or per-search fees that only Perplexity's own API reports"
+        )));
+    }
 
     let body_bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
     let mut bound = InputBound {
@@ -642,7 +675,8 @@ fn refuse_unbounded_features(
             "audio output bills at audio-token rates the price table does not carry",
         ));
     }
-    if req.present(Key::WebSearchOptions) {
+    // Perplexity's searches are its request fee, which its quote adds.
+    if req.present(Key::WebSearchOptions) && provider != ProviderId::Perplexity {
         return Err(unpriced(
             "web search bills per call, which the price table does not carry",
         ));
@@ -708,6 +742,7 @@ pub(crate) fn chat_usage(u: &Value) -> Option<Usage> {
         reasoning: num(u, &["completion_tokens_details", "reasoning_tokens"])
             .unwrap_or(0)
             .min(completion),
+        ..Usage::default()
     })
 }
 
@@ -765,6 +800,11 @@ pub(crate) struct ChatStream {
     drop_usage_chunk: bool,
     last: Option<Usage>,
     last_is_final: bool,
+    /// How a chunk's usage is read.
+    read: fn(&Value) -> Option<Usage>,
+    /// Perplexity: usage rides on every chunk, so once a final chunk was seen the stream stays
+    /// final while later chunks repeat (or complete) the cumulative usage.
+    perplexity: bool,
 }
 
 impl ChatStream {
@@ -773,6 +813,17 @@ impl ChatStream {
             drop_usage_chunk,
             last: None,
             last_is_final: false,
+            read: chat_body_usage,
+            perplexity: false,
+        }
+    }
+
+    /// A Perplexity stream (see [`super::perplexity`]): nothing to drop.
+    pub(crate) fn perplexity() -> ChatStream {
+        ChatStream {
+            read: perplexity::body_usage,
+            perplexity: true,
+            ..ChatStream::new(false)
         }
     }
 }
@@ -797,7 +848,7 @@ impl StreamState for ChatStream {
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             return true;
         };
-        let Some(usage) = usage_object(&v).and_then(chat_usage) else {
+        let Some(usage) = (self.read)(&v) else {
             return true;
         };
         let choices = v.get("choices").and_then(Value::as_array);
@@ -807,8 +858,10 @@ impl StreamState for ChatStream {
                 && c.iter()
                     .all(|ch| ch.get("finish_reason").is_some_and(|f| f.is_string()))
         });
+        let terminal = self.perplexity && perplexity::is_terminal_chunk(&v);
+        let was_final = self.perplexity && self.last_is_final;
         self.last = Some(usage);
-        self.last_is_final = usage_only || all_finished;
+        self.last_is_final = usage_only || all_finished || terminal || was_final;
         !(self.drop_usage_chunk && usage_only)
     }
 
