@@ -20,6 +20,32 @@ pub mod x402;
 pub use prices::Prices;
 pub use stage::Metering;
 
+/// Reserves `req` and counts it: how long the reservation took, and the request's outcome
+/// (allowed, would block, blocked, ledger unavailable) by agent and provider.
+pub(crate) async fn reserve_counted(
+    ledger: &spendguard_ledger::Ledger,
+    metrics: &crate::metrics::Metrics,
+    provider: &str,
+    req: spendguard_ledger::ReserveRequest,
+) -> Result<spendguard_ledger::Reservation, spendguard_ledger::ReserveError> {
+    use crate::metrics::Outcome;
+    use spendguard_ledger::ReserveError;
+    let agent = req.agent.clone();
+    let reserving = std::time::Instant::now();
+    let reserved = ledger.reserve(req).await;
+    metrics.metering.observe_reserve(reserving.elapsed());
+    let outcome = match &reserved {
+        Ok(r) => match r.would_block {
+            Some(reason) => Outcome::WouldBlock(reason),
+            None => Outcome::Allowed,
+        },
+        Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
+        Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
+    };
+    metrics.metering.request(agent.as_str(), provider, outcome);
+    reserved
+}
+
 /// Where workloads ask for their own budget (never forwarded).
 pub const BUDGET_PATH: &str = "/.well-known/spendguard/budget";
 

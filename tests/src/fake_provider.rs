@@ -133,23 +133,45 @@ impl TestCa {
     }
 
     fn leaf_cert(&self, hosts: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
-        use rcgen::{
-            CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-        };
+        let cn = hosts.first().copied().unwrap_or("fake-provider");
+        self.signed(hosts, cn, &[], rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A certificate for `hosts` (DNS names or IP addresses; none for a client certificate) with
+    /// common name `cn`, organizations `orgs` and extended key usage `usage`, and its key, PEM.
+    pub fn signed_pem(
+        &self,
+        hosts: &[&str],
+        cn: &str,
+        orgs: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let (cert, key) = self.signed(hosts, cn, orgs, usage);
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn signed(
+        &self,
+        hosts: &[&str],
+        cn: &str,
+        orgs: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        use rcgen::{CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
         let sans: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
         let mut params =
             CertificateParams::new(sans).expect("leaf params: hosts must be DNS names or IPs");
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            hosts.first().copied().unwrap_or("fake-provider"),
-        );
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for o in orgs {
+            params.distinguished_name.push(DnType::OrganizationName, *o);
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         // Python 3.13+ verifies with VERIFY_X509_STRICT, which wants the AKI extension.
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("leaf key");

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use crate::fake_provider::TestCa;
+
 /// The Kubernetes version the tier runs against (Debian bookworm's `kubernetes` source package).
 pub const KUBE_VERSION: &str = "v1.20.2";
 
@@ -70,78 +72,29 @@ pub fn system_bin(name: &str) -> PathBuf {
 
 /// The test cluster's CA: signs the API server's serving certificate, client certificates, and
 /// whatever else a test serves to the API server (a webhook).
-pub struct KubeCa {
-    cert: rcgen::Certificate,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
+pub struct KubeCa(TestCa);
 
 impl KubeCa {
     pub fn new() -> KubeCa {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "spendguard-test-kubernetes-ca");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("self-sign CA");
-        KubeCa {
-            cert,
-            issuer: rcgen::Issuer::new(params, key),
-        }
+        KubeCa(TestCa::new("spendguard-test-kubernetes-ca"))
     }
 
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        self.0.cert_pem()
     }
 
     /// A serving certificate for `hosts` (DNS names or IP addresses) and its key, PEM.
     pub fn server_pem(&self, hosts: &[&str]) -> (String, String) {
-        self.sign(
-            hosts,
-            hosts.first().copied().unwrap_or("server"),
-            &[],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        )
+        let cn = hosts.first().copied().unwrap_or("server");
+        self.0
+            .signed_pem(hosts, cn, &[], rcgen::ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate for user `cn` in groups `orgs` (what the API server's x509
     /// authenticator reads), PEM.
     pub fn client_pem(&self, cn: &str, orgs: &[&str]) -> (String, String) {
-        self.sign(&[], cn, orgs, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
-    }
-
-    fn sign(
-        &self,
-        hosts: &[&str],
-        cn: &str,
-        orgs: &[&str],
-        usage: rcgen::ExtendedKeyUsagePurpose,
-    ) -> (String, String) {
-        use rcgen::{CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let sans: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
-        let mut params = CertificateParams::new(sans).expect("hosts must be DNS names or IPs");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        for o in orgs {
-            params.distinguished_name.push(DnType::OrganizationName, *o);
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        (cert.pem(), key.serialize_pem())
+        self.0
+            .signed_pem(&[], cn, orgs, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
     }
 }
 

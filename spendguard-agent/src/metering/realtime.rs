@@ -21,7 +21,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
 use spendguard_ledger::{
     AgentName, AuditContext, Ledger, Reservation, ReserveError, ReserveRequest,
@@ -31,7 +30,7 @@ use spendguard_pricing::{MicroUsd, ModelPrice};
 
 use super::watch::{budget_headers, Settle};
 use super::Prices;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::proxy::stage::{BoxFuture, SessionWatch, Verdict};
 
 /// The slice a Realtime session reserves at a time when `realtime_slice_usd` is not set.
@@ -134,27 +133,13 @@ impl RealtimeSession {
         }
         let shortfall = need.saturating_sub(held);
         let amount = shortfall.max(slice_within_limits(&self.ledger, &self.agent, self.slice));
-        let reserving = Instant::now();
-        let reserved = self
-            .ledger
-            .reserve(ReserveRequest {
-                agent: self.agent.clone(),
-                amount,
-                audit: self.audit.clone(),
-            })
-            .await;
-        self.metrics.metering.observe_reserve(reserving.elapsed());
-        let outcome = match &reserved {
-            Ok(r) => match r.would_block {
-                Some(reason) => Outcome::WouldBlock(reason),
-                None => Outcome::Allowed,
-            },
-            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
-            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
+        let req = ReserveRequest {
+            agent: self.agent.clone(),
+            amount,
+            audit: self.audit.clone(),
         };
-        self.metrics
-            .metering
-            .request(self.agent.as_str(), self.provider, outcome);
+        let reserved =
+            super::reserve_counted(&self.ledger, &self.metrics, self.provider, req).await;
         match reserved {
             Ok(r) => {
                 tracing::debug!(agent = %self.agent, amount = %r.amount, "Realtime session topped up");

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -491,20 +490,7 @@ impl Metering {
             amount,
             audit,
         };
-        let reserving = Instant::now();
-        let reserved = self.ledger.reserve(reserve).await;
-        self.metrics.metering.observe_reserve(reserving.elapsed());
-        let outcome = match &reserved {
-            Ok(r) => match r.would_block {
-                Some(reason) => Outcome::WouldBlock(reason),
-                None => Outcome::Allowed,
-            },
-            Err(ReserveError::Denied(d)) => Outcome::Blocked(d.reason),
-            Err(ReserveError::Ledger(_)) => Outcome::LedgerUnavailable,
-        };
-        self.metrics
-            .metering
-            .request(agent.as_str(), provider, outcome);
+        let reserved = super::reserve_counted(&self.ledger, &self.metrics, provider, reserve).await;
         match reserved {
             Ok(r) => Ok(r),
             Err(ReserveError::Denied(d)) => Err(Decision::Respond(denial_response(&ctx.sni, &d))),
