@@ -30,6 +30,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the ClientHello's buffer now: advancing keeps the allocation, which an idle
+                // keep-alive connection would otherwise hold for its whole life.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -59,5 +64,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    #[tokio::test]
+    async fn replays_the_prefix_across_small_reads_then_reads_the_stream() {
+        let (mut far, near) = tokio::io::duplex(64);
+        let mut s = Rewind::new(b"hello".to_vec(), near);
+        tokio::io::AsyncWriteExt::write_all(&mut far, b" world")
+            .await
+            .unwrap();
+        drop(far);
+        let mut small = [0u8; 2];
+        let mut got = Vec::new();
+        loop {
+            let n = s.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, b"hello world");
+        assert!(s.prefix.is_empty());
     }
 }
