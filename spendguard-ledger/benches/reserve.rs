@@ -54,29 +54,56 @@ async fn open(dir: &std::path::Path, file: &str, max_batch: usize) -> Ledger {
     ledger
 }
 
+/// Rate and reserve latencies of one [`run`].
+struct Pass {
+    per_sec: f64,
+    /// Each `reserve` call's time, sorted.
+    reserve: Vec<Duration>,
+}
+
+impl Pass {
+    fn pct(&self, p: f64) -> Duration {
+        let i = ((self.reserve.len() as f64 - 1.0) * p).round() as usize;
+        self.reserve.get(i).copied().unwrap_or_default()
+    }
+
+    /// `p50 … ms, p99 … ms` of the reserve calls.
+    fn latency(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "reserve p50 {:.2} ms, p99 {:.2} ms",
+            ms(self.pct(0.50)),
+            ms(self.pct(0.99))
+        )
+    }
+}
+
 /// `tasks` concurrent callers reserve (and, with `settle`, settle) for `dur`.
-async fn run(ledger: &Ledger, tasks: usize, dur: Duration, settle: bool) -> f64 {
+async fn run(ledger: &Ledger, tasks: usize, dur: Duration, settle: bool) -> Pass {
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
         let l = ledger.clone();
         handles.push(tokio::spawn(async move {
-            let mut n = 0usize;
+            let mut times = Vec::new();
             while start.elapsed() < dur {
-                let r = l.reserve(req(t + n)).await.unwrap();
+                let asked = Instant::now();
+                let r = l.reserve(req(t + times.len())).await.unwrap();
+                times.push(asked.elapsed());
                 if settle {
                     l.settle(r.id, MicroUsd(r.amount.0 / 2)).await.unwrap();
                 }
-                n += 1;
             }
-            n
+            times
         }));
     }
-    let mut total = 0;
+    let mut reserve = Vec::new();
     for h in handles {
-        total += h.await.unwrap();
+        reserve.extend(h.await.unwrap());
     }
-    total as f64 / start.elapsed().as_secs_f64()
+    let per_sec = reserve.len() as f64 / start.elapsed().as_secs_f64();
+    reserve.sort_unstable();
+    Pass { per_sec, reserve }
 }
 
 fn main() {
@@ -92,8 +119,12 @@ fn main() {
     rt.block_on(async {
         let baseline = open(&dir, "single.redb", 1).await;
         let b1 = run(&baseline, 1, secs, false).await;
-        println!("(a) one commit per reservation, 1 caller:          {b1:>9.0} reservations/s");
-        let b64 = run(&baseline, 64, secs, false).await;
+        println!(
+            "(a) one commit per reservation, 1 caller:          {:>9.0} reservations/s  ({})",
+            b1.per_sec,
+            b1.latency()
+        );
+        let b64 = run(&baseline, 64, secs, false).await.per_sec;
         println!("(a) one commit per reservation, 64 callers:        {b64:>9.0} reservations/s");
         drop(baseline);
 
@@ -101,16 +132,20 @@ fn main() {
         let mut best = 0f64;
         for tasks in [64, 256] {
             let g = run(&group, tasks, secs, false).await;
-            best = best.max(g);
+            best = best.max(g.per_sec);
             println!(
-                "(b) group commit, {tasks:>3} concurrent tasks:           {g:>9.0} reservations/s  ({:.1}x baseline)",
-                g / b64
+                "(b) group commit, {tasks:>3} concurrent tasks:           {:>9.0} reservations/s  ({:.1}x baseline; {})",
+                g.per_sec,
+                g.per_sec / b64,
+                g.latency()
             );
         }
         for tasks in [64, 256] {
             let g = run(&group, tasks, secs, true).await;
             println!(
-                "    group commit, {tasks:>3} tasks, reserve+settle:      {g:>9.0} pairs/s"
+                "    group commit, {tasks:>3} tasks, reserve+settle:      {:>9.0} pairs/s  ({})",
+                g.per_sec,
+                g.latency()
             );
         }
         println!("ratio group/baseline (best, same concurrency-capable baseline): {:.1}x", best / b64);
