@@ -5,6 +5,7 @@ pub mod accept;
 pub mod activity;
 pub mod config;
 pub mod control;
+pub mod heap;
 pub mod identity;
 pub mod injector;
 pub mod k8s;

@@ -234,6 +234,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
+    crate::heap::spawn_trimmer(metrics.clone(), shutdown.clone());
+
     let reconcile_tags = tags.clone();
     let reconcile_stop = shutdown.clone();
     tokio::spawn(async move {
