@@ -1,46 +1,51 @@
-//! Handing freed heap back to the kernel after a burst of connections.
+//! Handing freed heap back to the kernel after a burst.
 //!
 //! glibc keeps what a burst freed in its arenas: after 10,000 idle keep-alive connections closed,
-//! the agent's RSS stayed at 355 MB (bench, `idle` phase), memory the node could not use for its
-//! pods. `malloc_trim(0)` returns the free pages of every arena (`madvise`, not only the top of the
-//! heap). It walks the whole heap, so it runs only when many connections have closed since the
-//! last trim, on a blocking thread, never on the request path.
+//! the agent's RSS stayed at 355 MB (bench, `idle` phase), and what a load peak left behind stayed
+//! counted in the RSS of every later moment (with 1,000 open streams after a load test: 70 MB, of
+//! which the streams needed 17). That is memory the node cannot give its pods. `malloc_trim(0)`
+//! returns the free pages of every arena (`madvise`, not only the top of the heap). It walks the
+//! whole heap, so it runs only when glibc's free bytes grew by [`TRIM_AFTER_FREED`] since their low
+//! point after the last trim, on a blocking thread, never on the request path.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-
-/// How often the open-connection count is looked at.
+/// How often glibc's free bytes are looked at (`mallinfo2`, a walk of the arenas' bins: µs).
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Connections that must have closed since the busiest moment before a trim is worth its walk
-/// (at ~25 KB each, about 25 MB of freed heap).
-pub const TRIM_AFTER_CLOSED: i64 = 1_000;
+/// Freed bytes that make a trim worth its walk.
+pub const TRIM_AFTER_FREED: u64 = 8 << 20;
 
-/// Decides when to trim from the open-connection count alone.
+/// Decides when to trim from glibc's free bytes alone.
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
-    /// The most connections open since the last trim.
-    peak: i64,
+    /// The fewest free bytes seen since the last trim (the heap reuses free chunks first, so
+    /// growth above this low point is memory a burst freed).
+    low: Option<u64>,
 }
 
 impl TrimPolicy {
-    /// `open` connections now: whether to trim (then the peak starts again from `open`).
-    pub fn observe(&mut self, open: i64) -> bool {
-        self.peak = self.peak.max(open);
-        if self.peak - open >= TRIM_AFTER_CLOSED {
-            self.peak = open;
+    /// `free` bytes in glibc's arenas now: whether to trim (then the low point starts again).
+    /// A trim does not lower this count (the chunks stay free, only their pages go back).
+    pub fn observe(&mut self, free: u64) -> bool {
+        let low = self.low.map_or(free, |l| l.min(free));
+        if free - low >= TRIM_AFTER_FREED {
+            self.low = Some(free);
             return true;
         }
+        self.low = Some(low);
         false
     }
 }
 
-/// Watches `metrics`' open connections until `stop`, trimming the heap after each burst.
-pub fn spawn_trimmer(metrics: Arc<Metrics>, stop: CancellationToken) {
+/// Checks glibc's free bytes until `stop`, trimming the heap after each burst. Does nothing
+/// where the allocator is not glibc's.
+pub fn spawn_trimmer(stop: CancellationToken) {
+    if free_bytes().is_none() {
+        return;
+    }
     tokio::spawn(async move {
         let mut policy = TrimPolicy::default();
         let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -48,13 +53,28 @@ pub fn spawn_trimmer(metrics: Arc<Metrics>, stop: CancellationToken) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    if policy.observe(metrics.proxy.open_connections()) {
+                    if free_bytes().is_some_and(|f| policy.observe(f)) {
                         let _ = tokio::task::spawn_blocking(trim).await;
                     }
                 }
             }
         }
     });
+}
+
+/// Bytes glibc holds free in its arenas (`mallinfo2().fordblks`); `None` off glibc.
+#[allow(unsafe_code)]
+fn free_bytes() -> Option<u64> {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads allocator statistics (taking the arenas' locks itself).
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.fordblks as u64)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
 }
 
 #[allow(unsafe_code)]
@@ -86,21 +106,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_once_a_thousand_connections_closed_since_the_peak() {
+    fn trims_once_eight_mib_were_freed_since_the_low_point() {
+        const MIB: u64 = 1 << 20;
         let mut p = TrimPolicy::default();
-        assert!(!p.observe(0));
-        assert!(!p.observe(10_000));
-        assert!(!p.observe(9_500), "500 closed: not yet");
-        assert!(p.observe(8_999), "1,001 closed since the peak");
+        assert!(!p.observe(2 * MIB));
+        assert!(!p.observe(MIB), "reuse lowers the low point");
+        assert!(!p.observe(8 * MIB), "7 MiB freed: not yet");
+        assert!(p.observe(9 * MIB), "8 MiB freed since the low point");
         assert!(
-            !p.observe(8_999),
-            "the peak starts again where the trim was"
+            !p.observe(9 * MIB),
+            "the trim left the chunks free: no second trim"
         );
-        assert!(!p.observe(8_500));
-        assert!(p.observe(7_999));
-        // A new burst raises the peak again.
-        assert!(!p.observe(12_000));
-        assert!(p.observe(0));
+        assert!(!p.observe(16 * MIB));
+        assert!(p.observe(17 * MIB));
+        assert!(
+            !p.observe(3 * MIB),
+            "a new burst starts from where the heap was reused"
+        );
+        assert!(p.observe(11 * MIB));
+    }
+
+    #[test]
+    fn glibc_reports_what_was_freed() {
+        let before = free_bytes().expect("glibc");
+        let blocks: Vec<Vec<u8>> = (0..4_096).map(|i| vec![i as u8; 4096]).collect();
+        // Above them in the heap, so the freed blocks cannot merge into its top (which glibc
+        // returns by itself) and stay free chunks.
+        let keep: Vec<u8> = vec![1; 4096];
+        drop(blocks);
+        let after = free_bytes().expect("glibc");
+        assert!(
+            after >= before + 8 * 1024 * 1024,
+            "16 MiB freed: {before} free bytes before, {after} after"
+        );
+        drop(keep);
     }
 
     #[test]

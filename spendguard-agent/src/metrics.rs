@@ -157,11 +157,6 @@ impl ProxyMetrics {
         }
     }
 
-    /// Connections open now.
-    pub fn open_connections(&self) -> i64 {
-        self.open_connections.get()
-    }
-
     /// Counts a connection as open until the returned guard is dropped.
     pub fn connection_opened(&self) -> OpenConnection {
         self.open_connections.inc();

@@ -234,7 +234,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
-    crate::heap::spawn_trimmer(metrics.clone(), shutdown.clone());
+    crate::heap::spawn_trimmer(shutdown.clone());
 
     let reconcile_tags = tags.clone();
     let reconcile_stop = shutdown.clone();

@@ -694,7 +694,7 @@ fn idle_conns(bench: &Bench<'_>, modes: &[Mode], plan: &Plan, sel: &Select, res:
         match bench.hold_open(m, &args, || rss_kb(pid)) {
             Ok((opened, with, v)) => {
                 // What the agent hands back once they are closed: it trims the heap within
-                // two checks (spendguard-agent/src/heap.rs, every 2 s); glibc alone keeps it.
+                // a check or two (spendguard-agent/src/heap.rs, every 2 s); glibc alone keeps it.
                 std::thread::sleep(Duration::from_secs(5));
                 let after = rss_kb(pid);
                 let per = match (before, with) {
