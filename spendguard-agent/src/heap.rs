@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// How often glibc's free bytes are looked at (`mallinfo2`, a walk of the arenas' bins: µs).
+/// How often glibc's free bytes are looked at (`mallinfo2`, a walk of the arenas' free bins).
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Freed bytes that make a trim worth its walk.
@@ -53,7 +53,10 @@ pub fn spawn_trimmer(stop: CancellationToken) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    if free_bytes().is_some_and(|f| policy.observe(f)) {
+                    // mallinfo2 takes every arena's lock while it walks the bins: not on a
+                    // worker thread, whose tasks would wait for their allocations meanwhile.
+                    let free = tokio::task::spawn_blocking(free_bytes).await.ok().flatten();
+                    if free.is_some_and(|f| policy.observe(f)) {
                         let _ = tokio::task::spawn_blocking(trim).await;
                     }
                 }
