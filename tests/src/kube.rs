@@ -70,6 +70,13 @@ pub fn system_bin(name: &str) -> PathBuf {
     panic!("{name} not installed: run `bash scripts/kube-bins.sh` as root (it apt-installs it)");
 }
 
+/// `deploy/FILE` of this repository (`""`: the directory).
+pub fn deploy_file(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file)
+}
+
 /// The test cluster's CA: signs the API server's serving certificate, client certificates, and
 /// whatever else a test serves to the API server (a webhook).
 pub struct KubeCa(TestCa);
@@ -529,6 +536,22 @@ impl ControlPlane {
             .as_str()
             .unwrap_or_else(|| panic!("no token in {v}"))
             .to_string()
+    }
+
+    /// The node agent's identity exactly as `deploy/` gives it (namespace, ServiceAccount,
+    /// ClusterRole and binding, applied as an operator would), and a kubeconfig authenticating
+    /// as that ServiceAccount with a real token: a verb the agent uses and `deploy/` lacks fails.
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        for f in [
+            "namespace.yaml",
+            "serviceaccount.yaml",
+            "clusterrole.yaml",
+            "clusterrolebinding.yaml",
+        ] {
+            self.apply_file(&deploy_file(f));
+        }
+        let token = self.service_account_token("spendguard", "spendguard");
+        self.token_kubeconfig("agent.kubeconfig", &token)
     }
 
     /// Writes a kubeconfig that authenticates with `token` and returns its path.

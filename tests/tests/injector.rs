@@ -611,7 +611,7 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 /// `--san 127.0.0.1`) and `caBundle` set to `ca_pem` (or left for the injector to publish): how the
 /// real API server reaches a webhook that runs as a process, not as the Deployment behind the Service.
 pub fn url_webhook_configuration(url: &str, ca_pem: Option<&str>) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/injector.yaml");
+    let path = spendguard_tests::kube::deploy_file("injector.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/injector.yaml");
     let doc: Value = serde_saphyr::from_multiple::<Value>(&text)
         .expect("YAML")
@@ -646,7 +646,7 @@ fn url_webhook_configuration_keeps_the_manifest_rules_and_points_at_the_url() {
 
 /// The objects of kind `kind` in deploy/injector.yaml.
 fn injector_manifest(kind: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/injector.yaml");
+    let path = spendguard_tests::kube::deploy_file("injector.yaml");
     let text = std::fs::read_to_string(&path).expect("deploy/injector.yaml");
     serde_saphyr::from_multiple::<Value>(&text)
         .expect("YAML")

@@ -8,7 +8,7 @@
 //! also records where the container's processes are in the v2 tree, which is what decides whether
 //! pods on such a node can be metered at all.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -20,12 +20,6 @@ use spendguard_tests::{cgroup2_mount, privileged, NODE_VETH_IP, UPSTREAM_A};
 const NODE: &str = "node-1";
 const LABEL: &str = "spendguard.io/agent";
 const AGENT: &str = "acme.k8s.summarizer";
-
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file)
-}
 
 /// A pod on `NODE` whose one container runs `script` (busybox sh; the host's /usr, for curl, and
 /// `files` mounted read-only).
@@ -92,16 +86,8 @@ fn a_labelled_pod_run_by_kubelet_is_redirected_charged_and_refused_past_its_limi
             netns: Some(w.node.path()),
             ..Default::default()
         });
-        for f in [
-            "namespace.yaml",
-            "serviceaccount.yaml",
-            "clusterrole.yaml",
-            "clusterrolebinding.yaml",
-        ] {
-            cp.apply_file(&deploy(f));
-        }
-        let token = cp.service_account_token("spendguard", "spendguard");
-        let kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token);
+        // Exactly the agent's identity and RBAC from deploy/, applied as an operator would.
+        let kubeconfig = cp.agent_kubeconfig();
         let node = KubeletNode::start(
             &cp,
             &w.node.path(),

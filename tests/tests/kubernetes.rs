@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use spendguard_tests::kube::{ControlPlane, ControlPlaneOptions};
+use spendguard_tests::kube::{deploy_file, ControlPlane, ControlPlaneOptions};
 use spendguard_tests::{cgroup2_mount, eventually, privileged, Cgroup, World};
 
 const NODE: &str = "node-1";
@@ -23,12 +23,6 @@ const NS: &str = "team";
 const LABEL: &str = "spendguard.io/agent";
 const QUARANTINE: &str = "spendguard.quarantine.invalid-label";
 const WAIT: Duration = Duration::from_secs(20);
-
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file)
-}
 
 /// A World whose agent watches a real API server (in the World's node namespace) as the
 /// DaemonSet's ServiceAccount.
@@ -48,16 +42,7 @@ impl Cluster {
             ..Default::default()
         });
         // Exactly the agent's identity and RBAC from deploy/, applied as an operator would.
-        for f in [
-            "namespace.yaml",
-            "serviceaccount.yaml",
-            "clusterrole.yaml",
-            "clusterrolebinding.yaml",
-        ] {
-            cp.apply_file(&deploy(f));
-        }
-        let token = cp.service_account_token("spendguard", "spendguard");
-        let kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token);
+        let kubeconfig = cp.agent_kubeconfig();
         w.set_agent_env("KUBECONFIG", kubeconfig.to_str().expect("utf8"));
         w.set_agent_env("NODE_NAME", NODE);
         let mount = cgroup2_mount().expect("cgroup2");
@@ -379,7 +364,7 @@ fn kubectl_apply_k_deploy_is_accepted_and_stores_what_the_readme_says() {
         return;
     }
     let cp = ControlPlane::start(ControlPlaneOptions::default());
-    let dir = deploy("");
+    let dir = deploy_file("");
     let dir = dir.to_str().expect("utf8");
     // The README's order: the namespace (and the CA Secret, not needed to store the objects) first.
     cp.kubectl_ok(&["create", "namespace", "spendguard"]);
@@ -497,7 +482,7 @@ fn kubectl_apply_k_deploy_is_accepted_and_stores_what_the_readme_says() {
     );
 
     // The README's example workload is accepted too (a server-side dry run: nothing would run it).
-    let example = deploy("examples/agent-pod.yaml");
+    let example = deploy_file("examples/agent-pod.yaml");
     cp.kubectl_ok(&[
         "apply",
         "-n",
