@@ -27,8 +27,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use http_body_util::BodyExt as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
 use spendguard_agent::proxy::forward::Upstreams;
+use spendguard_agent::proxy::http_conn;
 use spendguard_agent::proxy::intercept::HEADER_READ_TIMEOUT;
 use spendguard_agent::tls::Ca;
 use tokio::net::TcpListener;
@@ -140,13 +141,9 @@ async fn serve(a: Args) -> anyhow::Result<()> {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            builder.http2().timer(TokioTimer::new());
-            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+            // The version as ALPN settled it, as the agent does (proxy/http_conn.rs).
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let _ = http_conn::serve(tls, alpn.as_deref(), svc, HEADER_READ_TIMEOUT).await;
         });
     }
 }

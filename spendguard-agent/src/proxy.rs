@@ -15,6 +15,7 @@ pub mod body;
 pub mod egress;
 pub mod explicit;
 pub mod forward;
+pub mod http_conn;
 pub mod inbound;
 pub mod intercept;
 pub mod passthrough;

@@ -49,6 +49,11 @@ enum Task {
         /// target/bench/agent.perf.txt (folded stacks) and agent-flamegraph.svg.
         #[arg(long)]
         perf: bool,
+        /// Record every heap allocation of the agent with heaptrack (Debian's package, by
+        /// LD_PRELOAD) and write target/bench/agent.heaptrack.gz (`heaptrack_print` reads it).
+        /// Slows the agent: its figures from such a run are not comparable.
+        #[arg(long)]
+        heap: bool,
     },
     /// Simulate the cluster lease protocol at fleet scale (store ops/s, budget stranded in idle
     /// slices, time for budget to move between nodes). Needs nothing but a CPU; seconds to run.
@@ -136,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             only,
             phases,
             perf,
+            heap,
         } => bench::run(
             &root,
             bench::Select {
@@ -144,6 +150,7 @@ fn main() -> anyhow::Result<()> {
                 only,
                 phases,
                 perf,
+                heap,
             },
         ),
         Task::Test { args } => {

@@ -9,13 +9,14 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::review;
 use super::Shared;
+use crate::proxy::http_conn;
 
 /// Path of the mutating webhook (the MutatingWebhookConfiguration's `service.path`).
 pub const MUTATE_PATH: &str = "/mutate";
@@ -67,12 +68,8 @@ pub async fn serve(
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            let conn = http_conn::serve(tls, alpn.as_deref(), svc, HANDSHAKE_TIMEOUT);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {

@@ -13,12 +13,12 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, Watched};
 use super::forward::{self, Upstreams};
+use super::http_conn;
 use super::reply::json_error;
 use super::rewind::Rewind;
 use super::stage::{BodyEnd, Decision, RequestContext, ResponseWatch, Stage};
@@ -92,14 +92,9 @@ impl Interceptor {
             let stop = sessions_stop.clone();
             async move { Ok::<_, Infallible>(this.handle(req, &ctx, stop).await) }
         });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
-        builder.http2().timer(TokioTimer::new());
         // With upgrades: a WebSocket session (OpenAI Realtime) takes the connection over.
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let conn = http_conn::serve(tls, alpn.as_deref(), svc, HEADER_READ_TIMEOUT);
         tokio::pin!(conn);
         // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first bytes:
         // a connection that never starts a request is closed here.
@@ -110,14 +105,14 @@ impl Interceptor {
             }
         };
         tokio::select! {
-            r = conn.as_mut() => return r.map_err(|e| InterceptError::Http(forward::error_chain(&*e))),
+            r = conn.as_mut() => return r.map_err(|e| InterceptError::Http(forward::error_chain(&e))),
             _ = no_request => return Err(InterceptError::NoRequest(FIRST_REQUEST_TIMEOUT)),
             _ = shutdown.cancelled() => {}
         }
         // Shutting down: finish in-flight requests, accept no new ones on this connection.
         conn.as_mut().graceful_shutdown();
         conn.await
-            .map_err(|e| InterceptError::Http(forward::error_chain(&*e)))
+            .map_err(|e| InterceptError::Http(forward::error_chain(&e)))
     }
 
     async fn handle(

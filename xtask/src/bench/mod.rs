@@ -287,6 +287,7 @@ pub struct Select {
     pub only: Vec<String>,
     pub phases: Vec<String>,
     pub perf: bool,
+    pub heap: bool,
 }
 
 impl Select {
@@ -371,6 +372,16 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         );
         // Production log level: the fixtures default to debug, which would measure the logger.
         w.set_agent_env("RUST_LOG", "warn");
+        if sel.heap {
+            w.set_agent_env("LD_PRELOAD", perf::HEAPTRACK_PRELOAD);
+            w.set_agent_env(
+                "DUMP_HEAPTRACK_OUTPUT",
+                out_dir
+                    .join("agent.heaptrack.raw")
+                    .to_str()
+                    .unwrap_or_default(),
+            );
+        }
         w.start_agent();
         let agent_pid = w
             .agent
@@ -511,6 +522,15 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         }
         drop(fake);
         // bench_cg, plain_cg, fake_cg, then w drop here: namespaces, cgroups, pin dir, agent.
+    }
+    if sel.heap {
+        match perf::heaptrack_interpret(&out_dir) {
+            Ok(gz) => res.notes.push(format!(
+                "agent heap profile: {} (heaptrack_print -f it; figures of this run are slowed)",
+                gz.display()
+            )),
+            Err(e) => res.notes.push(format!("heap profile failed: {e:#}")),
+        }
     }
 
     // After the main world is gone: three more nodes and a store would crowd its measurements.

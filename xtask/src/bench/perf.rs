@@ -3,12 +3,51 @@
 //!
 //! DWARF unwinding, because release builds have no frame pointers; a low frequency keeps the
 //! sampling overhead (and the size of perf.data) small enough not to distort the run much.
+//!
+//! `--heap`: the agent runs with heaptrack's preload library, which streams every allocation and
+//! free with its stack to a raw file; [`heaptrack_interpret`] turns that into the compressed file
+//! `heaptrack_print` reads (its "peak memory consumers" is where per-connection bytes show).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context as _};
 use inferno::collapse::Collapse as _;
+
+/// Debian's heaptrack package puts its preload library here.
+pub const HEAPTRACK_PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+const HEAPTRACK_INTERPRET: &str = "/usr/lib/heaptrack/libexec/heaptrack_interpret";
+
+/// `agent.heaptrack.raw` (written by the preloaded agent) → `agent.heaptrack.gz`.
+pub fn heaptrack_interpret(out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let raw = out_dir.join("agent.heaptrack.raw");
+    let gz = out_dir.join("agent.heaptrack.gz");
+    if !Path::new(HEAPTRACK_PRELOAD).exists() {
+        bail!("{HEAPTRACK_PRELOAD} missing (apt-get install heaptrack)");
+    }
+    let input = std::fs::File::open(&raw)
+        .with_context(|| format!("open {} (did the agent start?)", raw.display()))?;
+    let mut interpret = Command::new(HEAPTRACK_INTERPRET)
+        .stdin(input)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {HEAPTRACK_INTERPRET}"))?;
+    let text = interpret
+        .stdout
+        .take()
+        .context("heaptrack_interpret stdout")?;
+    let st = Command::new("gzip")
+        .arg("-c")
+        .stdin(text)
+        .stdout(std::fs::File::create(&gz)?)
+        .status()
+        .context("spawn gzip")?;
+    if !interpret.wait()?.success() || !st.success() {
+        bail!("heaptrack_interpret | gzip failed");
+    }
+    std::fs::remove_file(&raw)?;
+    Ok(gz)
+}
 
 pub struct Recording {
     child: Option<Child>,

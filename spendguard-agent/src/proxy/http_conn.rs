@@ -1,0 +1,100 @@
+//! Serves the HTTP of one terminated TLS connection, in the version its handshake settled.
+//!
+//! Over TLS the version is decided by ALPN before the first byte of HTTP (RFC 9113 §3.2: "h2" is
+//! only ever negotiated that way), so nothing is sniffed here. hyper-util's `auto` builder would
+//! read the first 24 bytes to look for the HTTP/2 preface and replay them; hyper's HTTP/1 reader
+//! then starts on those 24 bytes, and reading the rest of the request behind them makes its
+//! buffer double from 8 to 16 KiB, which it keeps for the connection's whole life. Choosing by
+//! ALPN costs nothing and spares every idle keep-alive connection those 8 KiB (ARCHITECTURE.md,
+//! "What each fix bought").
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::server::conn::{http1, http2};
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The ALPN protocol that selects HTTP/2; anything else (`http/1.1`, or none) is HTTP/1.1.
+const H2: &[u8] = b"h2";
+
+pin_project_lite::pin_project! {
+    /// One connection being served: HTTP/1.1 (with upgrades, for WebSockets) or HTTP/2.
+    #[project = ServedProj]
+    pub enum Served<I, S>
+    where
+        S: HttpService<Incoming>,
+    {
+        H1 { #[pin] conn: http1::UpgradeableConnection<TokioIo<I>, S> },
+        H2 { #[pin] conn: http2::Connection<TokioIo<I>, S, TokioExecutor> },
+    }
+}
+
+/// Serves `io` (a finished TLS session whose ALPN protocol was `alpn`) with `svc`. HTTP/1.1 request
+/// heads, and the gaps between keep-alive requests, are bounded by `head_timeout`.
+pub fn serve<I, S, B>(io: I, alpn: Option<&[u8]>, svc: S, head_timeout: Duration) -> Served<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    if alpn == Some(H2) {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        Served::H2 {
+            conn: b.serve_connection(TokioIo::new(io), svc),
+        }
+    } else {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new()).header_read_timeout(head_timeout);
+        Served::H1 {
+            conn: b.serve_connection(TokioIo::new(io), svc).with_upgrades(),
+        }
+    }
+}
+
+impl<I, S, B> Served<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    /// Finishes the requests in flight and accepts no new ones.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        match self.project() {
+            ServedProj::H1 { conn } => conn.graceful_shutdown(),
+            ServedProj::H2 { conn } => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<I, S, B> Future for Served<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    TokioExecutor: Http2ServerConnExec<S::Future, B>,
+{
+    type Output = hyper::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ServedProj::H1 { conn } => conn.poll(cx),
+            ServedProj::H2 { conn } => conn.poll(cx),
+        }
+    }
+}
