@@ -22,7 +22,9 @@ pub const TRIM_AFTER_FREED: u64 = 8 << 20;
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
     /// The fewest free bytes seen since the last trim (the heap reuses free chunks first, so
-    /// growth above this low point is memory a burst freed).
+    /// growth above this low point is memory a burst freed). Before the first look it is zero:
+    /// start-up is a burst too (the eBPF object, the kernel's BTF and the relocations aya
+    /// parses to load the programs are freed once they are attached).
     low: Option<u64>,
 }
 
@@ -30,7 +32,7 @@ impl TrimPolicy {
     /// `free` bytes in glibc's arenas now: whether to trim (then the low point starts again).
     /// A trim does not lower this count (the chunks stay free, only their pages go back).
     pub fn observe(&mut self, free: u64) -> bool {
-        let low = self.low.map_or(free, |l| l.min(free));
+        let low = self.low.map_or(0, |l| l.min(free));
         if free - low >= TRIM_AFTER_FREED {
             self.low = Some(free);
             return true;
@@ -112,16 +114,17 @@ mod tests {
     fn trims_once_eight_mib_were_freed_since_the_low_point() {
         const MIB: u64 = 1 << 20;
         let mut p = TrimPolicy::default();
-        assert!(!p.observe(2 * MIB));
-        assert!(!p.observe(MIB), "reuse lowers the low point");
-        assert!(!p.observe(8 * MIB), "7 MiB freed: not yet");
-        assert!(p.observe(9 * MIB), "8 MiB freed since the low point");
+        assert!(!p.observe(2 * MIB), "start-up freed 2 MiB: not yet");
+        assert!(p.observe(8 * MIB), "what start-up freed counts from zero");
+        assert!(!p.observe(3 * MIB), "reuse lowers the low point");
+        assert!(!p.observe(10 * MIB), "7 MiB freed: not yet");
+        assert!(p.observe(11 * MIB), "8 MiB freed since the low point");
         assert!(
-            !p.observe(9 * MIB),
+            !p.observe(11 * MIB),
             "the trim left the chunks free: no second trim"
         );
-        assert!(!p.observe(16 * MIB));
-        assert!(p.observe(17 * MIB));
+        assert!(!p.observe(18 * MIB));
+        assert!(p.observe(19 * MIB));
         assert!(
             !p.observe(3 * MIB),
             "a new burst starts from where the heap was reused"
