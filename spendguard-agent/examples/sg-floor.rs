@@ -142,8 +142,8 @@ async fn serve(a: Args) -> anyhow::Result<()> {
                     }
                 });
             // The version as ALPN settled it, as the agent does (proxy/http_conn.rs).
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            let _ = http_conn::serve(tls, alpn.as_deref(), svc, HEADER_READ_TIMEOUT).await;
+            let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
+            let _ = http_conn::serve(tls, version, svc, HEADER_READ_TIMEOUT).await;
         });
     }
 }

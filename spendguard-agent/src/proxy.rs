@@ -127,19 +127,26 @@ pub async fn dispatch(mut inbound: Inbound, ctx: Arc<ProxyContext>) {
         }
         route::Route::OtherHost { sni } => {
             if !ctx.egress.allows(&inbound, Some(&sni)) {
-                return ctx.egress.refuse(inbound, Some(&sni), &hello).await;
+                return refuse(&ctx, inbound, Some(&sni), &hello).await;
             }
             tracing::debug!(%sni, why = "SNI is not a provider host", "passing through");
             pass(inbound, &hello).await;
         }
         route::Route::Passthrough { why } => {
             if !ctx.egress.allows(&inbound, None) {
-                return ctx.egress.refuse(inbound, None, &hello).await;
+                return refuse(&ctx, inbound, None, &hello).await;
             }
             tracing::debug!(why, "passing through");
             pass(inbound, &hello).await;
         }
     }
+}
+
+/// A refusal's future (it reads and discards what the client sends) is larger than everything else
+/// a connection keeps, and a task is as large as its largest state for the connection's whole life:
+/// on the heap, only the refused connections pay for it.
+async fn refuse(ctx: &ProxyContext, inbound: Inbound, sni: Option<&str>, hello: &[u8]) {
+    Box::pin(ctx.egress.refuse(inbound, sni, hello)).await
 }
 
 async fn pass(inbound: Inbound, hello: &[u8]) {

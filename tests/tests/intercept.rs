@@ -446,7 +446,8 @@ fn http2_and_http1_on_both_sides() {
     let cg = tagged(&s.w, "versions", "acme.versions");
     let here = at(&cg, &s.w.node);
     let u = url(OPENAI, "/v1/chat/completions");
-    for (flag, client_version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+    // The version is ALPN's (http_conn.rs): a client that offers no ALPN at all is served HTTP/1.1.
+    for (flag, client_version) in [("--http2", "2"), ("--http1.1", "1.1"), ("--no-alpn", "1.1")] {
         for (fake, addr, upstream_version) in [
             (&s.fake, UPSTREAM_A, "HTTP/2.0"),
             (&b, UPSTREAM_B, "HTTP/1.1"),

@@ -68,8 +68,8 @@ pub async fn serve(
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            let conn = http_conn::serve(tls, alpn.as_deref(), svc, HANDSHAKE_TIMEOUT);
+            let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
+            let conn = http_conn::serve(tls, version, svc, HANDSHAKE_TIMEOUT);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {

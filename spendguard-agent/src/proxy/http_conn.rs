@@ -21,8 +21,22 @@ use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The ALPN protocol that selects HTTP/2; anything else (`http/1.1`, or none) is HTTP/1.1.
-const H2: &[u8] = b"h2";
+/// The HTTP version of a TLS connection, as its handshake settled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+impl Version {
+    /// `h2` selects HTTP/2; anything else (`http/1.1`, or no ALPN at all) is HTTP/1.1.
+    pub fn negotiated(alpn: Option<&[u8]>) -> Version {
+        match alpn {
+            Some(b"h2") => Version::Http2,
+            _ => Version::Http1,
+        }
+    }
+}
 
 pin_project_lite::pin_project! {
     /// One connection being served: HTTP/1.1 (with upgrades, for WebSockets) or HTTP/2.
@@ -36,9 +50,9 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Serves `io` (a finished TLS session whose ALPN protocol was `alpn`) with `svc`. HTTP/1.1 request
-/// heads, and the gaps between keep-alive requests, are bounded by `head_timeout`.
-pub fn serve<I, S, B>(io: I, alpn: Option<&[u8]>, svc: S, head_timeout: Duration) -> Served<I, S>
+/// Serves `io` (a finished TLS session) in `version` with `svc`. HTTP/1.1 request heads, and the gaps
+/// between keep-alive requests, are bounded by `head_timeout`.
+pub fn serve<I, S, B>(io: I, version: Version, svc: S, head_timeout: Duration) -> Served<I, S>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -47,7 +61,7 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
-    if alpn == Some(H2) {
+    if version == Version::Http2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         Served::H2 {
@@ -96,5 +110,19 @@ where
             ServedProj::H1 { conn } => conn.poll(cx),
             ServedProj::H2 { conn } => conn.poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_alpn_h2_selects_http2() {
+        assert_eq!(Version::negotiated(Some(b"h2")), Version::Http2);
+        assert_eq!(Version::negotiated(Some(b"http/1.1")), Version::Http1);
+        // No ALPN: RFC 9113 §3.3's prior knowledge is not offered over TLS, so HTTP/1.1.
+        assert_eq!(Version::negotiated(None), Version::Http1);
+        assert_eq!(Version::negotiated(Some(b"h2c")), Version::Http1);
     }
 }

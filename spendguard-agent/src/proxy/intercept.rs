@@ -13,6 +13,8 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -57,13 +59,73 @@ pub enum InterceptError {
 }
 
 impl Interceptor {
-    pub async fn serve(
+    /// Serves one intercepted connection until it ends, or until `shutdown` (then in-flight requests
+    /// finish first).
+    ///
+    /// The task of a connection is as large as its largest state, for as long as the connection
+    /// lives. The handshake's state (the leaf look-up, rustls accepting) is large and short-lived, so
+    /// it lives in its own heap allocation, freed once the session is up; what stays is the HTTP
+    /// connection itself.
+    pub fn serve(
         self: Arc<Self>,
         inbound: Inbound,
         hello: Vec<u8>,
         sni: String,
         shutdown: CancellationToken,
-    ) -> Result<(), InterceptError> {
+    ) -> impl std::future::Future<Output = Result<(), InterceptError>> {
+        let handshake = Box::pin(self.clone().handshake(inbound, hello, sni));
+        async move {
+            let got_request = Arc::new(AtomicBool::new(false));
+            // In a block so the TLS stream's own slot ends here, moved into `conn`: a local that is
+            // still in scope at an await keeps its room in the task.
+            let conn = {
+                let (tls, ctx) = handshake.await?;
+                let this = self.clone();
+                let sessions_stop = shutdown.clone();
+                let got = got_request.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    got.store(true, Ordering::Relaxed);
+                    let this = this.clone();
+                    let ctx = ctx.clone();
+                    let stop = sessions_stop.clone();
+                    // Boxed: hyper's HTTP/1 server keeps a slot the size of this future for the
+                    // connection's whole life (and HTTP/2 a task per stream), and the request's
+                    // state is ~5 KiB. On the heap, only a request in flight holds it.
+                    let handling = Box::pin(async move { this.handle(req, &ctx, stop).await });
+                    async move { Ok::<_, Infallible>(handling.await) }
+                });
+                // With upgrades: a WebSocket session (OpenAI Realtime) takes the connection over.
+                let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
+                http_conn::serve(tls, version, svc, HEADER_READ_TIMEOUT)
+            };
+            tokio::pin!(conn);
+            // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first
+            // bytes: a connection that never starts a request is closed here.
+            let no_request = async {
+                tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
+                if got_request.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = conn.as_mut() => return r.map_err(|e| InterceptError::Http(forward::error_chain(&e))),
+                _ = no_request => return Err(InterceptError::NoRequest(FIRST_REQUEST_TIMEOUT)),
+                _ = shutdown.cancelled() => {}
+            }
+            // Shutting down: finish in-flight requests, accept no new ones on this connection.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+                .map_err(|e| InterceptError::Http(forward::error_chain(&e)))
+        }
+    }
+
+    /// The leaf for `sni`, then the TLS handshake (the ClientHello in `hello` replayed first).
+    async fn handshake(
+        self: Arc<Self>,
+        inbound: Inbound,
+        hello: Vec<u8>,
+        sni: String,
+    ) -> Result<(TlsStream<Rewind<TcpStream>>, Arc<RequestContext>), InterceptError> {
         let cfg = self
             .ca
             .server_config(&sni)
@@ -81,38 +143,7 @@ impl Interceptor {
             sni,
             orig_dst: inbound.orig_dst,
         });
-        let this = self.clone();
-        let sessions_stop = shutdown.clone();
-        let got_request = Arc::new(AtomicBool::new(false));
-        let got = got_request.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            got.store(true, Ordering::Relaxed);
-            let this = this.clone();
-            let ctx = ctx.clone();
-            let stop = sessions_stop.clone();
-            async move { Ok::<_, Infallible>(this.handle(req, &ctx, stop).await) }
-        });
-        // With upgrades: a WebSocket session (OpenAI Realtime) takes the connection over.
-        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-        let conn = http_conn::serve(tls, alpn.as_deref(), svc, HEADER_READ_TIMEOUT);
-        tokio::pin!(conn);
-        // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first bytes:
-        // a connection that never starts a request is closed here.
-        let no_request = async {
-            tokio::time::sleep(FIRST_REQUEST_TIMEOUT).await;
-            if got_request.load(Ordering::Relaxed) {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            r = conn.as_mut() => return r.map_err(|e| InterceptError::Http(forward::error_chain(&e))),
-            _ = no_request => return Err(InterceptError::NoRequest(FIRST_REQUEST_TIMEOUT)),
-            _ = shutdown.cancelled() => {}
-        }
-        // Shutting down: finish in-flight requests, accept no new ones on this connection.
-        conn.as_mut().graceful_shutdown();
-        conn.await
-            .map_err(|e| InterceptError::Http(forward::error_chain(&e)))
+        Ok((tls, ctx))
     }
 
     async fn handle(

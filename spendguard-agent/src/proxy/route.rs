@@ -13,6 +13,9 @@ pub const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// How long a client may take to send its ClientHello before we stop waiting and pass it through
 /// (a server-speaks-first protocol on 443 must still work).
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room made in the buffer before each read while looking for the ClientHello (one TLS record's
+/// worth is typical; a larger hello takes several reads).
+const READ_CHUNK: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -227,16 +230,21 @@ pub fn classify_bytes(buf: &[u8], hosts: &HostList) -> Decision {
 
 /// Reads from `stream` into `buf` (which may already hold bytes read earlier) until a ClientHello is
 /// parsed, or it is clear there is none.
+///
+/// Reads go straight into `buf` and the peek lives on the heap: this future is part of every
+/// connection's task for the connection's whole life (a task is as large as its largest state), so
+/// a 4 KiB read array and rustls' acceptor inline would cost each idle keep-alive connection 5 KiB.
 pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostList) -> Route {
-    let mut peek = HelloPeek::new();
+    let mut peek = Box::new(HelloPeek::new());
     let mut decision = peek.feed(buf, hosts);
-    let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
     loop {
         if let Decision::Done(route) = decision {
             return route;
         }
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        let start = buf.len();
+        buf.reserve(READ_CHUNK);
+        let n = match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             // Fail closed: relaying a stalled handshake would let it reach the provider unmetered.
             Err(_) => {
                 return Route::Refuse {
@@ -250,8 +258,7 @@ pub async fn classify(stream: &mut TcpStream, buf: &mut Vec<u8>, hosts: &HostLis
             }
             Ok(Ok(n)) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
-        decision = peek.feed(&chunk[..n], hosts);
+        decision = peek.feed(&buf[start..start + n], hosts);
     }
 }
 

@@ -214,6 +214,24 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// `RssAnon`, `RssFile` and `RssShmem` of `pid`, as one line.
+pub fn rss_parts_kb(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let parts: Vec<String> = s
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some(format!(
+                "{} {}",
+                k.trim_start_matches("Rss"),
+                v.split_whitespace().next()?
+            ))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// utime + stime of `pid`, seconds (USER_HZ = 100 on Linux).
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -393,6 +411,11 @@ pub fn run(root: &Path, sel: Select) -> anyhow::Result<()> {
         w.tag(&bench_cg.path, "bench.transparent");
         std::thread::sleep(Duration::from_millis(500));
         res.rss_idle_kb = rss_kb(agent_pid);
+        // What the resident set is made of: the heap and stacks (anonymous) are the agent's own;
+        // file-backed pages are the binary's text and data, shared and reclaimable.
+        if let Some(parts) = rss_parts_kb(agent_pid) {
+            res.notes.push(format!("agent RSS at start, KB: {parts}"));
+        }
 
         let bench = Bench {
             root: root.to_path_buf(),
