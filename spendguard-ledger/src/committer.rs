@@ -266,6 +266,8 @@ pub(crate) struct Committer {
     pub wake: mpsc::WeakSender<Op>,
     /// How long a batch of only settles and renewals waits for more before its commit.
     pub linger: std::time::Duration,
+    /// How long a batch that only writes settles made on callers' tasks waits for more.
+    pub deferred_linger: std::time::Duration,
     /// Carve settles committed without an fsync are made durable at most this long after the
     /// first of them (zero: every commit is durable).
     pub durable_within: std::time::Duration,
@@ -380,13 +382,27 @@ impl Committer {
     /// Lets a batch of settles wait up to `linger` for company, so one commit (and one fsync)
     /// carries many: at 1,000 requests/s a commit per settle was ~40% of the agent's CPU. It
     /// stops waiting as soon as an urgent operation (a reservation, a limit change) arrives.
+    /// A batch woken only to write settles made on callers' tasks waits up to
+    /// `deferred_linger` instead, until anything else arrives.
     fn linger(&mut self, rt: &tokio::runtime::Runtime, batch: &mut Vec<Op>) {
-        let until = tokio::time::Instant::now() + self.linger;
+        let now = tokio::time::Instant::now();
+        // (A wake-up also brings orphans to release: those are budget held back, not waiting.)
+        let only_deferred =
+            batch.iter().all(|op| matches!(op, Op::Wake)) && self.orphans_waiting() == 0;
+        let mut until = now
+            + if only_deferred {
+                self.deferred_linger.max(self.linger)
+            } else {
+                self.linger
+            };
         rt.block_on(async {
             while batch.len() < self.max_batch {
                 match tokio::time::timeout_at(until, self.rx.recv()).await {
                     Ok(Some(op)) => {
                         let urgent = op.urgent();
+                        if !matches!(op, Op::Wake) || self.orphans_waiting() > 0 {
+                            until = until.min(tokio::time::Instant::now() + self.linger);
+                        }
                         batch.push(op);
                         if urgent {
                             return;

@@ -401,6 +401,79 @@ async fn settles_linger_for_company_and_a_reservation_cuts_the_wait() {
     settling.await.unwrap().unwrap();
 }
 
+/// Settles made on callers' tasks wait up to `deferred_linger` for company before the
+/// committer writes them (they are in memory already, and their lease rows cover them on disk);
+/// anything else that reaches the committer meanwhile takes them along within `settle_linger`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_on_callers_tasks_wait_for_company_and_other_work_takes_them_along() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long, so that a slow CI machine cannot blur waiting and not waiting.
+    let linger = std::time::Duration::from_millis(1500);
+    let ledger = Ledger::open(
+        dir.path().join("l.redb"),
+        LedgerOptions {
+            deferred_linger: linger,
+            ..leasing()
+        },
+    )
+    .unwrap();
+    let agent: AgentName = "acme.bot".parse().unwrap();
+    let (first, carve) = carved(&ledger, &agent).await;
+    let deferred = |l: &Ledger| {
+        !l.shared_state_for_tests()
+            .lock()
+            .unwrap()
+            .deferred
+            .is_empty()
+    };
+
+    // Another request's settle through the committer takes the waiting one along.
+    ledger
+        .settle_now(carve.id, MicroUsd(1))
+        .expect("a carve")
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(deferred(&ledger), "written before any company came");
+    let started = std::time::Instant::now();
+    ledger.settle(first.id, MicroUsd(2)).await.unwrap();
+    assert!(
+        started.elapsed() < linger / 2,
+        "a settle through the committer waited for the deferred linger: {:?}",
+        started.elapsed()
+    );
+    assert!(!deferred(&ledger), "not taken along by the next batch");
+
+    // Alone, it is written once the deferred linger is over.
+    let carve = ledger
+        .reserve(ReserveRequest {
+            agent: agent.clone(),
+            amount: MicroUsd(100_000),
+            audit: AuditContext::default(),
+        })
+        .await
+        .unwrap();
+    assert_ne!(
+        carve.id & crate::lease::CARVE_BIT,
+        0,
+        "carved from the slice"
+    );
+    let started = std::time::Instant::now();
+    ledger
+        .settle_now(carve.id, MicroUsd(3))
+        .expect("a carve")
+        .unwrap();
+    while deferred(&ledger) {
+        assert!(started.elapsed() < linger * 4, "never written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        started.elapsed() >= linger * 9 / 10,
+        "written before the deferred linger: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ledger.status(&agent).spent.daily, MicroUsd(1 + 2 + 3));
+}
+
 #[test]
 fn the_handle_is_cheap_to_share() {
     fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
