@@ -14,38 +14,13 @@
 //! carve + settle (all threads, committer included) are counted and printed first: deterministic,
 //! where the times are not. Nothing is asserted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spendguard_ledger::*;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(n as u64, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 const CALLERS: usize = 64;
 
@@ -134,19 +109,11 @@ fn benches(c: &mut Criterion) {
             ("carve + settle on the caller's task", Settle::CallerTask),
         ] {
             let n = 20_000;
-            let (a0, b0) = (
-                ALLOCS.load(Ordering::Relaxed),
-                BYTES.load(Ordering::Relaxed),
-            );
+            let start = counting_alloc::counted();
             let t = pairs(&ledger, n, settle).await;
-            let (a, b) = (
-                ALLOCS.load(Ordering::Relaxed) - a0,
-                BYTES.load(Ordering::Relaxed) - b0,
-            );
+            let (a, b) = counting_alloc::per(start, n);
             println!(
-                "allocations {name}: {:.1} per request, {:.0} bytes per request ({CALLERS} callers; {:.0} requests/s in this pass)",
-                a as f64 / n as f64,
-                b as f64 / n as f64,
+                "allocations {name}: {a:.1} per request, {b:.0} bytes per request ({CALLERS} callers; {:.0} requests/s in this pass)",
                 n as f64 / t.as_secs_f64()
             );
             // (No release_leases here: it also stops leasing, as at a graceful stop.)

@@ -13,58 +13,23 @@
 //! counting global allocator and printed — deterministic, unlike the time, so a fix shows in them
 //! even on a noisy machine. Nothing is asserted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use spendguard_pricing::*;
 
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(n as u64, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "../../spendguard-ledger/benches/support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// Heap allocations (and bytes) per call of `f`, averaged over `n` calls.
 fn count(name: &str, n: u64, mut f: impl FnMut()) {
     f(); // lazily initialised statics are not the steady state
-    let (a0, b0) = (
-        ALLOCS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
-    );
+    let start = counting_alloc::counted();
     for _ in 0..n {
         f();
     }
-    let (a, b) = (
-        ALLOCS.load(Ordering::Relaxed) - a0,
-        BYTES.load(Ordering::Relaxed) - b0,
-    );
-    println!(
-        "allocations {name}: {:.1} per call, {:.0} bytes per call",
-        a as f64 / n as f64,
-        b as f64 / n as f64
-    );
+    let (a, b) = counting_alloc::per(start, n);
+    println!("allocations {name}: {a:.1} per call, {b:.0} bytes per call");
 }
 
 /// The bench's request (xtask/src/bin/sg-load.rs).
