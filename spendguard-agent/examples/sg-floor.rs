@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use http_body_util::BodyExt as _;
-
 use spendguard_agent::proxy::forward::Upstreams;
 use spendguard_agent::proxy::http_conn;
 use spendguard_agent::proxy::intercept::HEADER_READ_TIMEOUT;
@@ -142,8 +141,7 @@ async fn serve(a: Args) -> anyhow::Result<()> {
                     }
                 });
             // The version as ALPN settled it, as the agent does (proxy/http_conn.rs).
-            let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
-            let _ = http_conn::serve(tls, version, svc, HEADER_READ_TIMEOUT).await;
+            let _ = http_conn::serve(tls, svc, HEADER_READ_TIMEOUT).await;
         });
     }
 }

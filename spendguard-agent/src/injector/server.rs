@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -68,8 +67,7 @@ pub async fn serve(
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(req, &shared).await) }
             });
-            let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
-            let conn = http_conn::serve(tls, version, svc, HANDSHAKE_TIMEOUT);
+            let conn = http_conn::serve(tls, svc, HANDSHAKE_TIMEOUT);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {

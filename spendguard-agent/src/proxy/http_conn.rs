@@ -20,6 +20,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
 
 /// The HTTP version of a TLS connection, as its handshake settled it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,28 +51,28 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Serves `io` (a finished TLS session) in `version` with `svc`. HTTP/1.1 request heads, and the gaps
-/// between keep-alive requests, are bounded by `head_timeout`.
-pub fn serve<I, S, B>(io: I, version: Version, svc: S, head_timeout: Duration) -> Served<I, S>
+/// Serves `tls` (a finished TLS session) with `svc`, in the version its ALPN settled. HTTP/1.1
+/// request heads, and the gaps between keep-alive requests, are bounded by `head_timeout`.
+pub fn serve<T, S, B>(tls: TlsStream<T>, svc: S, head_timeout: Duration) -> Served<TlsStream<T>, S>
 where
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor: Http2ServerConnExec<S::Future, B>,
 {
-    if version == Version::Http2 {
+    if Version::negotiated(tls.get_ref().1.alpn_protocol()) == Version::Http2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         Served::H2 {
-            conn: b.serve_connection(TokioIo::new(io), svc),
+            conn: b.serve_connection(TokioIo::new(tls), svc),
         }
     } else {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new()).header_read_timeout(head_timeout);
         Served::H1 {
-            conn: b.serve_connection(TokioIo::new(io), svc).with_upgrades(),
+            conn: b.serve_connection(TokioIo::new(tls), svc).with_upgrades(),
         }
     }
 }

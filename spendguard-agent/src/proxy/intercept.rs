@@ -95,8 +95,7 @@ impl Interceptor {
                     async move { Ok::<_, Infallible>(handling.await) }
                 });
                 // With upgrades: a WebSocket session (OpenAI Realtime) takes the connection over.
-                let version = http_conn::Version::negotiated(tls.get_ref().1.alpn_protocol());
-                http_conn::serve(tls, version, svc, HEADER_READ_TIMEOUT)
+                http_conn::serve(tls, svc, HEADER_READ_TIMEOUT)
             };
             tokio::pin!(conn);
             // HTTP/2 has no head timeout, and neither protocol is chosen before the client's first
